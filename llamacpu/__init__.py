@@ -1,0 +1,1 @@
+"""llamacpu: Llama inference on the CPU with NumPy and Numba."""
