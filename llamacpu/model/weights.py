@@ -43,3 +43,71 @@ class Weight:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dtype}, shape={self.shape})"
+
+
+class DenseWeight(Weight):
+    """Unquantized weight: float32, or float16 / bfloat16 kept as 16-bit in memory (uint16 bits).
+
+    `data` may be a read-only view into a memory-mapped checkpoint: it is never written.
+    """
+
+    def __init__(self, data: np.ndarray, dtype: str):
+        from ..kernels import dense
+
+        if dtype not in ("f32", "f16", "bf16"):
+            raise ValueError(f"unknown dense dtype {dtype!r}")
+        want = np.float32 if dtype == "f32" else np.uint16
+        if data.dtype == np.float16:
+            data = data.view(np.uint16)
+        if data.dtype != want or data.ndim != 2:
+            raise ValueError(f"{dtype} weight needs a 2-D {np.dtype(want).name} array, got {data.dtype} {data.shape}")
+        self.data = np.ascontiguousarray(data)
+        self.shape = tuple(data.shape)
+        self.dtype = dtype
+        self._matvec = {"f32": dense.matvec_f32, "f16": dense.matvec_f16, "bf16": dense.matvec_bf16}[dtype]
+        self._widen = {"f32": None, "f16": dense.widen_f16, "bf16": dense.widen_bf16}[dtype]
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def matvec(self, x, out):
+        self._matvec(self.data, x, out)
+
+    def matmul(self, x, out):
+        from ..kernels.dense import matmul_tiled
+
+        if x.shape[0] == 1:
+            self._matvec(self.data, x[0], out[0])
+        elif self.dtype == "f32":
+            np.matmul(x, self.data.T, out=out)
+        else:
+            matmul_tiled(self._widen, self.data, x, out)
+
+    def rows(self, ids):
+        r = self.data[np.asarray(ids)]
+        if self.dtype == "f32":
+            return np.array(r, dtype=np.float32)
+        if self.dtype == "f16":
+            return r.view(np.float16).astype(np.float32)
+        return (r.astype(np.uint32) << 16).view(np.float32)
+
+    def dequantize(self):
+        return self.rows(np.arange(self.shape[0]))
+
+    @classmethod
+    def from_array(cls, arr: np.ndarray, storage: str = "auto", source_dtype: str | None = None) -> "DenseWeight":
+        """Wrap a checkpoint tensor. `source_dtype` names the stored type ("F32", "F16", "BF16");
+        `storage` is "auto" (keep it) or one of "float32", "float16", "bfloat16" (convert)."""
+        from ..checkpoint.safetensors_mmap import bf16_to_f32, f32_to_bf16
+
+        kind = {"F32": "f32", "F16": "f16", "BF16": "bf16"}[source_dtype]
+        target = {"auto": kind, "float32": "f32", "float16": "f16", "bfloat16": "bf16"}[storage]
+        if target == kind:
+            return cls(arr, kind)
+        f32 = bf16_to_f32(arr) if kind == "bf16" else np.asarray(arr, dtype=np.float32)
+        if target == "f32":
+            return cls(np.ascontiguousarray(f32), "f32")
+        if target == "f16":
+            return cls(f32.astype(np.float16).view(np.uint16), "f16")
+        return cls(f32_to_bf16(f32), "bf16")

@@ -1,0 +1,160 @@
+"""Hugging Face Llama checkpoints: config.json + safetensors (one file or sharded), memory-mapped.
+
+Every tensor is checked (name, dtype, shape) against the config before any kernel runs. The one table
+below maps checkpoint names to the engine's layout (`llamacpu.model.llama.LlamaWeights`).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..config import LlamaConfig
+from ..errors import CheckpointError
+from .safetensors_mmap import SafetensorsFile, bf16_to_f32
+
+# checkpoint name (with {i} = layer index)      -> engine name,  expected shape (from the config)
+NAME_TABLE = {
+    "model.embed_tokens.weight":                      ("embed",            lambda c: (c.vocab_size, c.hidden_size)),
+    "model.layers.{i}.input_layernorm.weight":        ("{i}.attn_norm",    lambda c: (c.hidden_size,)),
+    "model.layers.{i}.self_attn.q_proj.weight":       ("{i}.wq",           lambda c: (c.num_attention_heads * c.head_dim, c.hidden_size)),
+    "model.layers.{i}.self_attn.k_proj.weight":       ("{i}.wk",           lambda c: (c.num_key_value_heads * c.head_dim, c.hidden_size)),
+    "model.layers.{i}.self_attn.v_proj.weight":       ("{i}.wv",           lambda c: (c.num_key_value_heads * c.head_dim, c.hidden_size)),
+    "model.layers.{i}.self_attn.o_proj.weight":       ("{i}.wo",           lambda c: (c.hidden_size, c.num_attention_heads * c.head_dim)),
+    "model.layers.{i}.self_attn.q_proj.bias":         ("{i}.bq",           lambda c: (c.num_attention_heads * c.head_dim,)),
+    "model.layers.{i}.self_attn.k_proj.bias":         ("{i}.bk",           lambda c: (c.num_key_value_heads * c.head_dim,)),
+    "model.layers.{i}.self_attn.v_proj.bias":         ("{i}.bv",           lambda c: (c.num_key_value_heads * c.head_dim,)),
+    "model.layers.{i}.self_attn.o_proj.bias":         ("{i}.bo",           lambda c: (c.hidden_size,)),
+    "model.layers.{i}.post_attention_layernorm.weight": ("{i}.mlp_norm",   lambda c: (c.hidden_size,)),
+    "model.layers.{i}.mlp.gate_proj.weight":          ("{i}.w_gate",       lambda c: (c.intermediate_size, c.hidden_size)),
+    "model.layers.{i}.mlp.up_proj.weight":            ("{i}.w_up",         lambda c: (c.intermediate_size, c.hidden_size)),
+    "model.layers.{i}.mlp.down_proj.weight":          ("{i}.w_down",       lambda c: (c.hidden_size, c.intermediate_size)),
+    "model.layers.{i}.mlp.gate_proj.bias":            ("{i}.b_gate",       lambda c: (c.intermediate_size,)),
+    "model.layers.{i}.mlp.up_proj.bias":              ("{i}.b_up",         lambda c: (c.intermediate_size,)),
+    "model.layers.{i}.mlp.down_proj.bias":            ("{i}.b_down",       lambda c: (c.hidden_size,)),
+    "model.norm.weight":                              ("norm",             lambda c: (c.hidden_size,)),
+    "lm_head.weight":                                 ("lm_head",          lambda c: (c.vocab_size, c.hidden_size)),
+    "score.weight":                                   ("score",            lambda c: (c.num_labels, c.hidden_size)),
+}
+IGNORED = re.compile(r".*rotary_emb\.inv_freq$")  # buffers some old checkpoints saved
+FLOAT_DTYPES = ("F32", "F16", "BF16")
+
+
+def expected_tensors(config: LlamaConfig) -> dict[str, tuple[str, tuple]]:
+    """checkpoint name -> (engine name, shape) for every tensor this config requires or allows."""
+    out = {}
+    for pattern, (engine, shape) in NAME_TABLE.items():
+        layers = range(config.num_hidden_layers) if "{i}" in pattern else [None]
+        for i in layers:
+            out[pattern.format(i=i)] = (engine.format(i=i), shape(config))
+    return out
+
+
+def required_names(config: LlamaConfig, head: str = "lm") -> set[str]:
+    """Checkpoint names that must be present for this config and head ("lm", "score" or "none")."""
+    names = {n for n in expected_tensors(config)
+             if not n.endswith(".bias") and n not in ("lm_head.weight", "score.weight")}
+    if config.attention_bias:
+        names |= {n for n in expected_tensors(config) if "self_attn" in n and n.endswith(".bias")}
+    if config.mlp_bias:
+        names |= {n for n in expected_tensors(config) if ".mlp." in n and n.endswith(".bias")}
+    if head == "lm" and not config.tie_word_embeddings:
+        names.add("lm_head.weight")
+    if head == "score":
+        names.add("score.weight")
+    return names
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder: sharded (index json) or single."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: corrupt shard index ({e})") from None
+        paths = []
+        for f in files:
+            p = path / f
+            if not isinstance(f, str) or Path(f).name != f or not p.is_file():
+                raise CheckpointError(f"{index}: shard {f!r} is missing")
+            paths.append(p)
+        return paths
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    others = sorted(path.glob("*.safetensors"))
+    if others:
+        return others
+    found = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pth"))
+    hint = f" (found {', '.join(found)}: PyTorch pickles are not read; convert to safetensors)" if found else ""
+    raise CheckpointError(f"no model.safetensors weights in {path}{hint}")
+
+
+class CheckpointTensors:
+    """All tensors of a checkpoint, validated, as read-only memory-mapped NumPy views."""
+
+    def __init__(self, files: list[Path]):
+        self.files = [SafetensorsFile(f) for f in files]
+        self.where = {}
+        for f in self.files:
+            for name in f.keys():
+                if name in self.where:
+                    raise CheckpointError(f"tensor {name!r} appears in both {self.where[name].path} and {f.path}")
+                self.where[name] = f
+        self.metadata = {k: v for f in self.files for k, v in f.metadata.items()}
+
+    def names(self):
+        return self.where.keys()
+
+    def dtype(self, name) -> str:
+        return self.where[name].tensors[name][0]
+
+    def shape(self, name) -> tuple:
+        return self.where[name].tensors[name][1]
+
+    def get(self, name) -> np.ndarray:
+        return self.where[name].get(name)
+
+    def get_f32(self, name) -> np.ndarray:
+        """A float32 copy (small tensors: norms, biases)."""
+        arr, dt = self.get(name), self.dtype(name)
+        return np.array(bf16_to_f32(arr) if dt == "BF16" else arr, dtype=np.float32)
+
+
+def canonical_names(tensors: CheckpointTensors) -> dict[str, str]:
+    """checkpoint name as found -> canonical HF name. A bare `LlamaModel` checkpoint saves
+    `layers.0...` without the `model.` prefix; accept both."""
+    out = {}
+    for name in tensors.names():
+        if IGNORED.match(name):
+            continue
+        canon = name if name.startswith(("model.", "lm_head.", "score.")) else "model." + name
+        out[canon] = name
+    return out
+
+
+def validate(tensors: CheckpointTensors, config: LlamaConfig, head: str = "lm") -> dict[str, str]:
+    """Check names, dtypes and shapes against the config. Returns canonical -> stored name."""
+    expected = expected_tensors(config)
+    names = canonical_names(tensors)
+    unknown = sorted(set(names) - set(expected))
+    if unknown:
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise CheckpointError(f"unexpected tensors for this config: {', '.join(unknown[:5])}{more} "
+                              f"(num_hidden_layers={config.num_hidden_layers}, bias flags, architecture?)")
+    missing = sorted(required_names(config, head) - set(names))
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CheckpointError(f"missing tensors: {', '.join(missing[:5])}{more}")
+    for canon, stored in names.items():
+        shape = expected[canon][1]
+        if tensors.shape(stored) != shape:
+            raise CheckpointError(f"tensor {stored!r}: shape {list(tensors.shape(stored))}, "
+                                  f"expected {list(shape)} from config.json")
+        if tensors.dtype(stored) not in FLOAT_DTYPES:
+            raise CheckpointError(f"tensor {stored!r}: dtype {tensors.dtype(stored)}, expected one of {FLOAT_DTYPES}")
+    return names
