@@ -73,3 +73,18 @@ def test_weights_are_memory_mapped():
         base = base.base
     import mmap
     assert isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_decode_step_matches_transformers(case):
+    """The logits of each generate step (prefill, then one token at a time through the KV cache)."""
+    model, ref = load_case(case)
+    steps = ref["greedy_logits"]  # [B, N, V]
+    ids, mask = ref["input_ids"], ref["attention_mask"]
+    cache = model.new_cache(ids.shape[0])
+    logits = model.next_token_logits(ids, mask, cache)
+    T = ids.shape[1]
+    for i in range(steps.shape[1]):
+        assert_close_logits(logits, steps[:, i])
+        nxt = ref["greedy_ids"][:, T + i : T + i + 1]
+        logits = model.next_token_logits(nxt, np.ones_like(nxt), cache)
