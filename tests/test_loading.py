@@ -210,7 +210,7 @@ def test_input_errors(tiny):
     with pytest.raises(InputError, match="exceeds the context of 8"):
         model(np.ones((1, 9), np.int64))
     with pytest.raises(InputError, match="exceeds the context"):
-        model.generate(np.ones((1, 5), np.int64), max_new_tokens=4)
+        model.generate(np.ones((1, 5), np.int64), max_new_tokens=5)
     with pytest.raises(InputError, match="integers"):
         model(np.array([[1.5]]))
     with pytest.raises(InputError, match="attention_mask"):

@@ -1,35 +1,80 @@
-"""generate(): prefill the prompt into the KV cache, then one token at a time."""
+"""generate(): the prompt is prefilled into the KV cache in one pass, then tokens are decoded one at a
+time, each step reading every weight once.
+
+    generate_tokens()  the loop, as a generator of per-step token columns (streaming builds on it)
+    generate()         transformers' API: -> int64 [B, T + new]
+"""
 from __future__ import annotations
+
+from typing import Iterator
 
 import numpy as np
 
 from ..errors import InputError
+from .sampling import GenerationConfig, Sampler
+from .stopping import StopStrings
 
 
-def generate(model, input_ids, attention_mask=None, max_new_tokens: int = 20, do_sample: bool = False,
-             eos_token_id=None, pad_token_id=None, **kwargs):
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise InputError(f"max_new_tokens: expected a non-negative integer, got {max_new_tokens!r}")
-    if do_sample:
-        raise InputError("sampling is not implemented yet")
-    ids = np.asarray(input_ids)
-    if ids.ndim == 1:
-        ids = ids[None]
+def resolve_config(model, kwargs) -> GenerationConfig:
+    kwargs = dict(kwargs)
+    if kwargs.get("eos_token_id") is None:
+        kwargs["eos_token_id"] = model.config.eos_token_ids
+    config = GenerationConfig.from_kwargs(**kwargs)
+    if config.pad_token_id is None:
+        pad = model.config.pad_token_id
+        config.pad_token_id = pad if pad is not None else (config.eos_token_id[0] if config.eos_token_id else 0)
+    return config
+
+
+def generate_tokens(model, input_ids, attention_mask, config: GenerationConfig, cache=None,
+                    tokenizer=None) -> Iterator[np.ndarray]:
+    """Yield the next token of every row, int64 [B], until max_new_tokens, all rows at EOS, or a stop
+    string. Finished rows get pad_token_id. `cache` defaults to the model's static cache (fresh)."""
+    from ..model.causal_lm import as_batch
+
+    ids, mask = as_batch(input_ids, attention_mask, model.config.vocab_size)
     batch = ids.shape[0]
-    cache = model.static_cache(batch)
-    cache.check_room(ids.shape[1] + max_new_tokens)
-    eos = model.config.eos_token_ids if eos_token_id is None else (
-        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
-    pad = pad_token_id if pad_token_id is not None else (model.config.pad_token_id if model.config.pad_token_id is not None else (eos[0] if eos else 0))
-    out = [np.asarray(ids, dtype=np.int64)]
-    logits = model.next_token_logits(ids, attention_mask, cache)
+    if cache is None:
+        cache = model.static_cache(batch)
+    cache.check_room(ids.shape[1] + max(config.max_new_tokens - 1, 0))
+    if config.max_new_tokens == 0:
+        return
+    stops = StopStrings(config.stop_strings, tokenizer, batch) if config.stop_strings else None
+    history = [row[m.astype(bool)] for row, m in zip(ids, mask)]
+    sampler = Sampler(config)
+    eos = np.array(config.eos_token_id or [], np.int64)
     done = np.zeros(batch, bool)
-    for _ in range(max_new_tokens):
-        nxt = logits.argmax(axis=-1)
-        nxt = np.where(done, pad, nxt)
-        out.append(nxt[:, None])
+    logits = model.next_token_logits(ids, mask, cache)
+    for step in range(config.max_new_tokens):
+        nxt = np.where(done, config.pad_token_id, sampler(logits, history))
+        yield nxt
         done |= np.isin(nxt, eos)
-        if done.all():
-            break
+        if stops is not None:
+            done |= stops.update(nxt, done)
+        if done.all() or step == config.max_new_tokens - 1:
+            return
+        history = [np.append(h, t) for h, t in zip(history, nxt)]
         logits = model.next_token_logits(nxt[:, None], np.ones((batch, 1), np.uint8), cache)
-    return np.concatenate(out, axis=1)
+
+
+def generate(model, input_ids, attention_mask=None, streamer=None, tokenizer=None, **kwargs) -> np.ndarray:
+    """transformers-style: max_new_tokens, do_sample, temperature, top_k, top_p, min_p,
+    repetition_penalty, eos_token_id (one or several), pad_token_id, stop_strings (needs tokenizer=),
+    seed. Returns int64 [B, T + n]; stops early only when every row has ended."""
+    config = resolve_config(model, kwargs)
+    if config.stop_strings and tokenizer is None:
+        raise InputError("stop_strings need the tokenizer: generate(..., stop_strings=[...], tokenizer=tok)")
+    ids = np.asarray(input_ids)
+    ids = ids[None] if ids.ndim == 1 else ids
+    columns = [np.asarray(ids, dtype=np.int64)]
+    if streamer is not None:
+        streamer.put(columns[0])
+    try:
+        for nxt in generate_tokens(model, ids, attention_mask, config, tokenizer=tokenizer):
+            columns.append(nxt[:, None])
+            if streamer is not None:
+                streamer.put(nxt)
+    finally:
+        if streamer is not None:
+            streamer.end()
+    return np.concatenate(columns, axis=1)
