@@ -27,9 +27,11 @@ def resolve_config(model, kwargs) -> GenerationConfig:
 
 
 def generate_tokens(model, input_ids, attention_mask, config: GenerationConfig, cache=None,
-                    tokenizer=None) -> Iterator[np.ndarray]:
+                    tokenizer=None, history=None) -> Iterator[np.ndarray]:
     """Yield the next token of every row, int64 [B], until max_new_tokens, all rows at EOS, or a stop
-    string. Finished rows get pad_token_id. `cache` defaults to the model's static cache (fresh)."""
+    string. Finished rows get pad_token_id. `cache` defaults to the model's static cache (fresh); a
+    cache that already holds a prefix gets input_ids appended (chat reuses the shared history so),
+    and `history` then lists each row's earlier ids for the repetition penalty."""
     from ..model.causal_lm import as_batch
 
     ids, mask = as_batch(input_ids, attention_mask, model.config.vocab_size)
@@ -40,7 +42,8 @@ def generate_tokens(model, input_ids, attention_mask, config: GenerationConfig, 
     if config.max_new_tokens == 0:
         return
     stops = StopStrings(config.stop_strings, tokenizer, batch) if config.stop_strings else None
-    history = [row[m.astype(bool)] for row, m in zip(ids, mask)]
+    history = [np.concatenate([np.asarray(h if history is not None else [], np.int64), row[m.astype(bool)]])
+               for h, row, m in zip(history if history is not None else [None] * batch, ids, mask)]
     sampler = Sampler(config)
     eos = np.array(config.eos_token_id or [], np.int64)
     done = np.zeros(batch, bool)

