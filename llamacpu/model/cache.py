@@ -14,20 +14,39 @@ from .rope_scaling import RopeFrequencies
 
 
 class KVCache:
-    def __init__(self, config: LlamaConfig, batch: int, max_len: int):
+    def __init__(self, config: LlamaConfig, batch: int, max_len: int, backend=None):
+        from ..backends import CPUBackend
+
+        backend = backend or CPUBackend()
         L, KV, hd = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
-        # np.zeros maps untouched pages lazily: a long context costs memory only as it fills
-        self.k = np.zeros((L, batch, KV, max_len, hd), np.float32)  # [layer, batch, kv_head, slot, head_dim]
-        self.v = np.zeros((L, batch, KV, max_len, hd), np.float32)
-        self.valid = np.zeros((batch, max_len), np.uint8)  # [batch, slot]: 1 = a real token
+        # zero pages are mapped lazily on the CPU: a long context costs memory only as it fills
+        self.k = backend.zeros((L, batch, KV, max_len, hd))  # [layer, batch, kv_head, slot, head_dim]
+        self.v = backend.zeros((L, batch, KV, max_len, hd))
+        self.valid = np.zeros((batch, max_len), np.uint8)  # [batch, slot]: 1 = a real token (host)
+        self.valid_dev = backend.upload(self.valid)  # the same on the backend's device
         self.seen = np.zeros(batch, np.int64)  # [batch]: real tokens so far = next RoPE position
-        self.scores = np.zeros((numba.config.NUMBA_NUM_THREADS, max_len), np.float32)  # attention scratch
+        self.scores = backend.zeros((numba.config.NUMBA_NUM_THREADS, max_len))  # attention scratch
+        self.backend = backend
         self.rope = RopeFrequencies(config)
         self.batch, self.max_len = batch, max_len
         self.length = 0  # slots used (the same for every row)
 
+    def append(self, mask: np.ndarray) -> None:
+        """Claim the next T slots for a [B, T] chunk whose real tokens `mask` marks."""
+        T = mask.shape[1]
+        self.check_room(T)
+        self.valid[:, self.length:self.length + T] = mask
+        self.seen += mask.sum(axis=1, dtype=np.int64)
+        self.length += T
+        self._sync()
+
+    def _sync(self):
+        if self.valid_dev is not self.valid:
+            self.valid_dev = self.backend.upload(self.valid)
+
     def reset(self):
         self.valid[:] = 0
+        self._sync()
         self.seen[:] = 0
         self.length = 0
         self.rope.reset()
@@ -39,6 +58,7 @@ class KVCache:
         self.valid[:, length:] = 0
         self.seen[:] = self.valid[:, :length].sum(axis=1)
         self.length = length
+        self._sync()
 
     def check_room(self, n_new: int):
         if self.length + n_new > self.max_len:

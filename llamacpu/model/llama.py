@@ -19,10 +19,7 @@ import numpy as np
 
 from ..config import LlamaConfig
 from ..errors import InputError
-from ..kernels.attention import attention
-from ..kernels.rmsnorm import rmsnorm
-from ..kernels.rope import rope
-from ..kernels.swiglu import swiglu
+from ..backends import CPUBackend
 from .cache import KVCache
 from .weights import Weight
 
@@ -74,32 +71,23 @@ class LlamaWeights:
 
 class Workspace:
     """All activation buffers of a forward pass over up to `capacity` tokens, allocated here once
-    and reused (views of the first n rows). Grows only when a longer chunk arrives."""
+    (by the backend, on its device) and reused as views of the first n rows. Grows only when a
+    longer chunk arrives."""
 
-    def __init__(self, config: LlamaConfig, capacity: int):
+    def __init__(self, config: LlamaConfig, capacity: int, backend):
         D, I = config.hidden_size, config.intermediate_size
         Q, KV = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+        z = backend.zeros
         self.capacity = capacity
-        self.x = np.zeros((capacity, D), np.float32)  # residual stream [tokens, hidden]
-        self.h = np.zeros((capacity, D), np.float32)  # normed input of a sub-layer
-        self.q = np.zeros((capacity, Q), np.float32)  # [tokens, n_heads * head_dim]
-        self.k = np.zeros((capacity, KV), np.float32)  # [tokens, n_kv_heads * head_dim]
-        self.v = np.zeros((capacity, KV), np.float32)
-        self.att = np.zeros((capacity, Q), np.float32)  # attention output per head, concatenated
-        self.gate = np.zeros((capacity, I), np.float32)  # [tokens, intermediate]
-        self.up = np.zeros((capacity, I), np.float32)
-        self.proj = np.zeros((capacity, D), np.float32)  # output of wo / w_down before the residual add
-
-
-def linear(w: Weight, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """out = x @ W.T (+ bias). One token: the decode matrix-vector kernel; several: matrix-matrix."""
-    if x.shape[0] == 1:
-        w.matvec(x[0], out[0])
-    else:
-        w.matmul(x, out)
-    if bias is not None:
-        out += bias
-    return out
+        self.x = z((capacity, D))  # residual stream [tokens, hidden]
+        self.h = z((capacity, D))  # normed input of a sub-layer
+        self.q = z((capacity, Q))  # [tokens, n_heads * head_dim]
+        self.k = z((capacity, KV))  # [tokens, n_kv_heads * head_dim]
+        self.v = z((capacity, KV))
+        self.att = z((capacity, Q))  # attention output per head, concatenated
+        self.gate = z((capacity, I))  # [tokens, intermediate]
+        self.up = z((capacity, I))
+        self.proj = z((capacity, D))  # output of wo / w_down before the residual add
 
 
 class LlamaCore:
@@ -107,9 +95,11 @@ class LlamaCore:
 
     prefill_chunk = 256  # tokens per row per forward chunk: bounds the workspace for long prompts
 
-    def __init__(self, config: LlamaConfig, weights: LlamaWeights, max_context: int | None = None):
+    def __init__(self, config: LlamaConfig, weights: LlamaWeights, max_context: int | None = None, backend=None):
         self.config = config
+        self.backend = backend or CPUBackend()
         self.weights = weights
+        self.tracer = None  # set by `trace()`: records every intermediate; None costs one test per op
         self.max_context = int(max_context or config.default_max_context())
         if self.max_context <= 0:
             raise InputError(f"max_context must be positive, got {max_context}")
@@ -120,12 +110,12 @@ class LlamaCore:
     # ---- the two allocation sites -------------------------------------------------------------------
     def workspace(self, n_tokens: int) -> Workspace:
         if self._workspace is None or self._workspace.capacity < n_tokens:
-            self._workspace = Workspace(self.config, n_tokens)
+            self._workspace = Workspace(self.config, n_tokens, self.backend)
         return self._workspace
 
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
         """A fresh preallocated KV cache (pass it as `past_key_values` to continue a sequence)."""
-        return KVCache(self.config, batch, max_len or self.max_context)
+        return KVCache(self.config, batch, max_len or self.max_context, self.backend)
 
     def static_cache(self, batch: int) -> KVCache:
         """The model's own cache, reused across calls while the batch size stays the same."""
@@ -155,7 +145,7 @@ class LlamaCore:
         return result
 
     def _chunk(self, ids: np.ndarray, mask: np.ndarray, cache: KVCache) -> np.ndarray:
-        cfg = self.config
+        cfg, ops, trace = self.config, self.backend, self.tracer
         B, T = ids.shape
         N = B * T
         H, KV, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -165,41 +155,48 @@ class LlamaCore:
         # RoPE positions count real tokens only, so a left-padded row starts at 0 (as generate does).
         positions = cache.seen[:, None] + np.cumsum(mask, axis=1, dtype=np.int64) - 1  # [B, T]
         positions = np.maximum(positions, 0).reshape(N)
-        cache.valid[:, start:start + T] = mask
-        cache.seen += mask.sum(axis=1, dtype=np.int64)
-        cache.length += T
         inv_freq = cache.rope.for_positions(int(positions.max()))
+        cache.append(mask)
+        pos, inv_freq = ops.upload(positions), ops.upload(inv_freq)
 
         x = ws.x[:N]
-        x[:] = self.weights.embed.rows(ids.reshape(N))
         h, q, k, v, att, proj = ws.h[:N], ws.q[:N], ws.k[:N], ws.v[:N], ws.att[:N], ws.proj[:N]
         gate, up = ws.gate[:N], ws.up[:N]
+        ops.embed(self.weights.embed, ids.reshape(N), x)
+        if trace: trace.begin(ids, mask, positions, inv_freq, start, cache); trace("embed", x)
         for layer, lw in enumerate(self.weights.layers):
             # --- attention block -----------------------------------------------------------------
-            rmsnorm(x, lw.attn_norm, cfg.rms_norm_eps, h)
-            linear(lw.wq, h, q, lw.bq)
-            linear(lw.wk, h, k, lw.bk)
-            linear(lw.wv, h, v, lw.bv)
-            rope(q.reshape(N, H, hd), positions, inv_freq)
-            rope(k.reshape(N, KV, hd), positions, inv_freq)
-            # append to the cache: [B, T, KV, hd] -> [B, KV, T, hd] at slots start..start+T
-            cache.k[layer, :, :, start:start + T] = k.reshape(B, T, KV, hd).transpose(0, 2, 1, 3)
-            cache.v[layer, :, :, start:start + T] = v.reshape(B, T, KV, hd).transpose(0, 2, 1, 3)
-            attention(q.reshape(B, T, H, hd), cache.k[layer], cache.v[layer], cache.valid, start,
-                      self.scale, att.reshape(B, T, H, hd), cache.scores)
-            x += linear(lw.wo, att, proj, lw.bo)
+            ops.rmsnorm(x, lw.attn_norm, cfg.rms_norm_eps, h)
+            ops.linear(lw.wq, h, q, lw.bq)
+            ops.linear(lw.wk, h, k, lw.bk)
+            ops.linear(lw.wv, h, v, lw.bv)
+            if trace: trace.layer(layer); trace("attn_norm", h); trace("q", q); trace("k", k); trace("v", v)
+            ops.rope(q.reshape(N, H, hd), pos, inv_freq)
+            ops.rope(k.reshape(N, KV, hd), pos, inv_freq)
+            ops.store_kv(cache.k[layer], cache.v[layer], k.reshape(B, T, KV, hd), v.reshape(B, T, KV, hd), start)
+            ops.attention(q.reshape(B, T, H, hd), cache.k[layer], cache.v[layer], cache.valid_dev, start,
+                          self.scale, att.reshape(B, T, H, hd), cache.scores)
+            if trace: trace("q_rope", q); trace("k_rope", k); trace.attention(layer, q, self.scale); trace("attn_out", att)
+            ops.add(x, ops.linear(lw.wo, att, proj, lw.bo))
+            if trace: trace("o_proj", proj); trace("resid_attn", x)
             # --- MLP block (SwiGLU) ------------------------------------------------------------
-            rmsnorm(x, lw.mlp_norm, cfg.rms_norm_eps, h)
-            linear(lw.w_gate, h, gate, lw.b_gate)
-            linear(lw.w_up, h, up, lw.b_up)
-            swiglu(gate, up, gate)
-            x += linear(lw.w_down, gate, proj, lw.b_down)
-        rmsnorm(x, self.weights.norm, cfg.rms_norm_eps, h)
-        return h.reshape(B, T, cfg.hidden_size)
+            ops.rmsnorm(x, lw.mlp_norm, cfg.rms_norm_eps, h)
+            ops.linear(lw.w_gate, h, gate, lw.b_gate)
+            ops.linear(lw.w_up, h, up, lw.b_up)
+            if trace: trace("mlp_norm", h); trace("gate", gate); trace("up", up)
+            ops.swiglu(gate, up, gate)
+            ops.add(x, ops.linear(lw.w_down, gate, proj, lw.b_down))
+            if trace: trace("act", gate); trace("down", proj); trace("resid_mlp", x)
+        ops.rmsnorm(x, self.weights.norm, cfg.rms_norm_eps, h)
+        if trace: trace.layer(None); trace("final_norm", h)
+        return ops.to_host(h).reshape(B, T, cfg.hidden_size)
 
     def head(self, w: Weight, hidden: np.ndarray) -> np.ndarray:
         """Project hidden states [..., hidden] through a head matrix -> float32 [..., rows]."""
-        flat = np.ascontiguousarray(hidden.reshape(-1, hidden.shape[-1]))
-        out = np.empty((flat.shape[0], w.shape[0]), np.float32)
-        linear(w, flat, out)
-        return out.reshape(hidden.shape[:-1] + (w.shape[0],))
+        ops = self.backend
+        flat = ops.upload(np.ascontiguousarray(hidden.reshape(-1, hidden.shape[-1])))
+        out = ops.zeros((flat.shape[0], w.shape[0]))
+        ops.linear(w, flat, out)
+        out = ops.to_host(out).reshape(hidden.shape[:-1] + (w.shape[0],))
+        if self.tracer: self.tracer.layer(None); self.tracer("logits", out)
+        return out
