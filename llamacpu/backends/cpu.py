@@ -23,9 +23,9 @@ class CPUBackend:
     def to_host(self, a) -> np.ndarray:
         return a
 
-    def prepare_weight(self, w):
-        """A Weight as loaded -> the Weight this backend multiplies with (here: unchanged)."""
-        return w
+    def prepare_weights(self, weights):
+        """LlamaWeights as loaded -> the weights this backend computes with (here: unchanged)."""
+        return weights
 
     # ---- the kernels the forward pass calls ---------------------------------------------------------------
     def embed(self, weight, ids: np.ndarray, out) -> None:

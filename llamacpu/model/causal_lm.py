@@ -76,15 +76,14 @@ class LlamaPreTrainedModel(LlamaCore):
             raise InputError("torch_dtype: use dtype= (llamacpu has no torch)")
         if kwargs:
             raise InputError(f"from_pretrained: unknown arguments {sorted(kwargs)}")
-        if device != "cpu":
-            from ..errors import DeviceError
+        from ..backends import get_backend
 
-            raise DeviceError(f"device {device!r} is not available in this build (only 'cpu')")
+        backend = get_backend(device)  # a missing GPU or driver fails here, before any loading
         if num_threads is not None:
             set_num_threads(num_threads)
         config, weights, _ = load(path, dtype=dtype, quantization=quantization, head=cls.head_kind,
                                   check_finite=check_finite, progress=progress)
-        model = cls(config, weights, max_context=max_context)
+        model = cls(config, weights, max_context=max_context, backend=backend)
         model.name_or_path = str(path)
         return model
 
@@ -98,6 +97,12 @@ class LlamaPreTrainedModel(LlamaCore):
                 raise InputError(f"past_key_values holds {cache.batch} rows, input_ids has {ids.shape[0]}")
         hidden = self.decoder(ids, mask, cache, out_rows=out_rows)
         return ids, mask, cache, hidden
+
+    def trace(self, input_ids, attention_mask=None):
+        """Run one forward pass recording every named intermediate (see llamacpu.inspect.trace)."""
+        from ..inspect.trace import trace
+
+        return trace(self, input_ids, attention_mask)
 
     def num_parameters(self) -> int:
         cfg = self.config

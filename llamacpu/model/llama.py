@@ -98,7 +98,7 @@ class LlamaCore:
     def __init__(self, config: LlamaConfig, weights: LlamaWeights, max_context: int | None = None, backend=None):
         self.config = config
         self.backend = backend or CPUBackend()
-        self.weights = weights
+        self.weights = self.backend.prepare_weights(weights)  # e.g. copied to the GPU once
         self.tracer = None  # set by `trace()`: records every intermediate; None costs one test per op
         self.max_context = int(max_context or config.default_max_context())
         if self.max_context <= 0:
