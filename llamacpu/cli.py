@@ -28,6 +28,7 @@ def add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="weight precision in memory (default: as stored)")
     p.add_argument("-q", "--quantization", help="quantize at load: q8_0, q4_0, q4_1, q4_k, int4_g128")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (cuda: numba.cuda)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -62,7 +63,7 @@ def load(args, say=None):
         say(f"loading {path}")
     first_run_note(say)
     model = LlamaForCausalLM.from_pretrained(path, dtype=args.dtype, max_context=args.ctx_size,
-                                             quantization=args.quantization, progress=True)
+                                             quantization=args.quantization, device=args.device, progress=True)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
 

@@ -41,7 +41,7 @@ class ChatSession:
         reply = []
         complete = False
         try:
-            for piece in self.runner.stream(ids[keep:], cache=self.cache, history=ids[:keep], context_ids=ids,
+            for piece in self.runner.stream(ids[keep:], cache=self.cache, history=[ids[:keep]], context_ids=ids,
                                             **self.generation_kwargs):
                 reply.append(piece)
                 yield piece

@@ -42,8 +42,9 @@ def generate_tokens(model, input_ids, attention_mask, config: GenerationConfig, 
     if config.max_new_tokens == 0:
         return
     stops = StopStrings(config.stop_strings, tokenizer, batch) if config.stop_strings else None
-    history = [np.concatenate([np.asarray(h if history is not None else [], np.int64), row[m.astype(bool)]])
-               for h, row, m in zip(history if history is not None else [None] * batch, ids, mask)]
+    earlier = history if history is not None else [[]] * batch  # per row: ids before input_ids
+    history = [np.concatenate([np.asarray(h, np.int64).reshape(-1), row[m.astype(bool)]])
+               for h, row, m in zip(earlier, ids, mask)]
     sampler = Sampler(config)
     eos = np.array(config.eos_token_id or [], np.int64)
     done = np.zeros(batch, bool)
