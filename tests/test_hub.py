@@ -1,0 +1,65 @@
+"""Hugging Face repo ids resolve through huggingface_hub's standard cache, offline, against a cache
+folder built here (the Hub itself is never contacted)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+FIXTURE = Path(__file__).parent / "fixtures" / "parity" / "mha_f32"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+SCRIPT = """
+import sys
+import numpy as np
+from llamacpu import LlamaForCausalLM, CheckpointError
+from llamacpu.hub import resolve_model
+path = resolve_model(sys.argv[1])
+print("resolved", path)
+m = LlamaForCausalLM.from_pretrained(path)
+print("logits", m(np.array([[1, 2, 3]])).logits.shape)
+try:
+    resolve_model("someone/not-cached")
+except CheckpointError as e:
+    print("error", e)
+"""
+
+
+def build_cache(root: Path, repo: str):
+    """The layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<commit>/...}."""
+    folder = root / ("models--" + repo.replace("/", "--"))
+    snap = folder / "snapshots" / COMMIT
+    snap.mkdir(parents=True)
+    for f in FIXTURE.iterdir():
+        if f.name in ("config.json", "model.safetensors"):
+            shutil.copy(f, snap / f.name)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(COMMIT)
+
+
+def run(tmp_path, *args):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "home"))
+    return subprocess.run([sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_repo_id_resolves_offline_from_the_cache(tmp_path):
+    build_cache(tmp_path / "hub", "llamacpu-test/tiny")
+    out = run(tmp_path, "llamacpu-test/tiny")
+    assert out.returncode == 0, out.stderr
+    assert f"snapshots/{COMMIT}" in out.stdout
+    assert "logits (1, 3, 128)" in out.stdout
+    # offline and not cached: one clear message naming the repo and what to do, no network traceback
+    error = [l for l in out.stdout.splitlines() if l.startswith("error")][0]
+    assert "someone/not-cached" in error and "HF_HUB_OFFLINE" in error
+    assert "Traceback" not in out.stderr
+
+
+def test_revision_suffix_and_cli_message(tmp_path):
+    build_cache(tmp_path / "hub", "llamacpu-test/tiny")
+    out = run(tmp_path, f"llamacpu-test/tiny@{COMMIT}")
+    assert out.returncode == 0, out.stderr
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"))
+    cli = subprocess.run([sys.executable, "-m", "llamacpu.cli", "generate", "nobody/nothing", "-n", "2"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert cli.returncode == 1
+    assert "nobody/nothing" in cli.stderr and "Traceback" not in cli.stderr
