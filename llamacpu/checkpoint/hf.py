@@ -137,8 +137,12 @@ def canonical_names(tensors: CheckpointTensors) -> dict[str, str]:
     return out
 
 
-def validate(tensors: CheckpointTensors, config: LlamaConfig, head: str = "lm") -> dict[str, str]:
-    """Check names, dtypes and shapes against the config. Returns canonical -> stored name."""
+def validate(tensors: CheckpointTensors, config: LlamaConfig, head: str = "lm",
+             quantized: dict | None = None) -> dict[str, str]:
+    """Check names, dtypes and shapes against the config. Returns canonical -> stored name.
+    `quantized`: {stored name: (format, (rows, cols))} for a llamacpu quantized checkpoint, whose
+    matrices are stored as uint8 blocks [rows, bytes_per_row]."""
+    quantized = quantized or {}
     expected = expected_tensors(config)
     names = canonical_names(tensors)
     unknown = sorted(set(names) - set(expected))
@@ -152,6 +156,15 @@ def validate(tensors: CheckpointTensors, config: LlamaConfig, head: str = "lm") 
         raise CheckpointError(f"missing tensors: {', '.join(missing[:5])}{more}")
     for canon, stored in names.items():
         shape = expected[canon][1]
+        if stored in quantized:
+            from ..quant import get_format
+
+            fmt, logical = quantized[stored]
+            blocks_shape = (logical[0], get_format(fmt).bytes_per_row(logical[1])) if logical[1] % get_format(fmt).block_size == 0 else None
+            if logical != shape or tensors.shape(stored) != blocks_shape or tensors.dtype(stored) != "U8":
+                raise CheckpointError(f"tensor {stored!r}: {fmt} blocks {tensors.dtype(stored)} {list(tensors.shape(stored))} "
+                                      f"for a {list(logical)} matrix; expected U8 {list(blocks_shape or ())} for {list(shape)}")
+            continue
         if tensors.shape(stored) != shape:
             raise CheckpointError(f"tensor {stored!r}: shape {list(tensors.shape(stored))}, "
                                   f"expected {list(shape)} from config.json")

@@ -15,6 +15,8 @@ from ..errors import CheckpointError, InputError
 from ..model.llama import LayerWeights, LlamaWeights
 from ..model.weights import DenseWeight
 from . import hf
+from .quantized import quantize_weights, quantized_entries
+from .safetensors_mmap import bf16_to_f32
 
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 
@@ -28,27 +30,71 @@ def load(path, dtype: str = "auto", quantization: str | None = None, head: str =
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     if path.is_file() and path.suffix == ".gguf":
-        raise CheckpointError("GGUF loading is not wired yet")  # replaced by the GGUF loader
-    if not path.is_dir():
+        config, weights, source = load_gguf(path, dtype, head)
+    elif path.is_dir():
+        config = LlamaConfig.from_pretrained(path)
+        source = hf.CheckpointTensors(hf.weight_files(path))
+        quantized = quantized_entries(source)
+        names = hf.validate(source, config, head, quantized)
+        weights = build_weights(config, source, names, dtype, head, quantized)
+        if check_finite:
+            check_all_finite(source, names, quantized)
+    else:
         raise CheckpointError(f"{path}: expected a checkpoint folder (config.json + *.safetensors) or a .gguf file")
-    config = LlamaConfig.from_pretrained(path)
-    tensors = hf.CheckpointTensors(hf.weight_files(path))
-    names = hf.validate(tensors, config, head)
-    weights = build_weights(config, tensors, names, dtype, head)
-    if check_finite:
-        check_all_finite(weights, tensors, names)
-    return config, weights, tensors
+    if quantization:
+        weights, _ = quantize_weights(weights, quantization, progress=progress)
+    return config, weights, source
+
+
+def load_gguf(path: Path, dtype: str, head: str):
+    """A llama GGUF file: blocks used as stored (no re-quantization), floats as stored or converted."""
+    from ..quant import QuantizedWeight, get_format
+    from .gguf import read_gguf
+
+    ckpt = read_gguf(path)
+    config = LlamaConfig.from_dict(ckpt.config)
+
+    def matrix(name):
+        t = ckpt.tensors[name]
+        kind = t.dtype.upper()
+        if kind in ("F32", "F16", "BF16"):
+            return DenseWeight.from_array(t.data, dtype, kind)
+        return QuantizedWeight.from_blocks(get_format(int(t.ggml_type)).name, t.data, t.shape)
+
+    def vector(name):
+        if name not in ckpt.tensors:
+            return None
+        t = ckpt.tensors[name]
+        kind = t.dtype.upper()
+        if kind not in ("F32", "F16", "BF16"):
+            raise CheckpointError(f"{path}: {name} is stored as {kind}; norms and biases must be float")
+        return bf16_to_f32(t.data).reshape(-1) if kind == "BF16" else np.array(t.data, np.float32).reshape(-1)
+
+    weights = _build(config, matrix, vector, set(ckpt.tensors), head)
+    return config, weights, ckpt
 
 
 def build_weights(config: LlamaConfig, tensors: "hf.CheckpointTensors", names: dict[str, str],
-                  dtype: str, head: str) -> LlamaWeights:
+                  dtype: str, head: str, quantized: dict | None = None) -> LlamaWeights:
+    quantized = quantized or {}
+
     def matrix(canon):
         stored = names[canon]
+        if stored in quantized:
+            from ..quant import QuantizedWeight
+
+            fmt, shape = quantized[stored]
+            return QuantizedWeight.from_blocks(fmt, tensors.get(stored), shape)
         return DenseWeight.from_array(tensors.get(stored), dtype, tensors.dtype(stored))
 
     def vector(canon):
         return tensors.get_f32(names[canon]) if canon in names else None
 
+    return _build(config, matrix, vector, set(names), head)
+
+
+def _build(config: LlamaConfig, matrix, vector, present: set, head: str) -> LlamaWeights:
+    """Assemble LlamaWeights from `matrix(hf_name)` / `vector(hf_name)` for the names `present`."""
     layers = []
     for i in range(config.num_hidden_layers):
         p = f"model.layers.{i}."
@@ -67,14 +113,24 @@ def build_weights(config: LlamaConfig, tensors: "hf.CheckpointTensors", names: d
     embed = matrix("model.embed_tokens.weight")
     lm_head = None
     if head == "lm":
-        lm_head = embed if config.tie_word_embeddings or "lm_head.weight" not in names else matrix("lm_head.weight")
+        lm_head = embed if config.tie_word_embeddings or "lm_head.weight" not in present else matrix("lm_head.weight")
     score = matrix("score.weight") if head == "score" else None
     return LlamaWeights(embed=embed, layers=layers, norm=vector("model.norm.weight"), lm_head=lm_head, score=score)
 
 
-def check_all_finite(weights: LlamaWeights, tensors, names) -> None:
-    """NaN/Inf in a checkpoint would silently poison every output: find it at load, name the tensor."""
+def check_all_finite(tensors, names, quantized=None) -> None:
+    """NaN/Inf in a checkpoint would silently poison every output: find it at load, name the tensor.
+    (Quantized blocks are checked through their dequantized values.)"""
+    quantized = quantized or {}
     for canon, stored in names.items():
+        if stored in quantized:
+            from ..quant import QuantizedWeight
+
+            fmt, shape = quantized[stored]
+            if not np.isfinite(QuantizedWeight.from_blocks(fmt, tensors.get(stored), shape).dequantize()).all():
+                raise CheckpointError(f"tensor {stored!r} contains NaN or Inf "
+                                      f"(from_pretrained(..., check_finite=False) skips this check)")
+            continue
         arr = tensors.get(stored)
         dt = tensors.dtype(stored)
         if dt == "BF16":
