@@ -109,6 +109,7 @@ def cmd_generate(args) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()
     if not args.quiet:
         stderr(speed_line(run.stats))
     return 0
