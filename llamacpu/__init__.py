@@ -2,7 +2,13 @@
 from .config import LlamaConfig
 from .errors import (CheckpointError, ConfigError, DeviceError, InputError, LlamacpuError, TokenizerError,
                      UnsupportedError)
+from .generation.pipeline import pipeline
+from .generation.sampling import GenerationConfig
+from .generation.stream import TextStreamer, stream
 from .model.causal_lm import (LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel, ModelOutput,
                               set_num_threads)
+from .tokenizer.auto import AutoTokenizer
+from .tokenizer.fast import LlamaTokenizerFast
+from .tokenizer.llama import LlamaTokenizer
 
 __version__ = "0.1.0"
