@@ -103,3 +103,15 @@ def test_bf16_round_trip_and_rounding():
     assert np.isnan(bf16_to_f32(f32_to_bf16(np.array([np.nan], np.float32))))[0]
     # round to nearest even: 1 + 2^-8 is a tie between 1 and 1 + 2^-7 -> 1
     assert bf16_to_f32(f32_to_bf16(np.array([1 + 2 ** -8], np.float32)))[0] == 1.0
+
+
+def test_attention_query_with_nothing_to_attend_gives_zeros():
+    """A left-padding query sees no valid slot: zeros, not NaN (fastmath must not drop the check)."""
+    rng = np.random.default_rng(1)
+    q = rand(rng, 1, 2, 1, 2)
+    kc, vc = rand(rng, 1, 1, 5, 2), rand(rng, 1, 1, 5, 2)
+    valid = np.array([[0, 1, 0, 0, 0]], np.uint8)
+    out = np.empty_like(q)
+    attention(q, kc, vc, valid, 0, np.float32(0.7), out, np.zeros((numba.config.NUMBA_NUM_THREADS, 5), np.float32))
+    assert np.array_equal(out[0, 0], np.zeros((1, 2), np.float32))
+    np.testing.assert_allclose(out[0, 1, 0], vc[0, 0, 1], rtol=1e-6)

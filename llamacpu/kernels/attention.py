@@ -24,18 +24,21 @@ def attention(q, k_cache, v_cache, valid, start, scale, out, scores):
         kv = h // n_rep
         row = scores[numba.get_thread_id()]
         last = start + t  # causal: this query sees slots 0..last
-        m = np.float32(-np.inf)
+        # fastmath assumes no infinities, so track "seen any slot" explicitly instead of using -inf
+        m = np.float32(0.0)
+        seen = 0
         for s in range(last + 1):
             if valid[b, s]:
                 dot = np.float32(0.0)
                 for d in range(head_dim):
                     dot += q[b, t, h, d] * k_cache[b, kv, s, d]
                 row[s] = dot * scale
-                if row[s] > m:
+                if seen == 0 or row[s] > m:
                     m = row[s]
+                seen += 1
         for d in range(head_dim):
             out[b, t, h, d] = 0.0
-        if m == -np.inf:  # nothing to attend to (a padding query): output zeros
+        if seen == 0:  # nothing to attend to (a padding query): output zeros
             continue
         total = np.float32(0.0)
         for s in range(last + 1):
