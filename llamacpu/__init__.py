@@ -1,4 +1,5 @@
 """llamacpu: Llama inference on the CPU with NumPy and Numba."""
+from . import runtime  # first: picks the Numba threading layer before any kernel runs
 from .config import LlamaConfig
 from .errors import (CheckpointError, ConfigError, DeviceError, InputError, LlamacpuError, TokenizerError,
                      UnsupportedError)

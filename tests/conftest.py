@@ -14,3 +14,20 @@ def shared_models():
     if not SHARED_MODELS.is_dir():
         pytest.skip("../shared/models not found: real-model tests need the shared model folder beside the repo")
     return SHARED_MODELS
+
+
+# ---- fuzzing tally: every fuzz test reports how many inputs it tried, printed at the end of the run ----
+FUZZ_COUNTS: dict[str, list[int]] = {}
+
+
+def fuzz_tally(name: str, crashed: bool = False) -> None:
+    """Count one fuzzed input of reader `name` (crashed: it escaped our exception family)."""
+    tried, crashes = FUZZ_COUNTS.get(name, [0, 0])
+    FUZZ_COUNTS[name] = [tried + 1, crashes + int(crashed)]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FUZZ_COUNTS:
+        terminalreporter.section("fuzzing: inputs tried per reader")
+        for name, (tried, crashes) in sorted(FUZZ_COUNTS.items()):
+            terminalreporter.write_line(f"{name:<28} {tried:6d} inputs, {crashes} crashes")

@@ -20,6 +20,7 @@ import numpy as np
 from ..config import LlamaConfig
 from ..errors import InputError
 from ..backends import CPUBackend
+from ..runtime import KERNEL_LOCK
 from .cache import KVCache
 from .weights import Weight
 
@@ -137,7 +138,8 @@ class LlamaCore:
         step = max(1, self.prefill_chunk)
         for c0 in range(0, n_new, step):
             c1 = min(n_new, c0 + step)
-            h = self._chunk(input_ids[:, c0:c1], attention_mask[:, c0:c1], cache)  # [B, Tc, D]
+            with KERNEL_LOCK:  # one thread at a time in the kernels (see llamacpu.runtime)
+                h = self._chunk(input_ids[:, c0:c1], attention_mask[:, c0:c1], cache)  # [B, Tc, D]
             if out_rows == "all":
                 result[:, c0:c1] = h
             elif c1 == n_new:
@@ -196,7 +198,8 @@ class LlamaCore:
         ops = self.backend
         flat = ops.upload(np.ascontiguousarray(hidden.reshape(-1, hidden.shape[-1])))
         out = ops.zeros((flat.shape[0], w.shape[0]))
-        ops.linear(w, flat, out)
+        with KERNEL_LOCK:
+            ops.linear(w, flat, out)
         out = ops.to_host(out).reshape(hidden.shape[:-1] + (w.shape[0],))
         if self.tracer: self.tracer.layer(None); self.tracer("logits", out)
         return out
