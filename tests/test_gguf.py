@@ -16,6 +16,7 @@ import gguf
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
+from conftest import fuzz_tally
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -405,9 +406,14 @@ def _read_or_refuse(data: bytes) -> bool:
         p.write_bytes(data)
         try:
             read_gguf(p)
+            fuzz_tally("gguf")
             return True
         except REFUSALS:
+            fuzz_tally("gguf")
             return False
+        except Exception:
+            fuzz_tally("gguf", crashed=True)
+            raise
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
