@@ -104,6 +104,12 @@ class LlamaPreTrainedModel(LlamaCore):
 
         return trace(self, input_ids, attention_mask)
 
+    def tracing(self):
+        """Context manager recording a Trace per forward chunk (prefill, then each decode step)."""
+        from ..inspect.trace import tracing
+
+        return tracing(self)
+
     def num_parameters(self) -> int:
         cfg = self.config
         n = sum(int(np.prod(w.shape)) for w in self.weights.matrices())

@@ -1,0 +1,18 @@
+"""Look inside a forward pass (see docs/ARCHITECTURE.md and examples/walkthrough_stories260k.py).
+
+    tr = model.trace(ids)             # Trace: "embed", "layers.3.q_rope", ..., "logits" -> arrays
+    tr.shapes()
+    recompute(model, tr)              # the same pass in plain NumPy, from the trace and the weights
+    lens.logit_lens(model, tr)        # what each layer would predict
+    AttentionMaskVisualizer(tok)("Once upon a time")
+
+`llamacpu inspect MODEL --prompt TEXT` prints the per-layer table (llamacpu.inspect.cli).
+"""
+from . import lens
+from .cli import inspect_main
+from .recompute import recompute, recompute_errors
+from .trace import Recorder, Trace, trace, tracing
+from .visualizer import AttentionMaskVisualizer
+
+__all__ = ["AttentionMaskVisualizer", "Recorder", "Trace", "inspect_main", "lens", "recompute",
+           "recompute_errors", "trace", "tracing"]

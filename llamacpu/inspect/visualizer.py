@@ -1,0 +1,154 @@
+"""Which tokens each token may attend to, drawn in the terminal as transformers'
+`AttentionMaskVisualizer` does: one row per query token, one column per key, ■ = may attend,
+⬚ = masked. Two rules make the mask (`llamacpu.kernels.attention`):
+  causal:  token t sees tokens 0..t only;
+  padding: no token sees a padding position (attention_mask 0); a padding token sees nothing.
+With a model and matplotlib, it also saves the real attention probabilities as heatmaps, one PNG per
+layer with one panel per head.
+
+    python -m llamacpu.inspect.visualizer MODEL --prompt "Once upon a time" [--prompt "Hi" ...] [--png DIR]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+FILLED, EMPTY = "■", "⬚"
+GREEN, RESET = "\033[92m", "\033[0m"
+LEGEND = f"{FILLED}: may attend   {EMPTY}: masked (causal: later tokens; padding: pad tokens)"
+
+
+def allowed(attention_mask: np.ndarray) -> np.ndarray:
+    """bool [B, T, T]: query t may read key s (s <= t and s is a real token)."""
+    m = np.asarray(attention_mask, bool)
+    T = m.shape[-1]
+    causal = np.tril(np.ones((T, T), bool))
+    return causal[None] & m[:, None, :]
+
+
+def render_mask(tokens: list, mask_row, color: bool = False) -> str:
+    """The grid for one sequence: tokens [T] (strings), mask_row [T] of 0/1."""
+    grid = allowed(np.asarray(mask_row)[None])[0]
+    T = len(tokens)
+    labels = [repr(t) for t in tokens]
+    width, digits = max(map(len, labels)), len(str(T - 1))
+    margin = " " * (width + 3 + digits + 1)  # "'tok' : 12 " before the first cell
+    lines = [margin + " ".join(col) for col in zip(*(str(j).rjust(digits) for j in range(T)))]
+    for i, label in enumerate(labels):
+        cells = []
+        for j in range(T):
+            c = FILLED if grid[i, j] else EMPTY
+            cells.append(f"{GREEN}{c}{RESET}" if color and i == j and grid[i, j] else c)
+        lines.append(f"{label.ljust(width)} : {str(i).rjust(digits)} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def render(tokens: list, attention_mask, color: bool = False) -> str:
+    """The legend, then one grid per row of a batch: tokens [B][T] strings, attention_mask [B, T]."""
+    mask = np.atleast_2d(np.asarray(attention_mask))
+    parts = [LEGEND]
+    for b, (row_tokens, row_mask) in enumerate(zip(tokens, mask)):
+        if len(mask) > 1:
+            pad = int((row_mask == 0).sum())
+            parts.append(f"row {b}" + (f" ({pad} padding)" if pad else ""))
+        parts.append(render_mask(row_tokens, row_mask, color))
+    return "\n".join(parts)
+
+
+class AttentionMaskVisualizer:
+    """`AttentionMaskVisualizer(tokenizer)("some text")` prints the causal mask of the text's tokens;
+    a list of texts is left-padded into a batch (as generate() pads) and shows the padding too.
+    With a model, `heatmaps=DIR` also saves each layer's attention probabilities as PNG."""
+
+    def __init__(self, tokenizer, model=None):
+        self.tokenizer, self.model = tokenizer, model
+
+    @classmethod
+    def from_pretrained(cls, path, load_model: bool = True, **kwargs):
+        """The tokenizer of a model folder or .gguf file, and the model itself unless load_model=False."""
+        from ..model.causal_lm import LlamaForCausalLM
+        from ..tokenizer.auto import AutoTokenizer
+
+        model = LlamaForCausalLM.from_pretrained(path, **kwargs) if load_model else None
+        return cls(AutoTokenizer.from_pretrained(path), model)
+
+    def encode(self, texts) -> tuple:
+        """texts (a string or a list) -> (ids int64 [B, T], mask [B, T], tokens [B][T]), left-padded."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        rows = [self.tokenizer.encode(t) for t in texts]
+        T = max(map(len, rows))
+        pad_id = self.tokenizer.pad_token_id
+        pad_id = 0 if pad_id is None else pad_id  # any id: a padding position is never read
+        ids = np.array([[pad_id] * (T - len(r)) + r for r in rows], np.int64)
+        mask = np.array([[0] * (T - len(r)) + [1] * len(r) for r in rows], np.uint8)
+        tokens = [["<pad>"] * (T - len(r)) + list(self.tokenizer.convert_ids_to_tokens(r)) for r in rows]
+        return ids, mask, tokens
+
+    def render(self, texts, color: bool = False) -> str:
+        _, mask, tokens = self.encode(texts)
+        return render(tokens, mask, color)
+
+    def __call__(self, texts, heatmaps: str | Path | None = None) -> None:
+        print(self.render(texts, color=sys.stdout.isatty()))
+        if heatmaps is not None:
+            if self.model is None:
+                raise ValueError("heatmaps need a model: AttentionMaskVisualizer(tokenizer, model)")
+            ids, mask, tokens = self.encode(texts)
+            paths = save_heatmaps(self.model.trace(ids, mask), tokens, heatmaps)
+            print(f"saved {len(paths)} heatmaps in {heatmaps}" if paths else
+                  "heatmaps need matplotlib (pip install matplotlib): none saved")
+
+
+def save_heatmaps(trace, tokens: list, out_dir, row: int = 0) -> list:
+    """One PNG per layer (layer_00.png, ...), one panel per head: the attention probabilities of batch
+    row `row`, queries down, keys across. Returns the paths; [] when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = [str(t) for t in tokens[row]]
+    paths = []
+    for i in range(trace.num_layers):
+        probs = np.nan_to_num(trace[f"layers.{i}.attn_probs"][row])  # [H, T, S]; pad queries may be NaN
+        H = probs.shape[0]
+        cols = min(H, 4)
+        rows = -(-H // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+        for h, ax in enumerate(axes.flat):
+            if h >= H:
+                ax.axis("off")
+                continue
+            ax.imshow(probs[h], vmin=0, vmax=1, cmap="viridis")
+            ax.set_title(f"layer {i} head {h}", fontsize=9)
+            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+            ax.set_yticks(range(len(labels)), labels, fontsize=6)
+        fig.tight_layout()
+        path = out_dir / f"layer_{i:02d}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m llamacpu.inspect.visualizer", description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="model folder or .gguf file")
+    p.add_argument("--prompt", "-p", action="append", help="text (repeat for a left-padded batch)")
+    p.add_argument("--png", help="folder for attention heatmaps (needs matplotlib)")
+    args = p.parse_args(argv)
+    vis = AttentionMaskVisualizer.from_pretrained(args.model, load_model=args.png is not None)
+    vis(args.prompt or ["Once upon a time"], heatmaps=args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
