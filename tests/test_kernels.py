@@ -4,10 +4,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from llamacpu.kernels import dense
-from llamacpu.kernels.attention import attention, attention_ref
-from llamacpu.kernels.rmsnorm import rmsnorm, rmsnorm_ref
-from llamacpu.kernels.rope import rope, rope_ref
-from llamacpu.kernels.swiglu import swiglu, swiglu_ref
+from llamacpu.kernels.attention import attention, attention_ref, attention_serial
+from llamacpu.kernels.rmsnorm import rmsnorm, rmsnorm_ref, rmsnorm_serial
+from llamacpu.kernels.rope import rope, rope_ref, rope_serial
+from llamacpu.kernels.swiglu import swiglu, swiglu_ref, swiglu_serial
 from llamacpu.checkpoint.safetensors_mmap import bf16_to_f32, f32_to_bf16
 from llamacpu.model.weights import DenseWeight
 
@@ -25,9 +25,10 @@ def rand(rng, *shape):
 def test_rmsnorm(n, d, seed):
     rng = np.random.default_rng(seed)
     x, w = rand(rng, n, d), rand(rng, d)
-    out = np.empty_like(x)
-    rmsnorm(x, w, 1e-5, out)
-    np.testing.assert_allclose(out, rmsnorm_ref(x, w, 1e-5), rtol=2e-5, atol=2e-6)
+    for kernel in (rmsnorm, rmsnorm_serial):  # parallel (prefill) and serial (decode) drivers
+        out = np.empty_like(x)
+        kernel(x, w, 1e-5, out)
+        np.testing.assert_allclose(out, rmsnorm_ref(x, w, 1e-5), rtol=2e-5, atol=2e-6)
 
 
 @SETTINGS
@@ -35,9 +36,10 @@ def test_rmsnorm(n, d, seed):
 def test_swiglu(n, m, seed):
     rng = np.random.default_rng(seed)
     g, u = rand(rng, n, m) * 4, rand(rng, n, m)
-    out = np.empty_like(g)
-    swiglu(g, u, out)
-    np.testing.assert_allclose(out, swiglu_ref(g, u), rtol=2e-5, atol=2e-6)
+    for kernel in (swiglu, swiglu_serial):
+        out = np.empty_like(g)
+        kernel(g, u, out)
+        np.testing.assert_allclose(out, swiglu_ref(g, u), rtol=2e-5, atol=2e-6)
 
 
 @SETTINGS
@@ -48,8 +50,10 @@ def test_rope(n, heads, half, seed):
     pos = rng.integers(0, 5000, n).astype(np.int64)
     inv = (1.0 / 10000 ** (np.arange(half) / half)).astype(np.float32)
     want = rope_ref(x, pos, inv)
-    rope(x, pos, inv)
-    np.testing.assert_allclose(x, want, rtol=1e-4, atol=1e-4)
+    for kernel in (rope, rope_serial):
+        y = x.copy()
+        kernel(y, pos, inv)
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
 
 
 @SETTINGS
@@ -65,8 +69,9 @@ def test_attention(b, t, kv, rep, hd, past, seed):
     out = np.empty_like(q)
     scores = np.zeros((numba.config.NUMBA_NUM_THREADS, S), np.float32)
     scale = np.float32(hd ** -0.5)
-    attention(q, kc, vc, valid, past, scale, out, scores)
-    np.testing.assert_allclose(out, attention_ref(q, kc, vc, valid, past, scale), rtol=1e-4, atol=1e-5)
+    for kernel in (attention, attention_serial):
+        kernel(q, kc, vc, valid, past, scale, out, scores)
+        np.testing.assert_allclose(out, attention_ref(q, kc, vc, valid, past, scale), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])

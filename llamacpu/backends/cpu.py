@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.attention import attention
-from ..kernels.rmsnorm import rmsnorm
-from ..kernels.rope import rope
-from ..kernels.swiglu import swiglu
+from ..kernels.attention import attention, attention_serial
+from ..kernels.rmsnorm import rmsnorm, rmsnorm_serial
+from ..kernels.rope import rope, rope_serial
+from ..kernels.swiglu import swiglu, swiglu_serial
+
+# Below this much work (multiply-adds) a kernel runs on the calling thread: a parallel launch costs
+# tens of microseconds with the workqueue layer, more than a decode token's norm, RoPE or SwiGLU.
+SERIAL_WORK = 1 << 16
 
 
 class CPUBackend:
@@ -31,9 +35,14 @@ class CPUBackend:
     def embed(self, weight, ids: np.ndarray, out) -> None:
         out[:] = weight.rows(ids)
 
-    rmsnorm = staticmethod(rmsnorm)  # (x [N, D], weight [D], eps, out [N, D])
-    rope = staticmethod(rope)  # (x [N, heads, hd] in place, positions [N], inv_freq [hd/2])
-    swiglu = staticmethod(swiglu)  # (gate [N, I], up [N, I], out [N, I])
+    def rmsnorm(self, x, weight, eps, out):  # x [N, D], weight [D] -> out [N, D]
+        (rmsnorm_serial if x.size < SERIAL_WORK else rmsnorm)(x, weight, eps, out)
+
+    def rope(self, x, positions, inv_freq):  # x [N, heads, hd] in place, positions [N], inv_freq [hd/2]
+        (rope_serial if x.size < SERIAL_WORK else rope)(x, positions, inv_freq)
+
+    def swiglu(self, gate, up, out):  # gate, up [N, I] -> out [N, I]
+        (swiglu_serial if gate.size < SERIAL_WORK else swiglu)(gate, up, out)
 
     def linear(self, w, x, out, bias=None):
         """out [N, R] = x [N, C] @ W.T (+ bias): decode kernel for one token, prefill kernel for several."""
@@ -52,7 +61,8 @@ class CPUBackend:
         v_cache[:, :, start:start + T] = v.transpose(0, 2, 1, 3)
 
     def attention(self, q, k_cache, v_cache, valid, start, scale, out, scratch) -> None:
-        attention(q, k_cache, v_cache, valid, start, scale, out, scratch)
+        work = q.size * (start + q.shape[1])  # query elements x slots seen (at most)
+        (attention_serial if work < SERIAL_WORK else attention)(q, k_cache, v_cache, valid, start, scale, out, scratch)
 
     def add(self, x, y) -> None:
         x += y

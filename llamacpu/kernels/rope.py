@@ -11,25 +11,38 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(cache=True, inline="always")
+def _token(x, positions, inv_freq, t):
+    n_heads, head_dim = x.shape[1], x.shape[2]
+    half = head_dim // 2
+    p = np.float32(positions[t])
+    for i in range(half):
+        angle = p * inv_freq[i]
+        c = np.float32(math.cos(angle))
+        s = np.float32(math.sin(angle))
+        for h in range(n_heads):
+            a = x[t, h, i]
+            b = x[t, h, i + half]
+            x[t, h, i] = a * c - b * s
+            x[t, h, i + half] = b * c + a * s
+
+
+@njit(parallel=True, cache=True)
 def rope(x, positions, inv_freq):
     """Rotate in place. x: float32 [N, n_heads, head_dim], positions: int64 [N], inv_freq: float32 [head_dim/2].
+    Tokens in parallel.
 
     The angle is computed in float32 as transformers does (position * inv_freq), so that long
     positions round the same way."""
-    n, n_heads, head_dim = x.shape
-    half = head_dim // 2
-    for t in prange(n):
-        p = np.float32(positions[t])
-        for i in range(half):
-            angle = p * inv_freq[i]
-            c = np.float32(math.cos(angle))
-            s = np.float32(math.sin(angle))
-            for h in range(n_heads):
-                a = x[t, h, i]
-                b = x[t, h, i + half]
-                x[t, h, i] = a * c - b * s
-                x[t, h, i + half] = b * c + a * s
+    for t in prange(x.shape[0]):
+        _token(x, positions, inv_freq, t)
+
+
+@njit(cache=True)
+def rope_serial(x, positions, inv_freq):
+    """The same on the calling thread (one decode token)."""
+    for t in range(x.shape[0]):
+        _token(x, positions, inv_freq, t)
 
 
 def rope_ref(x, positions, inv_freq):
