@@ -21,6 +21,9 @@ Quantization (round to nearest over the group's min-max range, with directed fp1
 stored grid covers the group): m = the largest fp16 <= min, s = the smallest fp16 >= (max - m) / 15,
 q = clip(rint((x - m) / s), 0, 15).
 Error bound, every element: |x - value| <= s/2 (plus float32 rounding of q*s + m, a few ulp).
+On Gaussian weights the rms error is about 0.10 * std (min-max over 128 weights; Q4_1's groups of 32
+give 0.078). A group far from zero relative to its spread pays for the fp16 precision of its minimum
+with a coarser s (the grid starts at fp16_down(min)).
 """
 import numpy as np
 from numba import njit, prange

@@ -25,7 +25,8 @@ Quantization follows ggml's `quantize_row_q4_K_ref`, vectorized over all sub-blo
 Byte-identical to ggml on most blocks but not guaranteed (float32 summation order).
 Error bound: with d_s = d * sc[s], m_s = dmin * m[s], the elements inside the sub-block's representable
 range [-m_s, 15 d_s - m_s] are within d_s / 2; the search may clip outliers, which are then off by their
-distance to that range plus d_s / 2. On Gaussian weights the rms error is about 0.08 * std.
+distance to that range plus d_s / 2. On Gaussian weights the rms error is about 0.072 * std
+(Q4_1: 0.078, Q4_0: 0.086).
 """
 import numpy as np
 from gguf import GGMLQuantizationType
