@@ -1,4 +1,4 @@
-"""Decode and prefill speed of the quantized kernels: `python -m llamacpu.quant.bench` (reports, asserts nothing).
+"""Decode and prefill speed of the quantized kernels: `python bench/quant_portable.py` (reports, asserts nothing).
 
 For each format: matvec on one rows x cols matrix (4-bit ones fit in the 32 MB L3 of the reference
 machine, so this is the kernels' compute speed) and on a rotation through enough distinct matrices to
@@ -12,8 +12,8 @@ import time
 import numba
 import numpy as np
 
-from . import FORMATS
-from .base import QuantizedWeight
+from llamacpu.quant import FORMATS
+from llamacpu.quant.base import QuantizedWeight
 
 F16_FIELDS = {"q8_0": (0,), "q4_0": (0,), "q4_1": (0, 2), "q4_k": (0, 2), "q6_k": (208,), "int4_g128": (0, 2)}
 
