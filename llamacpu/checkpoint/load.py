@@ -38,7 +38,7 @@ def load(path, dtype: str = "auto", quantization: str | None = None, head: str =
         names = hf.validate(source, config, head, quantized)
         weights = build_weights(config, source, names, dtype, head, quantized)
         if check_finite:
-            check_all_finite(source, names, quantized)
+            check_all_finite(source, names, quantized, progress)
     else:
         raise CheckpointError(f"{path}: expected a checkpoint folder (config.json + *.safetensors) or a .gguf file")
     if quantization:
@@ -118,11 +118,14 @@ def _build(config: LlamaConfig, matrix, vector, present: set, head: str) -> Llam
     return LlamaWeights(embed=embed, layers=layers, norm=vector("model.norm.weight"), lm_head=lm_head, score=score)
 
 
-def check_all_finite(tensors, names, quantized=None) -> None:
+def check_all_finite(tensors, names, quantized=None, progress: bool = False) -> None:
     """NaN/Inf in a checkpoint would silently poison every output: find it at load, name the tensor.
-    (Quantized blocks are checked through their dequantized values.)"""
+    (Quantized blocks are checked through their dequantized values.) This reads every weight once,
+    which is most of the loading time of a large checkpoint: hence the progress bar."""
+    from tqdm.auto import tqdm
+
     quantized = quantized or {}
-    for canon, stored in names.items():
+    for canon, stored in tqdm(names.items(), desc="loading", unit="tensor", disable=not progress, leave=False):
         if stored in quantized:
             from ..quant import QuantizedWeight
 
