@@ -31,7 +31,7 @@ def warm(verbose: bool = True) -> float:
                         q = LlamaForCausalLM.from_pretrained(path, quantization=name)
                     except Exception:  # a format this shape cannot hold: warmed by its tests instead
                         continue
-                    q.generate(np.array([[1, 2, 3]]), max_new_tokens=2)
+                    q.generate(np.array([[1, 2, 3, 4, 5, 6, 7, 8]]), max_new_tokens=2)  # >= 6: the prefill kernel
     seconds = time.perf_counter() - t0
     if verbose:
         print(f"llamacpu: Numba kernels compiled and cached ({seconds:.1f} s)")

@@ -203,8 +203,10 @@ def test_int4_g128_covers_offset_groups():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_kernels_match_reference(name):
+    """The portable kernels, fp32-exact; the fast ones have their own bound (test_quant_fast.py)."""
     rng = np.random.default_rng(4)
-    fmt, mod = FORMATS[name], module(name)
+    mod = module(name)
+    fmt = mod.FORMAT
     for rows, nb in [(1, 1), (7, 2), (13, 3), (37, 1)]:  # odd rows; 37 > two matmul tiles
         cols = nb * fmt.block_size
         blocks = readonly(random_blocks(name, rows, nb, rng))
@@ -245,12 +247,12 @@ def test_quantized_weight_on_a_readonly_memmap(name, tmp_path):
 
     x = rng.standard_normal(cols).astype(np.float32)
     out = np.empty(rows, np.float32)
-    qw.matvec(x, out)
-    np.testing.assert_allclose(out, ref.dequantize() @ x, rtol=1e-4, atol=1e-4)
+    qw.matvec(x, out)  # the kernels in use (fast ones: 16-bit activations, ~5e-5 of the terms)
+    np.testing.assert_array_less(np.abs(out - ref.dequantize() @ x), 1e-3 * (np.abs(ref.dequantize()) @ np.abs(x)))
     X = rng.standard_normal((3, cols)).astype(np.float32)
     out2 = np.empty((3, rows), np.float32)
     qw.matmul(X, out2)
-    np.testing.assert_allclose(out2, X @ ref.dequantize().T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_less(np.abs(out2 - X @ ref.dequantize().T), 1e-3 * (np.abs(X) @ np.abs(ref.dequantize()).T))
     qw.matmul(X[:0], np.empty((0, rows), np.float32))  # no tokens: nothing to do
 
 

@@ -13,10 +13,17 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..errors import UnsupportedError
-from . import int4_g128, q4_0, q4_1, q4_k, q6_k, q8_0
+from dataclasses import replace
+
+from . import fast, int4_g128, q4_0, q4_1, q4_k, q6_k, q8_0
 from .base import QuantFormat, QuantizedWeight
 
 FORMATS: dict[str, QuantFormat] = {m.FORMAT.name: m.FORMAT for m in (q8_0, q4_0, q4_1, q4_k, q6_k, int4_g128)}
+# On AVX512-VNNI CPUs the explicit-SIMD kernels of `fast` replace the portable ones (same results within
+# their documented 16-bit activation bound); elsewhere, or with LLAMACPU_PORTABLE=1, the portable
+# kernels stay. Each format module keeps its portable kernels as <fmt>.FORMAT.
+FORMATS = {n: replace(f, matvec=fast.matvec_for(n, f.matvec), matmul=fast.matmul_for(n, f.matmul))
+           for n, f in FORMATS.items()}
 _BY_GGML_TYPE = {f.ggml_type: f for f in FORMATS.values() if f.ggml_type is not None}
 
 

@@ -1,17 +1,21 @@
-"""Fast decode kernels for the quantized formats: AVX512-VNNI integer dot products at the memory-bandwidth
-ceiling, with activations kept to about 15 significant bits (int8 activations, as llama.cpp uses, keep 8).
+"""Fast kernels for the quantized formats: AVX512-VNNI integer dot products, decode at the memory-bandwidth
+ceiling and prefill above the fp32 peak, with activations kept to 15 significant bits (llama.cpp's int8
+activation blocks keep 8).
 
-    matvec_fast_<fmt>(blocks, x, out)     same signature and result as `<fmt>.matvec_<fmt>`
-    FAST_MATVEC[name]                     those kernels, or empty on CPUs without AVX512-VNNI
+    matvec_fast_<fmt>(blocks, x, out)    decode; same signature and meaning as `<fmt>.matvec_<fmt>`
+    matmul_fast_<fmt>(blocks, X, out)    prefill; same as `<fmt>.matmul_<fmt>` (a Python function: the
+                                         VNNI kernel for n >= MM_MIN_TOKENS tokens, n matvecs below)
+    FAST_MATVEC[name], FAST_MATMUL[name] those, or empty on CPUs without AVX512-VNNI / LLAMACPU_PORTABLE=1
+    matvec_for(name, portable), matmul_for(name, portable)     the kernel to use on this CPU
 
-Call them only when `llamacpu.kernels.simd.HAS_AVX512_VNNI` is true (LLVM cannot compile them for other
-CPUs); `FAST_MATVEC` is empty otherwise and when LLAMACPU_PORTABLE=1.
+LLVM cannot compile these kernels for CPUs without the instructions: use them only through the tables
+(filled only when `llamacpu.kernels.simd.HAS_AVX512_VNNI`). Numba's cache only watches this file: after
+editing `kernels/simd.py` or `base.py`, clear llamacpu/quant/__pycache__.
 
 ## The activation scheme: x as 16-bit integers, multiplied as two int8 halves
 
-Each call first quantizes x once, in x-blocks of 32 elements (one block per weight block, or two per
-group for larger groups): x16 = rint(x / sx) with sx = amax / 32639, so |x16| <= 32639, and splits x16
-into a high and a low signed byte,
+Each call first quantizes x once, in x-blocks of 32 elements: x16 = rint(x / sx) with sx = amax / 32639,
+so |x16| <= 32639, split into a high and a low signed byte,
 
     x16 = 256 * H + L,   H = (x16 + 128) >> 8  in [-127, 127],   L = x16 - 256 H  in [-128, 127].
 
@@ -20,30 +24,38 @@ so `vpdpbusd` (unsigned x signed bytes, 64 products per instruction) computes su
 are shifted left by 8, and a second `vpdpbusd` adds sum q*L: the lanes hold sum q*x16 exactly (no
 overflow: |lane| < 2**31 for every format). The offset of the levels (Q4_0's q - 8, Q6_K's q - 32,
 Q8_0's + 128) is a per-block correction -offset * sum(x16) * sx, computed once per call and applied in
-float. Minimums (Q4_1, Q4_K, int4_g128: value = q * d + m) multiply the exact float sum of x over the
-block. Each lane is converted to float once per block and scaled by (weight scale) * sx: one
-`vcvtdq2ps` and one FMA per 16 lanes, one horizontal sum per row.
+float. Minimums (Q4_1, Q4_K, int4_g128: value = q * d + m) multiply the exact float sum of x; their levels
+are centred on 8 the same way (see `_centre`: 2-3 times less error than uncentred). Each lane is converted
+to float once per block and scaled by (weight scale) * sx; one horizontal sum per row.
 
 So the only rounding beyond fp32 arithmetic is x -> x16: |x - sx * x16| <= sx / 2 = amax / 65278 per
-element (int8: amax / 254), about 2.6e-5 of the block's largest |x|; a product W @ x comes out with a
-relative error of about 2e-5 (rms over rows), 250 times less than with int8 activation blocks.
+element (int8: amax / 254). W @ x comes out with a relative error of 2-5e-5 (rms over rows), 100-250 times
+less than with int8 activation blocks (llama.cpp: ~5e-3). Blocks holding NaN or inf give NaN outputs.
 
-Measured on this machine (AMD Zen 4, 2 cores; relative error = ||out - W64 @ x|| / ||W64 @ x|| against
-float64 dequantize(blocks) @ x, x Gaussian / Student-t(2) with 1% of the entries x50):
+Measured on this machine (AMD Zen 4 EPYC, 2 cores, shared: another process held about one core during
+every run, so 1 and 2 threads measured alike; see bench/kernels.py). Relative error = ||out - ref|| / ||ref||,
+ref = float64 dequantize(blocks) @ x, x Gaussian / Student-t(2) with 1% of the entries x50, 2048 columns:
 
-    scheme                                     Q8_0 speed, 1 core, L3   rel. error (Gauss / heavy)
-    (b) int16 x as two int8 halves, vpdpbusd   24.7 G weights/s          2.1e-5 / 4.6e-5     <- chosen
-    (a) int16 x, weights widened, vpdpwssd     13.2                      2.1e-5 / 4.6e-5 (the same x16)
-    (c) fp32 x, weights widened in registers   14.0                      1.6e-7 / 1.1e-7
-    portable kernel (fp32, plain Numba)         6.6                      1.6e-7 / 1.3e-7
-    (llama.cpp: int8 x blocks, one vpdpbusd)      -                      ~5e-3
+    choice of scheme, Q8_0:                     speed, 1 core, L3-resident    rel. error (Gauss / heavy)
+    (b) int16 x as two int8 halves, vpdpbusd    24.7 G weights/s              2.1e-5 / 4.5e-5   <- chosen
+    (a) int16 x, weights widened, vpdpwssd      13.2                          2.1e-5 / 4.5e-5 (same x16)
+    (c) fp32 x, weights widened in registers    14.0                          1.6e-7 / 1.1e-7
+    portable kernel (fp32, plain Numba)          6.6                          1.8e-7 / 1.7e-7
 
-(a) and (c) need about twice the instructions per weight of (b) (a widening and one 32-product
-instruction, or a widening, a conversion and a 16-product FMA, per 16 to 32 weights, plus the scale per
-block), and do not reach the 15.5 G weights/s per core that Q8_0 needs at 33 GB/s; the 4-bit formats need
-twice that. (b) has half the throughput of llama.cpp's single int8 pass, but stays memory-bound: each
-format's numbers are in the table of the benchmark (`bench/kernels.py`) and in the report of issue 5.
-The same scheme serves every format; the x-block layout differs (see `_prep`).
+(a) and (c) need about twice the instructions per weight of (b) (a widening and a 32-product
+instruction, or a widening, a conversion and a 16-product FMA, per 16 to 32 weights, plus the scales)
+and stay under the 15.5 G weights/s per core that Q8_0 needs at 33 GB/s; the 4-bit formats need twice
+that. (b) is half the throughput of llama.cpp's single int8 pass, still memory-bound:
+
+    format      rel. error      matvec from DRAM (300 MB, 5632 columns)    prefill n = 128, 2048x2048
+                Gauss / heavy   portable -> fast, G weights/s (% of read)  portable -> fast, GFLOP/s
+    q8_0        2.1e-5 / 4.5e-5   5.8 -> 24.2  (82% of 31.4 GB/s)          38 -> 183
+    q4_0        2.3e-5 / 4.5e-5   6.1 -> 41.4  (74%)                       46 -> 184
+    q4_1        2.2e-5 / 5.0e-5   5.9 -> 35.3  (70%)                       46 -> 173
+    q4_k        1.8e-5 / 5.7e-5   6.5 -> 32.2  (57%)                       38 -> 169
+    q6_k        2.4e-5 / 4.5e-5   3.4 -> 28.9  (76%)                       44 -> 139
+    int4_g128   2.4e-5 / 4.9e-5   8.2 -> 42.1  (69%)                       39 -> 172
+    (one core: a single core reads 31-32 GB/s here; the 2-core figures need a quiet machine)
 
 ## Layouts
 
@@ -61,8 +73,12 @@ loads them contiguously:
              4-lane integer operations once per super-block.
   Q6_K       one 128-element half per step: 64 bytes of low bits and 32 bytes of high bits make two
              64-byte vectors of 6-bit levels, in natural order.
+The x scales and corrections of a step are precomputed per lane (64-byte memory operands: cheaper than
+spreading 2-4 values with shuffles, about 15%), except for Q8_0 rows over 4096 columns, where they would
+push the activations out of L1 (see Q8_WIDE_BLOCKS). Activation buffers start on 64-byte boundaries.
 Tails (Q8_0 with an odd number of blocks, Q4_0/Q4_1 with a number not a multiple of 4: only tiny
-matrices) are done in scalar fp32 arithmetic.
+matrices) are done in scalar fp32 arithmetic, in a loop of their own.
+Prefill (matmul) uses another layout, described above `MM_ROWS`.
 """
 import numpy as np
 from numba import njit, prange
@@ -215,10 +231,15 @@ CAT32 = shuffle2(list(range(64)))  # two <32 x u8> -> <64 x u8>
 # Block 0: d = word 0, quants = words 1..16; block 1: d = word 17, quants = words 18..33 (32, 33 = B's 30, 31)
 Q8_QS = shuffle2(list(range(1, 17)) + list(range(18, 32)) + [32 + 30, 32 + 31])
 Q8_D = shuffle([0] * 8 + [17] * 8)
+SPREAD2 = shuffle([0] * 8 + [1] * 8)  # <2 x f32> -> 8 copies of each
+# Q8_0 rows wider than this many blocks (4096 columns) use the compact scale layout: measured on the
+# 5632-column down projection from DRAM, 22 G weights/s compact vs 15 with 64-byte scale vectors (1 thread)
+Q8_WIDE_BLOCKS = 128
 
 # Q4_0, four blocks at byte o: A = words at o, B = words at o+8 (B word i = A word i+4).
 # Block k: d = word 9k, quants = words 9k+1 .. 9k+8 (block 3: 28..31 from A, 32..35 = B's 28..31)
-Q40_QS = shuffle2([9 * k + 1 + i for k in range(3) for i in range(8)] + [28, 29, 30, 31] + [32 + 28 + i for i in range(4)])
+Q40_QS = shuffle2([9 * k + 1 + i for k in range(3) for i in range(8)]
+                  + [28, 29, 30, 31] + [32 + 28 + i for i in range(4)])
 Q40_D = shuffle([9 * (i // 4) for i in range(16)])
 
 # Q4_1, four blocks at byte o: A = words at o, B = words at o+16 (B word i = A word i+8).
@@ -254,24 +275,45 @@ def matvec_fast_q8_0(blocks, x, out):
     nb = x.shape[0] // XB
     H, L, sx, r16, xe = _prepare(x, NATURAL)
     npair = nb // 2
-    sc = _empty64(32 * npair, np.float32)  # per pair: 16 lanes of sx, 16 lanes of the correction
-    for b in range(2 * npair):
-        # weights q + 128: correct by -128 * sum(x16) * sx, spread over the block's 8 lanes
-        _lanes(sc, 32 * (b >> 1) + 8 * (b & 1), 8, sx[b],
-               np.float32(-16.0) * np.float32(r16[2 * b] + r16[2 * b + 1]) * sx[b])
-    for r in prange(rows):
-        row = blocks[r]
-        acc = splat(np.float32(0.0), 16)
-        for p in range(npair):
-            o = p * 68
-            wa = bitcast(load(row, o, 64), np.int16)
-            wb = bitcast(load(row, o + 4, 64), np.int16)
-            q = bitcast(Q8_QS(wa, wb), np.uint8) ^ np.uint8(0x80)  # int8 -> q + 128, unsigned
-            ia = dpbusd(splat(np.int32(0), 16), q, load(H, 64 * p, 64))
-            ia = dpbusd(ia << 8, q, load(L, 64 * p, 64))
-            t = fma(sitofp(ia), load(sc, 32 * p, 16), load(sc, 32 * p + 16, 16))
-            acc = fma(t, fp16_to_f32(Q8_D(wa)), acc)
-        out[r] = hsum(acc)
+    if nb > Q8_WIDE_BLOCKS:
+        # wide rows: 16 floats of scales per pair would double the activations' L1 footprint (H and L
+        # take 2 bytes per column already) and spill x from L1: keep 4 per pair, spread by shuffles
+        sc = _empty64(4 * npair, np.float32)  # per pair: sx0, sx1, c0, c1
+        for b in range(2 * npair):
+            sc[4 * (b >> 1) + (b & 1)] = sx[b]
+            sc[4 * (b >> 1) + 2 + (b & 1)] = np.float32(-16.0) * np.float32(r16[2 * b] + r16[2 * b + 1]) * sx[b]
+        for r in prange(rows):
+            row = blocks[r]
+            acc = splat(np.float32(0.0), 16)
+            for p in range(npair):
+                o = p * 68
+                wa = bitcast(load(row, o, 64), np.int16)
+                wb = bitcast(load(row, o + 4, 64), np.int16)
+                q = bitcast(Q8_QS(wa, wb), np.uint8) ^ np.uint8(0x80)
+                ia = dpbusd(splat(np.int32(0), 16), q, load(H, 64 * p, 64))
+                ia = dpbusd(ia << 8, q, load(L, 64 * p, 64))
+                t = fma(sitofp(ia), SPREAD2(load(sc, 4 * p, 2)), SPREAD2(load(sc, 4 * p + 2, 2)))
+                acc = fma(t, fp16_to_f32(Q8_D(wa)), acc)
+            out[r] = hsum(acc)
+    else:
+        sc = _empty64(32 * npair, np.float32)  # per pair: 16 lanes of sx, 16 lanes of the correction
+        for b in range(2 * npair):
+            # weights q + 128: correct by -128 * sum(x16) * sx, spread over the block's 8 lanes
+            _lanes(sc, 32 * (b >> 1) + 8 * (b & 1), 8, sx[b],
+                   np.float32(-16.0) * np.float32(r16[2 * b] + r16[2 * b + 1]) * sx[b])
+        for r in prange(rows):
+            row = blocks[r]
+            acc = splat(np.float32(0.0), 16)
+            for p in range(npair):
+                o = p * 68
+                wa = bitcast(load(row, o, 64), np.int16)
+                wb = bitcast(load(row, o + 4, 64), np.int16)
+                q = bitcast(Q8_QS(wa, wb), np.uint8) ^ np.uint8(0x80)  # int8 -> q + 128, unsigned
+                ia = dpbusd(splat(np.int32(0), 16), q, load(H, 64 * p, 64))
+                ia = dpbusd(ia << 8, q, load(L, 64 * p, 64))
+                t = fma(sitofp(ia), load(sc, 32 * p, 16), load(sc, 32 * p + 16, 16))
+                acc = fma(t, fp16_to_f32(Q8_D(wa)), acc)
+            out[r] = hsum(acc)
     if nb % 2:  # an odd last block (tiny matrices only): exact fp32, in its own loop (a tail inside the
         b = nb - 1  # row loop costs the main loop 8%)
         for r in prange(rows):
@@ -537,8 +579,9 @@ def matvec_fast_q6_k(blocks, x, out):
 #   while all token passes stream over them.
 # Levels are unsigned bytes with the format's offset removed in the correction: Q8_0 int8 + 128,
 # nibbles (Q4_0, Q4_1, Q4_K, int4_g128), Q6_K's 6-bit q. Scales and minimums per (row, k-block) in
-# float. Measured on this machine: 151 GFLOP/s on one core (n = 128, Q4_0), 1.3 times the fp32 FMA peak
-# of a core; BLAS sgemm on dequantized tiles reaches about 165 on two.
+# float. Measured on this machine (n = 128): 170-187 GFLOP/s on one core for the 32-column formats, 140
+# for Q6_K, against a fp32 FMA peak of about 117 per core; OpenBLAS sgemm on dequantized fp32 tiles
+# reached 165 on two idle cores and collapses when the machine is shared (20-60).
 
 MM_ROWS = 16  # rows per group: the 16 int32 lanes of an accumulator
 MM_TOKENS = 4  # tokens per pass over a group
@@ -575,15 +618,6 @@ def _prep_tokens(X, bk, z, centre, XH, XL, sxk, cck, xek):
                 c += np.float32(z) * xe[b]
             cck[t * nkb + kb] = c
             xek[t * nkb + kb] = xe[b]
-
-
-@njit(inline="always")
-def _to_lanes(Wt32, gpb, kb, i, tmp32, t0):
-    """Scatter row i's levels of k-block kb (the bytes of tmp32[t0 : t0 + gpb], in column order) into
-    the interleaved tile. (The uint32 views are made once per group: a view per call costs an atomic
-    reference count pair, which made the repacking slower than the products.)"""
-    for g in range(gpb):  # one dword per k-group, through the intrinsics: no index checks
-        store(Wt32, (kb * gpb + g) * MM_ROWS + i, load(tmp32, t0 + g, 1))
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -626,16 +660,20 @@ def _mm_group(Wt, Dt, Mt, has_min, gpb, nkb, XH32, XL32, sxk, cck, xek, C4, n, n
                 l3 = dpbusd(l3, w, load_splat(XL32, a3 + k, 16))
             D = load(Dt, 16 * kb, 16)
             e = t0 * nkb + kb
+            e1 = e + nkb
+            e2 = e1 + nkb
+            e3 = e2 + nkb
+            # lane = sum of q * x16 over the k-block; * sx + correction; * weight scale
             f0 = fma(fma(sitofp((h0 << 8) + l0), load_splat(sxk, e, 16), load_splat(cck, e, 16)), D, f0)
-            f1 = fma(fma(sitofp((h1 << 8) + l1), load_splat(sxk, e + nkb, 16), load_splat(cck, e + nkb, 16)), D, f1)
-            f2 = fma(fma(sitofp((h2 << 8) + l2), load_splat(sxk, e + 2 * nkb, 16), load_splat(cck, e + 2 * nkb, 16)), D, f2)
-            f3 = fma(fma(sitofp((h3 << 8) + l3), load_splat(sxk, e + 3 * nkb, 16), load_splat(cck, e + 3 * nkb, 16)), D, f3)
+            f1 = fma(fma(sitofp((h1 << 8) + l1), load_splat(sxk, e1, 16), load_splat(cck, e1, 16)), D, f1)
+            f2 = fma(fma(sitofp((h2 << 8) + l2), load_splat(sxk, e2, 16), load_splat(cck, e2, 16)), D, f2)
+            f3 = fma(fma(sitofp((h3 << 8) + l3), load_splat(sxk, e3, 16), load_splat(cck, e3, 16)), D, f3)
             if has_min:
                 M = load(Mt, 16 * kb, 16)
                 f0 = fma(M, load_splat(xek, e, 16), f0)
-                f1 = fma(M, load_splat(xek, e + nkb, 16), f1)
-                f2 = fma(M, load_splat(xek, e + 2 * nkb, 16), f2)
-                f3 = fma(M, load_splat(xek, e + 3 * nkb, 16), f3)
+                f1 = fma(M, load_splat(xek, e1, 16), f1)
+                f2 = fma(M, load_splat(xek, e2, 16), f2)
+                f3 = fma(M, load_splat(xek, e3, 16), f3)
         if r0 + MM_ROWS <= rows and t0 + MM_TOKENS <= n:
             store(out[t0], r0, f0)
             store(out[t0 + 1], r0, f1)
@@ -667,6 +705,109 @@ def _mm_setup(X, bk, z, centre):
     return XH.view(np.int32), XL.view(np.int32), sxk, cck, xek, n4
 
 
+# Repacking: each format yields the 32 levels of (row, k-block) as one <32 x u8> vector (16 for Q6_K);
+# four rows at a time are transposed with two-source shuffles into 16-byte pieces (4 levels of each of
+# the 4 rows) and stored at their place in the interleaved tile.
+TR_AB = shuffle2([i // 2 + 8 * (i % 2) for i in range(16)])  # two <8 x u32> -> a0 b0 a1 b1 .. a7 b7
+# ab, cd -> a0 b0 c0 d0 .. a3 b3 c3 d3, and a4 b4 c4 d4 .. a7 b7 c7 d7
+TR_LO = shuffle2([2 * (i // 4) + (i % 4 % 2) + 16 * (i % 4 // 2) for i in range(16)])
+TR_HI = shuffle2([8 + 2 * (i // 4) + (i % 4 % 2) + 16 * (i % 4 // 2) for i in range(16)])
+TR_AB4 = shuffle2([i // 2 + 4 * (i % 2) for i in range(8)])  # two <4 x u32> -> a0 b0 .. a3 b3
+TR_4 = shuffle2([2 * (i // 4) + (i % 4 % 2) + 8 * (i % 4 // 2) for i in range(16)])  # a0 b0 c0 d0 .. a3 b3 c3 d3
+QUARTERS = [shuffle(list(range(4 * g, 4 * g + 4))) for g in range(4)]
+Q0, Q1, Q2, Q3 = QUARTERS
+CAT16 = shuffle2(list(range(32)))  # two <16 x u8> -> <32 x u8>
+
+
+@njit(inline="always")
+def _store4(Wt32, base, v):
+    """The four 16-byte quarters of v (16 x u32) to Wt32[base + 16 g : + 4], g = 0..3 (k-groups)."""
+    store(Wt32, base, Q0(v))
+    store(Wt32, base + 16, Q1(v))
+    store(Wt32, base + 32, Q2(v))
+    store(Wt32, base + 48, Q3(v))
+
+
+@njit(inline="always")
+def _put8(Wt32, kb, quad, a, b, c, d):
+    """Levels of 4 rows (quad) for k-block kb, each <32 x u8>, into the tile (8 k-groups)."""
+    ab = TR_AB(bitcast(a, np.uint32), bitcast(b, np.uint32))
+    cd = TR_AB(bitcast(c, np.uint32), bitcast(d, np.uint32))
+    base = kb * 8 * MM_ROWS + 4 * quad  # u32 index of k-group 0, row 4 * quad
+    _store4(Wt32, base, TR_LO(ab, cd))
+    _store4(Wt32, base + 4 * MM_ROWS, TR_HI(ab, cd))
+
+
+@njit(inline="always")
+def _put4(Wt32, kb, quad, a, b, c, d):
+    """Levels of 4 rows for a 16-column k-block (Q6_K), each <16 x u8>, into the tile (4 k-groups)."""
+    ab = TR_AB4(bitcast(a, np.uint32), bitcast(b, np.uint32))
+    cd = TR_AB4(bitcast(c, np.uint32), bitcast(d, np.uint32))
+    _store4(Wt32, kb * 4 * MM_ROWS + 4 * quad, TR_4(ab, cd))
+
+
+@njit(inline="always")
+def _quad_rows(r0, quad, rows):
+    """The 4 row indices of a quad; rows past the end repeat the last row (their scales stay 0)."""
+    a = r0 + 4 * quad
+    return min(a, rows - 1), min(a + 1, rows - 1), min(a + 2, rows - 1), min(a + 3, rows - 1)
+
+
+@njit(inline="always")
+def _lev_q8_0(blocks, r, kb):
+    return load(blocks[r], kb * 34 + 2, 32) ^ np.uint8(0x80)  # int8 -> level + 128
+
+
+@njit(inline="always")
+def _lev_q4_0(blocks, r, kb):
+    q = load(blocks[r], kb * 18 + 2, 16)
+    return CAT16(q & np.uint8(15), q >> 4)
+
+
+@njit(inline="always")
+def _lev_q4_1(blocks, r, kb):
+    q = load(blocks[r], kb * 20 + 4, 16)
+    return CAT16(q & np.uint8(15), q >> 4)
+
+
+@njit(inline="always")
+def _lev_int4_g128(blocks, r, kb):
+    """k-block kb = columns 32 (kb % 4) .. of group kb // 4: low nibbles of bytes 0..63, then high."""
+    j = kb & 3
+    q = load(blocks[r], (kb >> 2) * 68 + 4 + 32 * (j & 1), 32)
+    return q & np.uint8(15) if j < 2 else q >> 4
+
+
+@njit(inline="always")
+def _lev_q4_k(blocks, r, kb):
+    """Sub-block kb % 8 of super-block kb // 8: chunk c = (kb % 8) // 2, low nibbles for even kb."""
+    j = kb & 7
+    q = load(blocks[r], (kb >> 3) * 144 + 16 + 32 * (j >> 1), 32)
+    return q & np.uint8(15) if (j & 1) == 0 else q >> 4
+
+
+@njit(inline="always")
+def _lev_q6_k(blocks, r, kb):
+    """Sub-block s = kb % 16 (16 columns): half h, quarter qq, part p with s = 8h + 2qq + p."""
+    s = kb & 15
+    h = s >> 3
+    qq = (s >> 1) & 3
+    p = s & 1
+    o = (kb >> 4) * 210
+    a = load(blocks[r], o + 64 * h + 32 * (qq & 1) + 16 * p, 16)
+    c = load(blocks[r], o + 128 + 32 * h + 16 * p, 16)
+    lo = a & np.uint8(15) if qq < 2 else a >> 4
+    if qq == 0:
+        hi = c << 4
+    elif qq == 1:
+        hi = c << 2
+    elif qq == 2:
+        hi = c
+    else:
+        hi = c >> 2
+    return lo | (hi & np.uint8(0x30))
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _matmul_vnni_q8_0(blocks, X, out):
     """out[t, r] = sum_c W[r, c] * X[t, c].  X float32 [n, C], out float32 [n, R]."""
@@ -677,18 +818,17 @@ def _matmul_vnni_q8_0(blocks, X, out):
     for grp in prange((rows + MM_ROWS - 1) // MM_ROWS):
         r0 = MM_ROWS * grp
         Wt = np.empty(nkb * 8 * 64, np.uint8)
-        Dt = _zeros(nkb * 16, np.float32)
-        tmp = np.empty(64, np.uint8)
-        tmpf = np.empty(64, np.float32)
         Wt32 = Wt.view(np.uint32)
-        tmp32 = tmp.view(np.uint32)
+        Dt = _zeros(nkb * 16, np.float32)
+        tmpf = np.empty(64, np.float32)
         for i in range(min(MM_ROWS, rows - r0)):
-            row = blocks[r0 + i]
             for kb in range(nkb):
-                o = kb * 34
-                Dt[16 * kb + i] = f16_at(row, o)
-                store(tmp, 0, load(row, o + 2, 32) ^ np.uint8(0x80))  # int8 -> level + 128
-                _to_lanes(Wt32, 8, kb, i, tmp32, 0)
+                Dt[16 * kb + i] = f16_at(blocks[r0 + i], kb * 34)
+        for quad in range(4):
+            ra, rb, rc, rd = _quad_rows(r0, quad, rows)
+            for kb in range(nkb):
+                _put8(Wt32, kb, quad, _lev_q8_0(blocks, ra, kb), _lev_q8_0(blocks, rb, kb),
+                      _lev_q8_0(blocks, rc, kb), _lev_q8_0(blocks, rd, kb))
         _mm_group(Wt, Dt, Dt, False, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
 
 
@@ -702,20 +842,17 @@ def _matmul_vnni_q4_0(blocks, X, out):
     for grp in prange((rows + MM_ROWS - 1) // MM_ROWS):
         r0 = MM_ROWS * grp
         Wt = np.empty(nkb * 8 * 64, np.uint8)
-        Dt = _zeros(nkb * 16, np.float32)
-        tmp = np.empty(64, np.uint8)
-        tmpf = np.empty(64, np.float32)
         Wt32 = Wt.view(np.uint32)
-        tmp32 = tmp.view(np.uint32)
+        Dt = _zeros(nkb * 16, np.float32)
+        tmpf = np.empty(64, np.float32)
         for i in range(min(MM_ROWS, rows - r0)):
-            row = blocks[r0 + i]
             for kb in range(nkb):
-                o = kb * 18
-                Dt[16 * kb + i] = f16_at(row, o)
-                q = load(row, o + 2, 16)
-                store(tmp, 0, q & np.uint8(15))
-                store(tmp, 16, q >> 4)
-                _to_lanes(Wt32, 8, kb, i, tmp32, 0)
+                Dt[16 * kb + i] = f16_at(blocks[r0 + i], kb * 18)
+        for quad in range(4):
+            ra, rb, rc, rd = _quad_rows(r0, quad, rows)
+            for kb in range(nkb):
+                _put8(Wt32, kb, quad, _lev_q4_0(blocks, ra, kb), _lev_q4_0(blocks, rb, kb),
+                      _lev_q4_0(blocks, rc, kb), _lev_q4_0(blocks, rd, kb))
         _mm_group(Wt, Dt, Dt, False, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
 
 
@@ -729,22 +866,19 @@ def _matmul_vnni_q4_1(blocks, X, out):
     for grp in prange((rows + MM_ROWS - 1) // MM_ROWS):
         r0 = MM_ROWS * grp
         Wt = np.empty(nkb * 8 * 64, np.uint8)
+        Wt32 = Wt.view(np.uint32)
         Dt = _zeros(nkb * 16, np.float32)
         Mt = _zeros(nkb * 16, np.float32)
-        tmp = np.empty(64, np.uint8)
         tmpf = np.empty(64, np.float32)
-        Wt32 = Wt.view(np.uint32)
-        tmp32 = tmp.view(np.uint32)
         for i in range(min(MM_ROWS, rows - r0)):
-            row = blocks[r0 + i]
             for kb in range(nkb):
-                o = kb * 20
-                Dt[16 * kb + i] = f16_at(row, o)
-                Mt[16 * kb + i] = f16_at(row, o + 2)
-                q = load(row, o + 4, 16)
-                store(tmp, 0, q & np.uint8(15))
-                store(tmp, 16, q >> 4)
-                _to_lanes(Wt32, 8, kb, i, tmp32, 0)
+                Dt[16 * kb + i] = f16_at(blocks[r0 + i], kb * 20)
+                Mt[16 * kb + i] = f16_at(blocks[r0 + i], kb * 20 + 2)
+        for quad in range(4):
+            ra, rb, rc, rd = _quad_rows(r0, quad, rows)
+            for kb in range(nkb):
+                _put8(Wt32, kb, quad, _lev_q4_1(blocks, ra, kb), _lev_q4_1(blocks, rb, kb),
+                      _lev_q4_1(blocks, rc, kb), _lev_q4_1(blocks, rd, kb))
         _mm_group(Wt, Dt, Mt, True, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
 
 
@@ -758,26 +892,19 @@ def _matmul_vnni_int4_g128(blocks, X, out):
     for grp in prange((rows + MM_ROWS - 1) // MM_ROWS):
         r0 = MM_ROWS * grp
         Wt = np.empty(nkb * 8 * 64, np.uint8)
+        Wt32 = Wt.view(np.uint32)
         Dt = _zeros(nkb * 16, np.float32)
         Mt = _zeros(nkb * 16, np.float32)
-        tmp = np.empty(128, np.uint8)
         tmpf = np.empty(64, np.float32)
-        Wt32 = Wt.view(np.uint32)
-        tmp32 = tmp.view(np.uint32)
         for i in range(min(MM_ROWS, rows - r0)):
-            row = blocks[r0 + i]
-            for gi in range(nkb // 4):  # a group of 128 = four k-blocks with one scale and minimum
-                o = gi * 68
-                s = f16_at(row, o)
-                m = f16_at(row, o + 2)
-                q = load(row, o + 4, 64)
-                store(tmp, 0, q & np.uint8(15))
-                store(tmp, 64, q >> 4)
-                for j in range(4):
-                    kb = 4 * gi + j
-                    Dt[16 * kb + i] = s
-                    Mt[16 * kb + i] = m
-                    _to_lanes(Wt32, 8, kb, i, tmp32, 8 * j)
+            for kb in range(nkb):  # a group of 128 = four k-blocks sharing a scale and a minimum
+                Dt[16 * kb + i] = f16_at(blocks[r0 + i], (kb >> 2) * 68)
+                Mt[16 * kb + i] = f16_at(blocks[r0 + i], (kb >> 2) * 68 + 2)
+        for quad in range(4):
+            ra, rb, rc, rd = _quad_rows(r0, quad, rows)
+            for kb in range(nkb):
+                _put8(Wt32, kb, quad, _lev_int4_g128(blocks, ra, kb), _lev_int4_g128(blocks, rb, kb),
+                      _lev_int4_g128(blocks, rc, kb), _lev_int4_g128(blocks, rd, kb))
         _mm_group(Wt, Dt, Mt, True, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
 
 
@@ -791,12 +918,10 @@ def _matmul_vnni_q4_k(blocks, X, out):
     for grp in prange((rows + MM_ROWS - 1) // MM_ROWS):
         r0 = MM_ROWS * grp
         Wt = np.empty(nkb * 8 * 64, np.uint8)
+        Wt32 = Wt.view(np.uint32)
         Dt = _zeros(nkb * 16, np.float32)
         Mt = _zeros(nkb * 16, np.float32)
-        tmp = np.empty(64, np.uint8)
         tmpf = np.empty(64, np.float32)
-        Wt32 = Wt.view(np.uint32)
-        tmp32 = tmp.view(np.uint32)
         for i in range(min(MM_ROWS, rows - r0)):
             row = blocks[r0 + i]
             for sb in range(nkb // 8):
@@ -804,16 +929,15 @@ def _matmul_vnni_q4_k(blocks, X, out):
                 d = f16_at(row, o)
                 dmin = f16_at(row, o + 2)
                 packed = row[o + 4: o + 16]
-                for c in range(4):  # chunk c: sub-block 2c in the low nibbles, 2c + 1 in the high ones
-                    q = load(row, o + 16 + 32 * c, 32)
-                    store(tmp, 0, q & np.uint8(15))
-                    store(tmp, 32, q >> 4)
-                    for j in range(2):
-                        kb = 8 * sb + 2 * c + j
-                        sc, mn = scale_min(packed, 2 * c + j)
-                        Dt[16 * kb + i] = d * np.float32(sc)
-                        Mt[16 * kb + i] = -dmin * np.float32(mn)
-                        _to_lanes(Wt32, 8, kb, i, tmp32, 8 * j)
+                for j in range(8):
+                    sc, mn = scale_min(packed, j)
+                    Dt[16 * (8 * sb + j) + i] = d * np.float32(sc)
+                    Mt[16 * (8 * sb + j) + i] = -dmin * np.float32(mn)
+        for quad in range(4):
+            ra, rb, rc, rd = _quad_rows(r0, quad, rows)
+            for kb in range(nkb):
+                _put8(Wt32, kb, quad, _lev_q4_k(blocks, ra, kb), _lev_q4_k(blocks, rb, kb),
+                      _lev_q4_k(blocks, rc, kb), _lev_q4_k(blocks, rd, kb))
         _mm_group(Wt, Dt, Mt, True, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
 
 
@@ -827,26 +951,19 @@ def _matmul_vnni_q6_k(blocks, X, out):
     for grp in prange((rows + MM_ROWS - 1) // MM_ROWS):
         r0 = MM_ROWS * grp
         Wt = np.empty(nkb * 4 * 64, np.uint8)
-        Dt = _zeros(nkb * 16, np.float32)
-        tmp = np.empty(128, np.uint8)
-        tmpf = np.empty(64, np.float32)
         Wt32 = Wt.view(np.uint32)
-        tmp32 = tmp.view(np.uint32)
+        Dt = _zeros(nkb * 16, np.float32)
+        tmpf = np.empty(64, np.float32)
         for i in range(min(MM_ROWS, rows - r0)):
             row = blocks[r0 + i]
-            for sb in range(nkb // 16):
-                o = sb * 210
-                d = f16_at(row, o + 208)
-                for s in range(16):
-                    Dt[16 * (16 * sb + s) + i] = d * np.float32(np.int8(row[o + 192 + s]))
-                for h in range(2):
-                    a = load(row, o + 64 * h, 64)
-                    c = load(row, o + 128 + 32 * h, 32)
-                    c2 = CAT32(c, c >> 2)
-                    store(tmp, 0, (a & np.uint8(15)) | ((c2 << 4) & np.uint8(0x30)))  # elements 0..63
-                    store(tmp, 64, (a >> 4) | (c2 & np.uint8(0x30)))  # elements 64..127
-                    for j in range(8):
-                        _to_lanes(Wt32, 4, 16 * sb + 8 * h + j, i, tmp32, 4 * j)
+            for kb in range(nkb):
+                o = (kb >> 4) * 210
+                Dt[16 * kb + i] = f16_at(row, o + 208) * np.float32(np.int8(row[o + 192 + (kb & 15)]))
+        for quad in range(4):
+            ra, rb, rc, rd = _quad_rows(r0, quad, rows)
+            for kb in range(nkb):
+                _put4(Wt32, kb, quad, _lev_q6_k(blocks, ra, kb), _lev_q6_k(blocks, rb, kb),
+                      _lev_q6_k(blocks, rc, kb), _lev_q6_k(blocks, rd, kb))
         _mm_group(Wt, Dt, Dt, False, 4, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
 
 
