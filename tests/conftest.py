@@ -1,8 +1,16 @@
 """Shared pytest fixtures."""
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI replays a fixed set of examples (a red CI must mean a regression, not a new random draw);
+# developers' runs draw new examples each time and keep failures in .hypothesis/.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # The real model files live beside the repo, in ../shared/models; a fresh clone has none.
 SHARED_MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"

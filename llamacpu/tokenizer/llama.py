@@ -186,8 +186,11 @@ class LlamaTokenizer:
         sp = spm.SentencePieceProcessor()
         try:
             sp.LoadFromSerializedProto(proto)
-        except RuntimeError as e:  # sentencepiece reports parse failures as RuntimeError
-            raise TokenizerError(f"not a valid SentencePiece model ({len(proto)} bytes): {e}") from e
+            # a corrupt model can parse yet hold pieces that are not UTF-8: find them now, not mid-decode
+            for i in range(sp.get_piece_size()):
+                sp.id_to_piece(i)
+        except (RuntimeError, UnicodeDecodeError) as e:  # parse failures; their messages may not be UTF-8
+            raise TokenizerError(f"not a valid SentencePiece model ({len(proto)} bytes): {e}") from None
         return sp
 
     @classmethod
