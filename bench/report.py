@@ -112,6 +112,11 @@ def render_markdown(run: dict) -> str:
     out.append(f"- Versions: numba {m.get('numba')}, numpy {m.get('numpy')}; "
                + "; ".join(r["version"] if r["engine"] != "llamacpu" else f"llamacpu {r['version']}"
                            for r in _unique_versions(run["results"])) + ".")
+    rounds = run.get("settings", {}).get("rounds") or 1
+    if rounds > 1:
+        out.append(f"- Every measurement ran {rounds} times, every other round in reverse order (A B … B A); each "
+                   f"number below is the best of its rounds (start-up the fastest, RSS and others' CPU the worst), "
+                   f"every round is in the JSON.")
     out.append("")
     out.append("#### Speed (tokens/s; higher is better)")
     out.append("")
