@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from .errors import InputError
+from .runtime import threading_layer
 
 WARMUP_PROMPT = [1, 2, 3, 4]
 
@@ -133,6 +134,7 @@ def bench_main(args) -> int:
         "model": str(path),
         "formats": formats,
         "threads": numba.get_num_threads(),
+        "threading_layer": threading_layer(),
         "weight_bytes": int(w.nbytes),
         "decode_bytes": decode_bytes(w),
         "load_s": load_s,
@@ -145,7 +147,7 @@ def bench_main(args) -> int:
         return 0
     mb = 1 << 20
     print(f"model        {out['model']} ({', '.join(formats)}, {_size(out['weight_bytes'])} of weights, "
-          f"{out['threads']} threads)")
+          f"{out['threads']} threads, {out['threading_layer']} threading layer)")
     print(f"load         {load_s:.2f} s; first token {r['first_token_s']:.2f} s later"
           + (f" ({out['startup_s']:.2f} s from process start)" if out["startup_s"] is not None else ""))
     print(f"prefill      {r['prompt_tokens']} tokens at {r['prefill_tok_s']:.1f} tok/s "

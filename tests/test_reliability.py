@@ -146,6 +146,16 @@ def test_absurd_context_is_refused_not_allocated(tiny):
 
 # ---- concurrency and fork -----------------------------------------------------------------------------
 
+@pytest.mark.skipif(not (sys.platform == "linux" and os.uname().machine == "x86_64"),
+                    reason="the tbb wheel exists for Linux x86_64 (and Windows amd64) only")
+@pytest.mark.skipif("NUMBA_THREADING_LAYER" in os.environ, reason="NUMBA_THREADING_LAYER overrides the choice")
+def test_tbb_threading_layer_is_used(tiny):
+    """The package installs tbb here, so the kernels must run on it (workqueue launches cost ~80x more)."""
+    from llamacpu.runtime import threading_layer
+    LlamaForCausalLM.from_pretrained(tiny)(np.array([[1, 2]]))  # runs parallel kernels
+    assert threading_layer() == "tbb"
+
+
 def test_threads_and_two_models(tiny):
     a = LlamaForCausalLM.from_pretrained(tiny)
     b = LlamaForCausalLM.from_pretrained(FIXTURES / "gqa_f16")
