@@ -6,6 +6,7 @@ from .errors import (CheckpointError, ConfigError, DeviceError, InputError, Llam
 from .generation.pipeline import pipeline
 from .generation.sampling import GenerationConfig
 from .generation.stream import TextStreamer, stream
+from .hub import default_model
 from .model.causal_lm import (LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel, ModelOutput,
                               set_num_threads)
 from .tokenizer.auto import AutoTokenizer

@@ -6,9 +6,6 @@ the new tokens. So turn n costs its own tokens, not the whole history again.
 """
 from __future__ import annotations
 
-import sys
-
-from ..errors import LlamacpuError
 from .stream import TextGeneration
 
 
@@ -66,46 +63,3 @@ def _common_prefix(a, b) -> int:
             break
         n += 1
     return n
-
-
-def repl(session: ChatSession, stdin=sys.stdin, stdout=sys.stdout, show_speed: bool = True) -> int:
-    """Read user lines, stream replies. /reset starts over, /exit (or end of input) quits, Ctrl-C
-    stops the current reply and keeps the session."""
-    from ..cli import speed_line
-
-    interactive = stdin.isatty()
-    if interactive:
-        print("llamacpu chat: /reset starts over, /exit quits, Ctrl-C stops a reply", file=sys.stderr)
-    while True:
-        stdout.write("> ")
-        stdout.flush()
-        try:
-            line = stdin.readline()
-        except KeyboardInterrupt:
-            stdout.write("\n")
-            continue
-        if not line:
-            stdout.write("\n")
-            return 0
-        text = line.rstrip("\n")
-        if text.strip() in ("/exit", "/quit"):
-            return 0
-        if text.strip() == "/reset":
-            session.reset()
-            stdout.write("(conversation reset)\n")
-            continue
-        if not text.strip():
-            continue
-        try:
-            for piece in session.send(text):
-                stdout.write(piece)
-                stdout.flush()
-        except KeyboardInterrupt:
-            stdout.write(" [stopped]")
-        except LlamacpuError as e:
-            stdout.write(f"\n[error: {e}]")
-            session.messages = session.messages[:-2] if len(session.messages) >= 2 else []
-        stdout.write("\n")
-        if show_speed:
-            print(f"llamacpu: {speed_line(session.stats)} (reused {session.reused_tokens} cached tokens)",
-                  file=sys.stderr, flush=True)

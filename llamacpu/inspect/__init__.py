@@ -6,13 +6,12 @@
     lens.logit_lens(model, tr)        # what each layer would predict
     AttentionMaskVisualizer(tok)("Once upon a time")
 
-`llamacpu inspect MODEL --prompt TEXT` prints the per-layer table (llamacpu.inspect.cli).
+`llamacpu inspect MODEL --prompt TEXT` prints the per-layer table (llamacpu.cli.inspect).
 """
 from . import lens
-from .cli import inspect_main
 from .recompute import recompute, recompute_errors
 from .trace import Recorder, Trace, trace, tracing
 from .visualizer import AttentionMaskVisualizer
 
-__all__ = ["AttentionMaskVisualizer", "Recorder", "Trace", "inspect_main", "lens", "recompute",
+__all__ = ["AttentionMaskVisualizer", "Recorder", "Trace", "lens", "recompute",
            "recompute_errors", "trace", "tracing"]

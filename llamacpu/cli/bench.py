@@ -18,10 +18,20 @@ import time
 
 import numpy as np
 
-from .errors import InputError
-from .runtime import threading_layer
+from ..errors import InputError
+from ..runtime import threading_layer
+from .common import add_model_args, first_run_note
 
 WARMUP_PROMPT = [1, 2, 3, 4]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="prefill and decode speed of one model")
+    add_model_args(p)
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=bench_main)
 
 
 def process_age_s() -> float | None:
@@ -58,11 +68,10 @@ def decode_bytes(weights) -> int:
 
 
 def load_model(args, say):
-    """The model of the CLI's model arguments (as `llamacpu.cli.load`, without the tokenizer: bench
+    """The model of the CLI's model arguments (as `llamacpu.cli.common.load`, without the tokenizer: bench
     feeds token ids, and synthetic benchmark checkpoints have none)."""
-    from .cli import first_run_note
-    from .hub import resolve_model
-    from .model.causal_lm import LlamaForCausalLM, set_num_threads
+    from ..hub import resolve_model
+    from ..model.causal_lm import LlamaForCausalLM, set_num_threads
 
     if args.threads:
         set_num_threads(args.threads)

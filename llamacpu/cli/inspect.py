@@ -15,10 +15,21 @@ import sys
 
 import numpy as np
 
-from . import lens
-from .trace import trace as run_trace
+from ..inspect import lens
+from ..inspect.trace import trace as run_trace
+from .common import add_model_args, load, stderr
 
 COLUMNS = __doc__.split("\n\n")[1]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("inspect", help="layer-by-layer view of a forward pass")
+    add_model_args(p)
+    p.add_argument("--prompt", "-p", default="Once upon a time")
+    p.add_argument("--step", action="store_true", help="pause after each layer")
+    p.add_argument("--compare-transformers", action="store_true")
+    p.add_argument("--top", type=int, default=3, help="tokens shown by the logit lens")
+    p.set_defaults(func=inspect_main)
 
 
 def token_label(tokenizer, i: int) -> str:
@@ -33,11 +44,9 @@ def format_top(tokenizer, logits, k: int) -> str:
 
 
 def inspect_main(args, out=None, stdin=None) -> int:
-    from ..cli import load, stderr
-
     out, stdin = out or sys.stdout, stdin or sys.stdin
     if args.compare_transformers:
-        from .compare import missing_packages
+        from ..inspect.compare import missing_packages
 
         missing = missing_packages()
         if missing:  # checked before the model loads, so the answer is immediate
@@ -113,7 +122,7 @@ def wait(stdin, prompt: str) -> bool:
 
 
 def compare(model, tr, out) -> int:
-    from .compare import first_divergence, reference_tensors
+    from ..inspect.compare import first_divergence, reference_tensors
 
     reference = reference_tensors(model.name_or_path, tr.input_ids)
     name, err, n = first_divergence(tr, reference)
