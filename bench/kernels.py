@@ -3,8 +3,8 @@
     .venv/bin/python bench/kernels.py                  # every format, 1 and 2 threads
     .venv/bin/python bench/kernels.py --formats q4_0,q8_0 --threads 2 --reps 9
 
-For each format: G weights/s and GB/s (stored bytes) of the portable kernel (`<fmt>.matvec_<fmt>`) and the
-fast one (`llamacpu.quant.fast`), on the TinyLlama shapes 2048x5632 and 5632x2048 (a few MB: they stay in
+For each format: G weights/s and GB/s (stored bytes) of the portable kernel (`quant.kernels.matvec`) and the
+fast one (the format's `matvec_vnni`), on the TinyLlama shapes 2048x5632 and 5632x2048 (a few MB: they stay in
 the 32 MB L3 between calls, so this is the kernels' compute speed) and on one matrix over 256 MB (every
 call streams it from DRAM: what a decode step sees). F16 and BF16 dense matvec as well. Next to them,
 the plain-read bandwidth of the same run: a Numba prange sum over a 1 GB float32 array.
@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from llamacpu.kernels import dense, simd
-from llamacpu.quant import FORMATS, fast
+from llamacpu.quant import FORMATS, registry
 
 try:
     from llamacpu.kernels import dense_fast
@@ -99,12 +99,12 @@ def prefill(args, threads, rng):
             for nt in threads:
                 numba.set_num_threads(nt)
                 cells = []
-                fns = [FORMATS[name].matmul, fast.FAST_MATMUL.get(name), lambda w, X, out: np.matmul(X, wf.T, out=out)]
+                fns = [registry.PORTABLE[name].matmul, registry.FAST_MATMUL.get(name), lambda w, X, out: np.matmul(X, wf.T, out=out)]
                 for fn in fns:
                     if fn is None:
                         cells.append(f"{'-':>15}")
                         continue
-                    reps = 3 if fn is FORMATS[name].matmul else max(3, args.reps // 2)
+                    reps = 3 if fn is registry.PORTABLE[name].matmul else max(3, args.reps // 2)
                     med, best = timings(lambda: fn(w, X, out), reps)
                     cells.append(f"{flop / med / 1e9:6.1f} ({flop / best / 1e9:6.1f})")
                 print(f"{name:9} {f'{rows}x{cols}':>10} {nt:3d} | " + " | ".join(cells), flush=True)
@@ -153,11 +153,11 @@ def main(argv=None):
                 portable = dense.matvec_f16 if name == "f16" else dense.matvec_bf16
                 fast_fn = None
                 if dense_fast is not None:
-                    fast_fn = dense_fast.FAST_MATVEC.get(name)
+                    fast_fn = dense_registry.FAST_MATVEC.get(name)
             else:
                 w = random_blocks(name, rows, cols, rng)
-                portable = FORMATS[name].matvec
-                fast_fn = fast.FAST_MATVEC.get(name)
+                portable = registry.PORTABLE[name].matvec
+                fast_fn = registry.FAST_MATVEC.get(name)
             nbytes = w.nbytes
             for nt in threads:
                 numba.set_num_threads(nt)

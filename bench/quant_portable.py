@@ -13,7 +13,7 @@ import numba
 import numpy as np
 
 from llamacpu.quant import FORMATS
-from llamacpu.quant.base import QuantizedWeight
+from llamacpu.quant import QuantizedWeight
 
 F16_FIELDS = {"q8_0": (0,), "q4_0": (0,), "q4_1": (0, 2), "q4_k": (0, 2), "q6_k": (208,), "int4_g128": (0, 2)}
 

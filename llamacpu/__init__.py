@@ -1,5 +1,6 @@
 """llamacpu: Llama inference on the CPU with NumPy and Numba."""
 from . import runtime  # first: picks the Numba threading layer before any kernel runs
+from .kernels import cachekey  # before any kernel is defined: cache keyed on all kernel sources
 from .config import LlamaConfig
 from .errors import (CheckpointError, ConfigError, DeviceError, InputError, LlamacpuError, TokenizerError,
                      UnsupportedError)

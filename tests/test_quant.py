@@ -4,6 +4,8 @@ The kernels are compiled once per format (always called with read-only uint8 blo
 passes them), so the compile cost is 12 kernels, cached on disk after the first run.
 """
 import importlib
+from functools import partial
+from types import SimpleNamespace
 
 import gguf
 import numpy as np
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from llamacpu.errors import CheckpointError, InputError, LlamacpuError, UnsupportedError
-from llamacpu.quant import FORMATS, QuantizedWeight, dequantize, get_format, quantize
+from llamacpu.quant import FORMATS, QuantizedWeight, dequantize, get_format, kernels, quantize, registry
 
 NAMES = list(FORMATS)
 GGML_NAMES = [n for n in NAMES if FORMATS[n].ggml_type is not None]
@@ -24,6 +26,13 @@ F16_FIELDS = {"q8_0": (0,), "q4_0": (0,), "q4_1": (0, 2), "q4_k": (0, 2), "q6_k"
 
 def module(name):
     return importlib.import_module(f"llamacpu.quant.{name}")
+
+
+def portable(name):
+    """The portable kernels of format `name` and their references (as the format modules once held them)."""
+    fmt = registry.PORTABLE[name]
+    return SimpleNamespace(FORMAT=fmt, matvec_ref=partial(kernels.matvec_ref, fmt),
+                           matmul_ref=partial(kernels.matmul_ref, fmt))
 
 
 def readonly(a):
@@ -205,7 +214,7 @@ def test_int4_g128_covers_offset_groups():
 def test_kernels_match_reference(name):
     """The portable kernels, fp32-exact; the fast ones have their own bound (test_quant_fast.py)."""
     rng = np.random.default_rng(4)
-    mod = module(name)
+    mod = portable(name)
     fmt = mod.FORMAT
     for rows, nb in [(1, 1), (7, 2), (13, 3), (37, 1)]:  # odd rows; 37 > two matmul tiles
         cols = nb * fmt.block_size

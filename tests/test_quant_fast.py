@@ -1,4 +1,4 @@
-"""The AVX512-VNNI kernels of `llamacpu.quant.fast` against the NumPy references, and the CPU-feature
+"""The AVX512-VNNI kernels (each format's `matvec_vnni`, `kernels.matmul_vnni`) against the NumPy references, and the CPU-feature
 selection (LLAMACPU_PORTABLE=1 forces the portable kernels).
 
 The fast matvec rounds x to 16-bit integers per x-block of 32 (sx = amax / 32639), so each product
@@ -17,7 +17,7 @@ import pytest
 
 from llamacpu.kernels import simd
 from llamacpu.quant import FORMATS
-from llamacpu.quant import fast
+from llamacpu.quant import registry as fast  # FAST_MATVEC, FAST_MATMUL: the VNNI kernels in use
 
 NAMES = list(FORMATS)
 needs_vnni = pytest.mark.skipif(
@@ -159,18 +159,18 @@ def test_simd_dot_instructions():
 
 
 def test_selection_follows_the_cpu_features():
-    portable = {name: FORMATS[name].matvec for name in NAMES}
+    portable = {name: fast.PORTABLE[name].matvec for name in NAMES}
     for name in NAMES:
-        chosen = fast.matvec_for(name, portable[name])
+        chosen = FORMATS[name].matvec
         assert chosen is (fast.FAST_MATVEC[name] if simd.HAS_AVX512_VNNI else portable[name])
     assert bool(fast.FAST_MATVEC) == simd.HAS_AVX512_VNNI
 
 
 def test_portable_env_var_forces_the_portable_kernels():
-    code = ("from llamacpu.kernels import simd; from llamacpu.quant import fast, FORMATS, q4_0;"
+    code = ("from llamacpu.kernels import simd; from llamacpu.quant import registry as fast, FORMATS;"
             "assert simd.PORTABLE and not simd.HAS_AVX512_VNNI and not simd.HAS_AVX512_BF16;"
             "assert fast.FAST_MATVEC == {} and fast.FAST_MATMUL == {};"
-            "assert fast.matvec_for('q4_0', q4_0.matvec_q4_0) is q4_0.matvec_q4_0;"
+            "assert FORMATS['q4_0'] is fast.PORTABLE['q4_0'];"
             "print('portable ok')")
     env = dict(os.environ, LLAMACPU_PORTABLE="1")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

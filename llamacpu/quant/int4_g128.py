@@ -29,11 +29,16 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import InputError
-from .base import FASTMATH, MATMUL_TILE, QuantFormat, as_blocks, as_matrix, f16_at, f16_field, group_sums
+from ..kernels.simd import fma, hsum, load, sitofp, splat
+from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_field, put
+from .vnni import GROUP128, centre, empty64, lanes, nibble_dot, prepare
 
+ID = 5  # this format's index in kernels.MODULES
 NAME = "int4_g128"
+GGML_TYPE = None  # our own format
 BLOCK = 128
 TYPE_SIZE = 68
+
 
 
 def _fp16_down(v: np.ndarray) -> np.ndarray:
@@ -84,78 +89,69 @@ def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
     return (q * s[..., None] + m[..., None]).reshape(b.shape[0], cols)
 
 
+@njit(inline="always")
+def decode_block(row, k, dst, xb, dot):
+    """Group k of a row of groups (uint8 [C // 128 * 68]) into dst float32 [128] (see common.put)."""
+    h = dst.shape[0] // 2  # 64, from the shapes (see q8_0)
+    o = k * TYPE_SIZE
+    s = f16_at(row, o)
+    m = f16_at(row, o + 2)
+    qs = row[o + 4: o + 4 + h]
+    lo, hi, xlo, xhi = dst[:h], dst[h:], xb[:h], xb[h:]
+    for j in range(h):
+        v = np.int32(qs[j])
+        put(lo, j, np.float32(v & 15) * s + m, xlo, dot)
+        put(hi, j, np.float32(v >> 4) * s + m, xhi, dot)
+
+
+# ---------------------------------------------------------------------------------------------
+# VNNI (see vnni.py). Matvec: one group (64 bytes of nibbles) per step; x-block j of a group =
+# elements 16j..16j+15 and 64+16j..64+16j+15 (GROUP128: the lanes of the low and high nibbles that
+# share an accumulator lane).
+# ---------------------------------------------------------------------------------------------
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def matvec_int4_g128(blocks, x, out):
+def matvec_vnni(blocks, x, out):
     """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 128 * 68], x float32 [C], out float32 [R]."""
     rows = blocks.shape[0]
-    ng = blocks.shape[1] // TYPE_SIZE
-    g = x.shape[0] // ng  # 128, from the shapes (see q8_0)
-    h = g // 2
-    xsum = group_sums(x, g)  # [ng]
+    ng = x.shape[0] // 128
+    nb = 4 * ng
+    H, L, sx, r16, xe = prepare(x, GROUP128)
+    sc = empty64(8 * nb, np.float32)  # per group: 16 lanes of sx, 16 lanes of the centring term
+    xg = np.empty(ng, np.float32)  # exact sum of x over each group
+    for b in range(nb):
+        lanes(sc, 32 * (b >> 2) + 4 * (b & 3), 4, sx[b], centre(8, sx[b], r16[2 * b] + r16[2 * b + 1], xe[b], 4))
+    for g in range(ng):
+        xg[g] = xe[4 * g] + xe[4 * g + 1] + xe[4 * g + 2] + xe[4 * g + 3]
     for r in prange(rows):
         row = blocks[r]
-        acc = np.zeros(h, np.float32)
+        acc = splat(np.float32(0.0), 16)
         msum = np.float32(0.0)
-        for k in range(ng):
-            o = k * TYPE_SIZE
-            s = f16_at(row, o)
-            msum += f16_at(row, o + 2) * xsum[k]
-            qs = row[o + 4: o + 4 + h]
-            xlo = x[k * g: k * g + h]
-            xhi = x[k * g + h: k * g + g]
-            for j in range(h):
-                v = np.int32(qs[j])
-                acc[j] += s * (np.float32(v & 15) * xlo[j] + np.float32(v >> 4) * xhi[j])
-        out[r] = acc.sum() + msum
+        for g in range(ng):
+            o = g * 68
+            ia = nibble_dot(load(row, o + 4, 64), H, L, 128 * g)
+            t = fma(sitofp(ia), load(sc, 32 * g, 16), load(sc, 32 * g + 16, 16))
+            acc = fma(t, splat(f16_at(row, o), 16), acc)
+            msum += f16_at(row, o + 2) * xg[g]
+        out[r] = hsum(acc) + msum
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def dequantize_row_int4_g128(row, dst):
-    """dst float32 [C] = the weights of one row of groups (uint8 [C // 128 * 68])."""
-    ng = row.shape[0] // TYPE_SIZE
-    g = dst.shape[0] // ng
-    h = g // 2
-    for k in range(ng):
-        o = k * TYPE_SIZE
-        s = f16_at(row, o)
-        m = f16_at(row, o + 2)
-        qs = row[o + 4: o + 4 + h]
-        lo = dst[k * g: k * g + h]
-        hi = dst[k * g + h: k * g + g]
-        for j in range(h):
-            v = np.int32(qs[j])
-            lo[j] = np.float32(v & 15) * s + m
-            hi[j] = np.float32(v >> 4) * s + m
+# Prefill (kernels.matmul_vnni): k-blocks of 32 columns (a quarter group), nibbles centred on 8, minimums.
+PREFILL_KCOLS, PREFILL_OFFSET, HAS_MIN = 32, 8, True
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def matmul_int4_g128(blocks, X, out):
-    """out[t, r] = sum_c W[r, c] * X[t, c].  X float32 [n, C], out float32 [n, R]."""
-    rows = blocks.shape[0]
-    n, cols = X.shape
-    ntiles = (rows + MATMUL_TILE - 1) // MATMUL_TILE
-    for tile in prange(ntiles):
-        r0 = tile * MATMUL_TILE
-        nr = min(rows, r0 + MATMUL_TILE) - r0
-        w = np.empty((nr, cols), np.float32)
-        for i in range(nr):
-            dequantize_row_int4_g128(blocks[r0 + i], w[i])
-        for t in range(n):
-            xt = X[t]
-            for i in range(nr):
-                wi = w[i]
-                s = np.float32(0.0)
-                for c in range(cols):
-                    s += wi[c] * xt[c]
-                out[t, r0 + i] = s
+@njit(inline="always")
+def prefill_levels(blocks, r, kb):
+    """k-block kb = columns 32 (kb % 4) .. of group kb // 4: low nibbles of bytes 0..63, then high."""
+    j = kb & 3
+    q = load(blocks[r], (kb >> 2) * 68 + 4 + 32 * (j & 1), 32)
+    return q & np.uint8(15) if j < 2 else q >> 4
 
 
-def matvec_ref(blocks: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return dequantize(blocks, x.shape[0]) @ x
-
-
-def matmul_ref(blocks: np.ndarray, X: np.ndarray) -> np.ndarray:
-    return X @ dequantize(blocks, X.shape[1]).T
-
-
-FORMAT = QuantFormat(NAME, BLOCK, TYPE_SIZE, None, quantize, dequantize, matvec_int4_g128, matmul_int4_g128)
+@njit(inline="always")
+def prefill_scales(row, i, nkb, Dt, Mt):
+    """Lane i of the k-block scales (and minimums) of a repacked group: Dt[16 kb + i], Mt[16 kb + i]."""
+    for kb in range(nkb):  # a group of 128 = four k-blocks sharing a scale and a minimum
+        Dt[16 * kb + i] = f16_at(row, (kb >> 2) * 68)
+        Mt[16 * kb + i] = f16_at(row, (kb >> 2) * 68 + 2)

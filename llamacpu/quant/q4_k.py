@@ -32,10 +32,13 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit, prange
 
-from .base import FASTMATH, MATMUL_TILE, QuantFormat, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, \
-    group_sums, row_chunks
+from ..kernels.simd import bitcast, fma, hsum, load, shuffle, shuffle2, sitofp, splat, zext
+from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put, row_chunks
+from .vnni import FIRST8, K_ORDER, LAST8, byte_dot, empty64, centre, prepare
 
+ID = 3  # this format's index in kernels.MODULES
 NAME = "q4_k"
+GGML_TYPE = GGMLQuantizationType.Q4_K
 BLOCK = 256  # QK_K
 TYPE_SIZE = 144
 SUB = 32  # weights per sub-block
@@ -169,96 +172,116 @@ def scale_min(packed, j):
     return (a & 0xF) | ((np.int32(packed[j - 4]) >> 6) << 4), (a >> 4) | ((np.int32(packed[j]) >> 6) << 4)
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def matvec_q4_k(blocks, x, out):
-    """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 256 * 144], x float32 [C], out float32 [R].
 
-    The minimums contribute -dmin * m[s] * sum(x over sub-block s): sub-block sums of x are taken once."""
+@njit(inline="always")
+def decode_block(row, i, dst, xb, dot):
+    """Super-block i of a row (uint8 [C // 256 * 144]) into dst float32 [256] (see common.put)."""
+    sub = dst.shape[0] // 8  # 32, from the shapes (see q8_0)
+    o = i * TYPE_SIZE
+    d = f16_at(row, o)
+    dmin = f16_at(row, o + 2)
+    packed = row[o + 4: o + 16]
+    for c in range(4):  # chunk c: sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles)
+        s0, m0 = scale_min(packed, 2 * c)
+        s1, m1 = scale_min(packed, 2 * c + 1)
+        d0 = d * np.float32(s0)
+        d1 = d * np.float32(s1)
+        n0 = dmin * np.float32(m0)
+        n1 = dmin * np.float32(m1)
+        qs = row[o + 16 + c * sub: o + 16 + c * sub + sub]
+        e0 = 2 * c * sub
+        y0, y1 = dst[e0: e0 + sub], dst[e0 + sub: e0 + 2 * sub]
+        x0, x1 = xb[e0: e0 + sub], xb[e0 + sub: e0 + 2 * sub]
+        for l in range(sub):
+            v = np.int32(qs[l])
+            put(y0, l, d0 * np.float32(v & 15) - n0, x0, dot)
+            put(y1, l, d1 * np.float32(v >> 4) - n1, x1, dot)
+
+
+# ---------------------------------------------------------------------------------------------
+# VNNI (see vnni.py). Matvec: two 32-byte chunks per step: sub-blocks (0, 2) in the low nibbles, (1, 3)
+# in the high ones; activations stored in that sub-block order (K_ORDER). The 6-bit scales and
+# minimums are unpacked with 4-lane integer operations once per super-block.
+# ---------------------------------------------------------------------------------------------
+
+# scale unpacking (4 x u32 lanes w0, w1, w2, junk = bytes 4..19 of the super-block)
+K_X = shuffle([0, 2, 1, 2])
+K_Y = shuffle([0, 0, 1, 1])
+K_T = shuffle2([0, 5, 2, 3])
+K_U = shuffle2([0, 1, 2, 7])
+# cs = 8 sub-block scales -> the lanes of the two accumulators of each 128-element step
+K_S0, K_S1, K_S2, K_S3 = [shuffle([a] * 8 + [b] * 8) for a, b in ((0, 2), (1, 3), (4, 6), (5, 7))]
+
+
+@njit(inline="always")
+def _q4k_scales(row, o):
+    """The 8 sub-block scales and 8 minimums of the super-block at byte o, as float32 <16> (scales in
+    lanes 0..7, minimums in 8..15): ggml's get_scale_min_k4 on four 32-bit lanes at once."""
+    w = bitcast(load(row, o + 4, 16), np.uint32)  # w0 = bytes 0..3 of the packed scales, w1, w2, junk
+    X = K_X(w)  # w0, w2, w1, w2
+    Y = K_Y(w)  # w0, w0, w1, w1
+    lo6 = X & np.uint32(0x3F3F3F3F)  # lanes 0, 2: sc[0..3], m[0..3]
+    top = ((Y >> 6) & np.uint32(0x03030303)) << 4  # lanes 1, 3: the top 2 bits of sc[4..7], m[4..7]
+    sc_hi = (X & np.uint32(0x0F0F0F0F)) | top  # lane 1: sc[4..7]
+    m_hi = ((X >> 4) & np.uint32(0x0F0F0F0F)) | top  # lane 3: m[4..7]
+    packed = K_U(K_T(lo6, sc_hi), m_hi)  # sc[0..3], sc[4..7], m[0..3], m[4..7]
+    return sitofp(zext(bitcast(packed, np.uint8), np.int32))
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matvec_vnni(blocks, x, out):
+    """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 256 * 144], x float32 [C], out float32 [R]."""
     rows = blocks.shape[0]
-    nsb = blocks.shape[1] // TYPE_SIZE
-    qk = x.shape[0] // nsb  # 256
-    sub = qk // 8  # 32, from the shapes (see q8_0)
-    xsum = group_sums(x, sub)  # [nsb * 8]
+    nsb = x.shape[0] // 256
+    H, L, sx, r16, xe = prepare(x, K_ORDER)
+    nb = 8 * nsb
+    cx = empty64(nb, np.float32)
+    for b in range(nb):
+        cx[b] = centre(8, sx[b], r16[2 * b] + r16[2 * b + 1], xe[b], 1)
     for r in prange(rows):
         row = blocks[r]
-        acc = np.zeros(sub, np.float32)
-        msum = np.float32(0.0)
+        acc0 = splat(np.float32(0.0), 16)  # two accumulators: chunks 0-1 and 2-3 (shorter FMA chains)
+        acc1 = splat(np.float32(0.0), 16)
+        acc8 = splat(np.float32(0.0), 8)  # per sub-block: centring terms and minimums
         for i in range(nsb):
-            o = i * TYPE_SIZE
-            d = f16_at(row, o)
-            dmin = f16_at(row, o + 2)
-            packed = row[o + 4: o + 16]
-            for c in range(4):
-                s0, m0 = scale_min(packed, 2 * c)
-                s1, m1 = scale_min(packed, 2 * c + 1)
-                d0 = d * np.float32(s0)
-                d1 = d * np.float32(s1)
-                msum += dmin * (np.float32(m0) * xsum[8 * i + 2 * c] + np.float32(m1) * xsum[8 * i + 2 * c + 1])
-                qs = row[o + 16 + c * sub: o + 16 + c * sub + sub]
-                x0 = x[i * qk + 2 * c * sub: i * qk + 2 * c * sub + sub]
-                x1 = x[i * qk + (2 * c + 1) * sub: i * qk + (2 * c + 1) * sub + sub]
-                for l in range(sub):
-                    v = np.int32(qs[l])
-                    acc[l] += d0 * (np.float32(v & 15) * x0[l]) + d1 * (np.float32(v >> 4) * x1[l])
-        out[r] = acc.sum() - msum
+            o = i * 144
+            scm = _q4k_scales(row, o)
+            sd = FIRST8(scm) * splat(f16_at(row, o), 8)  # d * sc
+            cs = sd * load(sx, 8 * i, 8)
+            acc8 = fma(sd, load(cx, 8 * i, 8), acc8)
+            acc8 = fma(LAST8(scm) * splat(-f16_at(row, o + 2), 8), load(xe, 8 * i, 8), acc8)
+            # chunks 0, 1: sub-blocks 0, 2 in the low nibbles and 1, 3 in the high ones; chunks 2, 3: 4..7
+            p = 256 * i
+            q = load(row, o + 16, 64)
+            acc0 = fma(sitofp(byte_dot(q & np.uint8(15), H, L, p)), K_S0(cs), acc0)
+            acc0 = fma(sitofp(byte_dot(q >> 4, H, L, p + 64)), K_S1(cs), acc0)
+            q = load(row, o + 80, 64)
+            acc1 = fma(sitofp(byte_dot(q & np.uint8(15), H, L, p + 128)), K_S2(cs), acc1)
+            acc1 = fma(sitofp(byte_dot(q >> 4, H, L, p + 192)), K_S3(cs), acc1)
+        out[r] = hsum(acc0 + acc1) + hsum(acc8)
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def dequantize_row_q4_k(row, dst):
-    """dst float32 [C] = the weights of one row of super-blocks (uint8 [C // 256 * 144])."""
-    nsb = row.shape[0] // TYPE_SIZE
-    qk = dst.shape[0] // nsb
-    sub = qk // 8
-    for i in range(nsb):
-        o = i * TYPE_SIZE
+# Prefill (kernels.matmul_vnni): k-blocks of 32 columns (a sub-block), nibbles centred on 8, minimums.
+PREFILL_KCOLS, PREFILL_OFFSET, HAS_MIN = 32, 8, True
+
+
+@njit(inline="always")
+def prefill_levels(blocks, r, kb):
+    """Sub-block kb % 8 of super-block kb // 8: chunk c = (kb % 8) // 2, low nibbles for even kb."""
+    j = kb & 7
+    q = load(blocks[r], (kb >> 3) * 144 + 16 + 32 * (j >> 1), 32)
+    return q & np.uint8(15) if (j & 1) == 0 else q >> 4
+
+
+@njit(inline="always")
+def prefill_scales(row, i, nkb, Dt, Mt):
+    """Lane i of the k-block scales (and minimums) of a repacked group: Dt[16 kb + i], Mt[16 kb + i]."""
+    for sb in range(nkb // 8):
+        o = sb * 144
         d = f16_at(row, o)
         dmin = f16_at(row, o + 2)
         packed = row[o + 4: o + 16]
-        for c in range(4):
-            s0, m0 = scale_min(packed, 2 * c)
-            s1, m1 = scale_min(packed, 2 * c + 1)
-            d0 = d * np.float32(s0)
-            d1 = d * np.float32(s1)
-            n0 = dmin * np.float32(m0)
-            n1 = dmin * np.float32(m1)
-            qs = row[o + 16 + c * sub: o + 16 + c * sub + sub]
-            y0 = dst[i * qk + 2 * c * sub: i * qk + 2 * c * sub + sub]
-            y1 = dst[i * qk + (2 * c + 1) * sub: i * qk + (2 * c + 1) * sub + sub]
-            for l in range(sub):
-                v = np.int32(qs[l])
-                y0[l] = d0 * np.float32(v & 15) - n0
-                y1[l] = d1 * np.float32(v >> 4) - n1
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def matmul_q4_k(blocks, X, out):
-    """out[t, r] = sum_c W[r, c] * X[t, c].  X float32 [n, C], out float32 [n, R]."""
-    rows = blocks.shape[0]
-    n, cols = X.shape
-    ntiles = (rows + MATMUL_TILE - 1) // MATMUL_TILE
-    for tile in prange(ntiles):
-        r0 = tile * MATMUL_TILE
-        nr = min(rows, r0 + MATMUL_TILE) - r0
-        w = np.empty((nr, cols), np.float32)
-        for i in range(nr):
-            dequantize_row_q4_k(blocks[r0 + i], w[i])
-        for t in range(n):
-            xt = X[t]
-            for i in range(nr):
-                wi = w[i]
-                s = np.float32(0.0)
-                for c in range(cols):
-                    s += wi[c] * xt[c]
-                out[t, r0 + i] = s
-
-
-def matvec_ref(blocks: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return dequantize(blocks, x.shape[0]) @ x
-
-
-def matmul_ref(blocks: np.ndarray, X: np.ndarray) -> np.ndarray:
-    return X @ dequantize(blocks, X.shape[1]).T
-
-
-FORMAT = QuantFormat(NAME, BLOCK, TYPE_SIZE, GGMLQuantizationType.Q4_K, quantize, dequantize, matvec_q4_k,
-                     matmul_q4_k)
+        for j in range(8):
+            sc, mn = scale_min(packed, j)
+            Dt[16 * (8 * sb + j) + i] = d * np.float32(sc)
+            Mt[16 * (8 * sb + j) + i] = -dmin * np.float32(mn)

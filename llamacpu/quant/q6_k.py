@@ -31,14 +31,18 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit, prange
 
-from .base import FASTMATH, MATMUL_TILE, QuantFormat, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, \
-    row_chunks
+from ..kernels.simd import bitcast, fma, hsum, load, sext, shuffle, sitofp, splat
+from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put, row_chunks
+from .vnni import CAT32, NATURAL, byte_dot, empty64, prepare
 
+ID = 4  # this format's index in kernels.MODULES
 NAME = "q6_k"
+GGML_TYPE = GGMLQuantizationType.Q6_K
 BLOCK = 256
 TYPE_SIZE = 210
 SUB = 16
 GROUP_MAX_EPS = 1e-15  # ggml: groups with a smaller largest magnitude quantize to zeros
+
 
 
 def _make_qx(x: np.ndarray, nmax: int = 32) -> np.ndarray:
@@ -122,114 +126,113 @@ def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
     return (scale * q.reshape(rows, nsb, 16, SUB).astype(np.float32)).reshape(rows, cols)
 
 
+@njit(inline="always")
+def decode_block(row, i, dst, xb, dot):
+    """Super-block i of a row (uint8 [C // 256 * 210]) into dst float32 [256] (see common.put)."""
+    sub = dst.shape[0] // 16  # 16, from the shapes (see q8_0)
+    o = i * TYPE_SIZE
+    d = f16_at(row, o + 208)
+    for h in range(2):
+        ql = row[o + 64 * h: o + 64 * h + 64]
+        qh = row[o + 128 + 32 * h: o + 128 + 32 * h + 32]
+        for p in range(2):  # l in [16p, 16p + 16): sub-blocks 8h + p + 2k for quarter k
+            s = 8 * h + p
+            d0 = d * np.float32(np.int8(row[o + 192 + s]))
+            d1 = d * np.float32(np.int8(row[o + 194 + s]))
+            d2 = d * np.float32(np.int8(row[o + 196 + s]))
+            d3 = d * np.float32(np.int8(row[o + 198 + s]))
+            a = ql[p * sub: p * sub + sub]
+            b = ql[32 + p * sub: 32 + p * sub + sub]
+            c = qh[p * sub: p * sub + sub]
+            e = 128 * h + p * sub
+            y0, y1, y2, y3 = dst[e: e + sub], dst[e + 32: e + 32 + sub], dst[e + 64: e + 64 + sub], dst[e + 96: e + 96 + sub]
+            x0, x1, x2, x3 = xb[e: e + sub], xb[e + 32: e + 32 + sub], xb[e + 64: e + 64 + sub], xb[e + 96: e + 96 + sub]
+            for l in range(sub):
+                va = np.int32(a[l])
+                vb = np.int32(b[l])
+                vc = np.int32(c[l])
+                put(y0, l, d0 * np.float32(((va & 15) | ((vc & 3) << 4)) - 32), x0, dot)
+                put(y1, l, d1 * np.float32(((vb & 15) | (((vc >> 2) & 3) << 4)) - 32), x1, dot)
+                put(y2, l, d2 * np.float32(((va >> 4) | (((vc >> 4) & 3) << 4)) - 32), x2, dot)
+                put(y3, l, d3 * np.float32(((vb >> 4) | (((vc >> 6) & 3) << 4)) - 32), x3, dot)
+
+
+# ---------------------------------------------------------------------------------------------
+# VNNI (see vnni.py). Matvec: one 128-element half per step: 64 bytes of low bits and 32 bytes of high
+# bits make two 64-byte vectors of 6-bit levels, in natural order (NATURAL activations).
+# ---------------------------------------------------------------------------------------------
+
+# 16 sub-block scales -> 4 lanes each, for the two accumulators of each half
+Q6_S0, Q6_S1, Q6_S2, Q6_S3 = [shuffle([j0 + i // 4 for i in range(16)]) for j0 in (0, 4, 8, 12)]
+SPREAD2X8 = shuffle([i // 2 for i in range(16)])  # 8 x-block scales -> 16 sub-block lanes
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def matvec_q6_k(blocks, x, out):
+def matvec_vnni(blocks, x, out):
     """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 256 * 210], x float32 [C], out float32 [R]."""
     rows = blocks.shape[0]
-    nsb = blocks.shape[1] // TYPE_SIZE
-    qk = x.shape[0] // nsb  # 256
-    sub = qk // 16  # 16, from the shapes (see q8_0)
+    nsb = x.shape[0] // 256
+    H, L, sx, r16, xe = prepare(x, NATURAL)
+    cq = empty64(16 * nsb, np.float32)  # levels q - 32: -32 * sum(x16) per sub-block of 16
+    for j in range(16 * nsb):
+        cq[j] = np.float32(-32.0) * np.float32(r16[j])
     for r in prange(rows):
         row = blocks[r]
-        acc = np.zeros(sub, np.float32)
+        acc0 = splat(np.float32(0.0), 16)  # three accumulators: shorter FMA chains
+        acc1 = splat(np.float32(0.0), 16)
+        accc = splat(np.float32(0.0), 16)
         for i in range(nsb):
-            o = i * TYPE_SIZE
-            d = f16_at(row, o + 208)
+            o = i * 210
+            scf = sitofp(sext(bitcast(load(row, o + 192, 16), np.int8), np.int32))
+            cs = scf * splat(f16_at(row, o + 208), 16) * SPREAD2X8(load(sx, 8 * i, 8))  # per sub-block
+            accc = fma(cs, load(cq, 16 * i, 16), accc)
             for h in range(2):
-                ql = row[o + 64 * h: o + 64 * h + 64]
-                qh = row[o + 128 + 32 * h: o + 128 + 32 * h + 32]
-                base = i * qk + 128 * h
-                for p in range(2):  # l in [16p, 16p + 16): sub-blocks 8h + p + 2k for quarter k
-                    s = 8 * h + p
-                    d0 = d * np.float32(np.int8(row[o + 192 + s]))
-                    d1 = d * np.float32(np.int8(row[o + 194 + s]))
-                    d2 = d * np.float32(np.int8(row[o + 196 + s]))
-                    d3 = d * np.float32(np.int8(row[o + 198 + s]))
-                    a = ql[p * sub: p * sub + sub]
-                    b = ql[32 + p * sub: 32 + p * sub + sub]
-                    c = qh[p * sub: p * sub + sub]
-                    x0 = x[base + p * sub: base + p * sub + sub]
-                    x1 = x[base + 32 + p * sub: base + 32 + p * sub + sub]
-                    x2 = x[base + 64 + p * sub: base + 64 + p * sub + sub]
-                    x3 = x[base + 96 + p * sub: base + 96 + p * sub + sub]
-                    for l in range(sub):
-                        va = np.int32(a[l])
-                        vb = np.int32(b[l])
-                        vc = np.int32(c[l])
-                        q0 = ((va & 15) | ((vc & 3) << 4)) - 32
-                        q1 = ((vb & 15) | (((vc >> 2) & 3) << 4)) - 32
-                        q2 = ((va >> 4) | (((vc >> 4) & 3) << 4)) - 32
-                        q3 = ((vb >> 4) | (((vc >> 6) & 3) << 4)) - 32
-                        acc[l] += (d0 * (np.float32(q0) * x0[l]) + d1 * (np.float32(q1) * x1[l])
-                                   + d2 * (np.float32(q2) * x2[l]) + d3 * (np.float32(q3) * x3[l]))
-        out[r] = acc.sum()
+                a = load(row, o + 64 * h, 64)  # low 4 bits: elements l (bytes 0..31), l + 32 (32..63)
+                c = load(row, o + 128 + 32 * h, 32)  # high 2 bits of l, l+32, l+64, l+96 in bits 0-1 .. 6-7
+                c2 = CAT32(c, c >> 2)  # bits 0-1: elements l, l + 32; bits 4-5: l + 64, l + 96
+                qa = (a & np.uint8(15)) | ((c2 << 4) & np.uint8(0x30))  # elements 0..63 of the half
+                qb = (a >> 4) | (c2 & np.uint8(0x30))  # elements 64..127
+                p = 256 * i + 128 * h
+                ia = byte_dot(qa, H, L, p)
+                ib = byte_dot(qb, H, L, p + 64)
+                if h == 0:
+                    acc0 = fma(sitofp(ia), Q6_S0(cs), acc0)
+                    acc0 = fma(sitofp(ib), Q6_S1(cs), acc0)
+                else:
+                    acc1 = fma(sitofp(ia), Q6_S2(cs), acc1)
+                    acc1 = fma(sitofp(ib), Q6_S3(cs), acc1)
+        out[r] = hsum((acc0 + acc1) + accc)
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def dequantize_row_q6_k(row, dst):
-    """dst float32 [C] = the weights of one row of super-blocks (uint8 [C // 256 * 210])."""
-    nsb = row.shape[0] // TYPE_SIZE
-    qk = dst.shape[0] // nsb
-    sub = qk // 16
-    for i in range(nsb):
-        o = i * TYPE_SIZE
-        d = f16_at(row, o + 208)
-        for h in range(2):
-            ql = row[o + 64 * h: o + 64 * h + 64]
-            qh = row[o + 128 + 32 * h: o + 128 + 32 * h + 32]
-            base = i * qk + 128 * h
-            for p in range(2):
-                s = 8 * h + p
-                d0 = d * np.float32(np.int8(row[o + 192 + s]))
-                d1 = d * np.float32(np.int8(row[o + 194 + s]))
-                d2 = d * np.float32(np.int8(row[o + 196 + s]))
-                d3 = d * np.float32(np.int8(row[o + 198 + s]))
-                a = ql[p * sub: p * sub + sub]
-                b = ql[32 + p * sub: 32 + p * sub + sub]
-                c = qh[p * sub: p * sub + sub]
-                y0 = dst[base + p * sub: base + p * sub + sub]
-                y1 = dst[base + 32 + p * sub: base + 32 + p * sub + sub]
-                y2 = dst[base + 64 + p * sub: base + 64 + p * sub + sub]
-                y3 = dst[base + 96 + p * sub: base + 96 + p * sub + sub]
-                for l in range(sub):
-                    va = np.int32(a[l])
-                    vb = np.int32(b[l])
-                    vc = np.int32(c[l])
-                    y0[l] = d0 * np.float32(((va & 15) | ((vc & 3) << 4)) - 32)
-                    y1[l] = d1 * np.float32(((vb & 15) | (((vc >> 2) & 3) << 4)) - 32)
-                    y2[l] = d2 * np.float32(((va >> 4) | (((vc >> 4) & 3) << 4)) - 32)
-                    y3[l] = d3 * np.float32(((vb >> 4) | (((vc >> 6) & 3) << 4)) - 32)
+# Prefill (kernels.matmul_vnni): k-blocks of 16 columns (a sub-block), 6-bit levels (offset 32).
+PREFILL_KCOLS, PREFILL_OFFSET, HAS_MIN = 16, 32, False
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def matmul_q6_k(blocks, X, out):
-    """out[t, r] = sum_c W[r, c] * X[t, c].  X float32 [n, C], out float32 [n, R]."""
-    rows = blocks.shape[0]
-    n, cols = X.shape
-    ntiles = (rows + MATMUL_TILE - 1) // MATMUL_TILE
-    for tile in prange(ntiles):
-        r0 = tile * MATMUL_TILE
-        nr = min(rows, r0 + MATMUL_TILE) - r0
-        w = np.empty((nr, cols), np.float32)
-        for i in range(nr):
-            dequantize_row_q6_k(blocks[r0 + i], w[i])
-        for t in range(n):
-            xt = X[t]
-            for i in range(nr):
-                wi = w[i]
-                s = np.float32(0.0)
-                for c in range(cols):
-                    s += wi[c] * xt[c]
-                out[t, r0 + i] = s
+@njit(inline="always")
+def prefill_levels(blocks, r, kb):
+    """Sub-block s = kb % 16 (16 columns) as <16 x u8>: half h, quarter qq, part p with s = 8h + 2qq + p."""
+    s = kb & 15
+    h = s >> 3
+    qq = (s >> 1) & 3
+    p = s & 1
+    o = (kb >> 4) * 210
+    a = load(blocks[r], o + 64 * h + 32 * (qq & 1) + 16 * p, 16)
+    c = load(blocks[r], o + 128 + 32 * h + 16 * p, 16)
+    lo = a & np.uint8(15) if qq < 2 else a >> 4
+    if qq == 0:
+        hi = c << 4
+    elif qq == 1:
+        hi = c << 2
+    elif qq == 2:
+        hi = c
+    else:
+        hi = c >> 2
+    return lo | (hi & np.uint8(0x30))
 
 
-def matvec_ref(blocks: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return dequantize(blocks, x.shape[0]) @ x
-
-
-def matmul_ref(blocks: np.ndarray, X: np.ndarray) -> np.ndarray:
-    return X @ dequantize(blocks, X.shape[1]).T
-
-
-FORMAT = QuantFormat(NAME, BLOCK, TYPE_SIZE, GGMLQuantizationType.Q6_K, quantize, dequantize, matvec_q6_k,
-                     matmul_q6_k)
+@njit(inline="always")
+def prefill_scales(row, i, nkb, Dt, Mt):
+    """Lane i of the k-block scales (and minimums) of a repacked group: Dt[16 kb + i], Mt[16 kb + i]."""
+    for kb in range(nkb):
+        o = (kb >> 4) * 210
+        Dt[16 * kb + i] = f16_at(row, o + 208) * np.float32(np.int8(row[o + 192 + (kb & 15)]))

@@ -17,12 +17,16 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit, prange
 
-from .base import FASTMATH, MATMUL_TILE, QuantFormat, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, \
-    round_half_away
+from ..kernels.simd import bitcast, dpbusd, fma, fp16_to_f32, hsum, load, shuffle, shuffle2, sitofp, splat
+from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put, round_half_away
+from .vnni import NATURAL, XB, add_tail, byte_dot, empty64, lanes, prepare
 
+ID = 0  # this format's index in kernels.MODULES
 NAME = "q8_0"
+GGML_TYPE = GGMLQuantizationType.Q8_0
 BLOCK = 32  # weights per block
 TYPE_SIZE = 34  # bytes per block
+
 
 
 def quantize(w: np.ndarray) -> np.ndarray:
@@ -45,68 +49,90 @@ def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
     return (qs * d[..., None]).reshape(b.shape[0], cols)
 
 
+
+@njit(inline="always")
+def decode_block(row, b, dst, xb, dot):
+    """Block b of a row of blocks (uint8 [C // 32 * 34]) into dst float32 [32] (see common.put)."""
+    qk = dst.shape[0]  # 32, taken from the shapes: a literal trip count gets unrolled badly
+    o = b * TYPE_SIZE
+    d = f16_at(row, o)
+    qs = row[o + 2: o + 2 + qk]
+    for j in range(qk):
+        put(dst, j, d * np.float32(np.int8(qs[j])), xb, dot)
+
+
+# ---------------------------------------------------------------------------------------------
+# VNNI (see vnni.py). Matvec: two blocks (68 bytes) per step: two overlapping 64-byte loads and one
+# word permute give the 64 quants and the two fp16 scales; activations in natural order.
+# ---------------------------------------------------------------------------------------------
+
+# A pair of blocks at byte o: A = the words at o (bytes o..o+63), B = the words at o+4.
+# Block 0: d = word 0, quants = words 1..16; block 1: d = word 17, quants = words 18..33 (32, 33 = B's 30, 31)
+Q8_QS = shuffle2(list(range(1, 17)) + list(range(18, 32)) + [32 + 30, 32 + 31])
+Q8_D = shuffle([0] * 8 + [17] * 8)
+SPREAD2 = shuffle([0] * 8 + [1] * 8)  # <2 x f32> -> 8 copies of each
+# Rows wider than this many blocks (4096 columns) use the compact scale layout: 16 floats of scales per
+# pair would double the activations' L1 footprint (H and L take 2 bytes per column already) and spill x
+# from L1 (numbers in bench/README.md)
+Q8_WIDE_BLOCKS = 128
+
+
+@njit(inline="always")
+def _pair(row, p, H, L):
+    """(int32 lanes of sum q * x16 for the pair of blocks p, the fp16 scales of its two blocks)."""
+    wa = bitcast(load(row, p * 68, 64), np.int16)
+    wb = bitcast(load(row, p * 68 + 4, 64), np.int16)
+    q = bitcast(Q8_QS(wa, wb), np.uint8) ^ np.uint8(0x80)  # int8 -> q + 128, unsigned
+    return byte_dot(q, H, L, 64 * p), fp16_to_f32(Q8_D(wa))
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def matvec_q8_0(blocks, x, out):
+def matvec_vnni(blocks, x, out):
     """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 32 * 34], x float32 [C], out float32 [R]."""
     rows = blocks.shape[0]
-    nb = blocks.shape[1] // TYPE_SIZE
-    qk = x.shape[0] // nb  # 32, taken from the shapes: a literal trip count gets unrolled badly
-    for r in prange(rows):
-        row = blocks[r]
-        acc = np.zeros(qk, np.float32)  # one lane per block position; one horizontal sum per row
-        for b in range(nb):
-            o = b * TYPE_SIZE
-            d = f16_at(row, o)
-            qs = row[o + 2: o + 2 + qk]
-            xb = x[b * qk: b * qk + qk]
-            for j in range(qk):
-                acc[j] += d * (np.float32(np.int8(qs[j])) * xb[j])
-        out[r] = acc.sum()
+    nb = x.shape[0] // XB
+    H, L, sx, r16, xe = prepare(x, NATURAL)
+    npair = nb // 2
+    if nb > Q8_WIDE_BLOCKS:
+        sc = empty64(4 * npair, np.float32)  # per pair: sx0, sx1, c0, c1 (spread by shuffles)
+        for b in range(2 * npair):
+            sc[4 * (b >> 1) + (b & 1)] = sx[b]
+            sc[4 * (b >> 1) + 2 + (b & 1)] = np.float32(-16.0) * np.float32(r16[2 * b] + r16[2 * b + 1]) * sx[b]
+        for r in prange(rows):
+            row = blocks[r]
+            acc = splat(np.float32(0.0), 16)
+            for p in range(npair):
+                ia, d = _pair(row, p, H, L)
+                acc = fma(fma(sitofp(ia), SPREAD2(load(sc, 4 * p, 2)), SPREAD2(load(sc, 4 * p + 2, 2))), d, acc)
+            out[r] = hsum(acc)
+    else:
+        sc = empty64(32 * npair, np.float32)  # per pair: 16 lanes of sx, 16 lanes of the correction
+        for b in range(2 * npair):
+            # weights q + 128: correct by -128 * sum(x16) * sx, spread over the block's 8 lanes
+            lanes(sc, 32 * (b >> 1) + 8 * (b & 1), 8, sx[b],
+                  np.float32(-16.0) * np.float32(r16[2 * b] + r16[2 * b + 1]) * sx[b])
+        for r in prange(rows):
+            row = blocks[r]
+            acc = splat(np.float32(0.0), 16)
+            for p in range(npair):
+                ia, d = _pair(row, p, H, L)
+                acc = fma(fma(sitofp(ia), load(sc, 32 * p, 16), load(sc, 32 * p + 16, 16)), d, acc)
+            out[r] = hsum(acc)
+    add_tail(decode_block, blocks, x, out, 2 * npair, XB)  # an odd last block (tiny matrices only)
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def dequantize_row_q8_0(row, dst):
-    """dst float32 [C] = the weights of one row of blocks (uint8 [C // 32 * 34])."""
-    nb = row.shape[0] // TYPE_SIZE
-    qk = dst.shape[0] // nb
-    for b in range(nb):
-        o = b * TYPE_SIZE
-        d = f16_at(row, o)
-        qs = row[o + 2: o + 2 + qk]
-        db = dst[b * qk: b * qk + qk]
-        for j in range(qk):
-            db[j] = d * np.float32(np.int8(qs[j]))
+# Prefill (kernels.matmul_vnni): k-blocks of 32 columns, levels int8 + 128, no minimums.
+PREFILL_KCOLS, PREFILL_OFFSET, HAS_MIN = 32, 128, False
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def matmul_q8_0(blocks, X, out):
-    """out[t, r] = sum_c W[r, c] * X[t, c].  X float32 [n, C], out float32 [n, R]."""
-    rows = blocks.shape[0]
-    n, cols = X.shape
-    ntiles = (rows + MATMUL_TILE - 1) // MATMUL_TILE
-    for tile in prange(ntiles):
-        r0 = tile * MATMUL_TILE
-        nr = min(rows, r0 + MATMUL_TILE) - r0
-        w = np.empty((nr, cols), np.float32)  # this task's rows, decoded once for all n tokens
-        for i in range(nr):
-            dequantize_row_q8_0(blocks[r0 + i], w[i])
-        for t in range(n):
-            xt = X[t]
-            for i in range(nr):
-                wi = w[i]
-                s = np.float32(0.0)
-                for c in range(cols):
-                    s += wi[c] * xt[c]
-                out[t, r0 + i] = s
+@njit(inline="always")
+def prefill_levels(blocks, r, kb):
+    """The 32 levels of k-block kb of row r, as <32 x u8>."""
+    return load(blocks[r], kb * 34 + 2, 32) ^ np.uint8(0x80)  # int8 -> level + 128
 
 
-def matvec_ref(blocks: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return dequantize(blocks, x.shape[0]) @ x
-
-
-def matmul_ref(blocks: np.ndarray, X: np.ndarray) -> np.ndarray:
-    return X @ dequantize(blocks, X.shape[1]).T
-
-
-FORMAT = QuantFormat(NAME, BLOCK, TYPE_SIZE, GGMLQuantizationType.Q8_0, quantize, dequantize, matvec_q8_0,
-                     matmul_q8_0)
+@njit(inline="always")
+def prefill_scales(row, i, nkb, Dt, Mt):
+    """Lane i of the k-block scales (and minimums) of a repacked group: Dt[16 kb + i], Mt[16 kb + i]."""
+    for kb in range(nkb):
+        Dt[16 * kb + i] = f16_at(row, kb * 34)

@@ -1,0 +1,101 @@
+"""What every quantized block format uses: the NumPy helpers of the reference quantizers and
+dequantizers, and the small Numba helpers of the decoders.
+
+A quantized matrix W [rows, cols] is stored row by row: each row is cols // block_size blocks of
+type_size bytes, one block per block_size consecutive input features. The blocks array is therefore
+uint8 [rows, cols // block_size * type_size], exactly the bytes of a GGUF tensor of that type (ggml
+stores a matrix as ne = (cols, rows), rows contiguous).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..errors import InputError
+from ..kernels.halfbits import f16_to_f32
+
+# Fast-math flags of the quantized kernels: `contract` lets LLVM fuse multiply-adds, `reassoc` lets
+# it vectorize the dot products of matmul. No `nnan`/`ninf`: a NaN in the weights or activations
+# must still come out as NaN.
+FASTMATH = {"contract", "reassoc", "nsz"}
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy helpers shared by the reference quantizers / dequantizers
+# ---------------------------------------------------------------------------------------------
+
+def as_matrix(w: np.ndarray, block_size: int, fmt_name: str) -> np.ndarray:
+    """float32 C-contiguous [R, C] copy-free where possible; InputError unless C % block_size == 0."""
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise InputError(f"{fmt_name}: expected a 2-D weight matrix [rows, cols], got shape {w.shape}")
+    rows, cols = w.shape
+    if cols == 0 or cols % block_size:
+        raise InputError(
+            f"{fmt_name}: the number of columns ({cols}) must be a positive multiple of the block size "
+            f"{block_size}")
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if not np.isfinite(w).all():
+        raise InputError(f"{fmt_name}: the weights contain NaN or infinity")
+    return w
+
+
+def as_blocks(blocks: np.ndarray, cols: int, block_size: int, type_size: int, fmt_name: str) -> np.ndarray:
+    """uint8 blocks [R, bytes_per_row] viewed as [R, C // block_size, type_size] (checks the shape)."""
+    blocks = np.asarray(blocks)
+    nb = cols // block_size
+    if blocks.dtype != np.uint8 or blocks.ndim != 2 or cols % block_size or blocks.shape[1] != nb * type_size:
+        raise InputError(
+            f"{fmt_name}: expected uint8 blocks [rows, {nb * type_size}] for {cols} columns, got "
+            f"{blocks.dtype} {blocks.shape}")
+    return blocks.reshape(blocks.shape[0], nb, type_size)
+
+
+def f16_field(blocks3: np.ndarray, offset: int) -> np.ndarray:
+    """The little-endian fp16 at byte `offset` of every block, as float32 [R, nb] (exact)."""
+    lo = blocks3[..., offset].astype(np.uint16)
+    hi = blocks3[..., offset + 1].astype(np.uint16)
+    return (lo | (hi << np.uint16(8))).view(np.float16).astype(np.float32)
+
+
+def f16_bytes(values: np.ndarray) -> np.ndarray:
+    """float32 [...] -> its fp16 (round to nearest even, as ggml's GGML_FP32_TO_FP16) bytes uint8 [..., 2]."""
+    half = np.ascontiguousarray(values, dtype=np.float32).astype("<f2")
+    return half.view(np.uint8).reshape(*values.shape, 2)
+
+
+def round_half_away(v: np.ndarray) -> np.ndarray:
+    """C's roundf (ties away from zero), exactly, in float32. (np.rint rounds ties to even, and
+    trunc(v + 0.5) is wrong for 0.49999997, whose sum with 0.5 rounds up to 1.)"""
+    a = np.abs(v)
+    f = np.floor(a)
+    return np.copysign(f + (a - f >= np.float32(0.5)), v)
+
+
+def row_chunks(rows: int, cols: int, elements: int = 1 << 18):
+    """Row ranges of about `elements` weights: the vectorized searches work on L2-sized pieces."""
+    step = max(1, elements // max(cols, 1))
+    for r0 in range(0, rows, step):
+        yield r0, min(rows, r0 + step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numba helpers (kernels in other files inline these; `llamacpu.kernels.cachekey` keys every cached
+# kernel on the sources of llamacpu/quant and llamacpu/kernels, so an edit here recompiles them)
+# ---------------------------------------------------------------------------------------------
+
+@njit(inline="always")
+def f16_at(row, o):
+    """The little-endian fp16 at byte o of a uint8 array, as float32."""
+    return f16_to_f32(np.uint16(np.int32(row[o]) | (np.int32(row[o + 1]) << 8)))
+
+
+@njit(inline="always")
+def put(dst, j, v, xb, dot):
+    """The sink of every block decoder: dst[j] = v (decode), or dst[j] += v * xb[j] (dot with x).
+    `dot` is a constant at every call site, so each decoder is written once and compiled into both a
+    dequantizer (prefill tiles, tails) and a fused matvec (no buffer between decoding and multiplying)."""
+    if dot:
+        dst[j] += v * xb[j]
+    else:
+        dst[j] = v

@@ -1,0 +1,177 @@
+"""The kernels every format shares, written once: the portable matvec (decode) and matmul (prefill),
+the VNNI prefill driver, and the NumPy references the tests compare them with.
+
+Each format module supplies its pieces (see the "Adding a block format" section of docs/ARCHITECTURE.md):
+
+    decode_block(row, b, dst, xb, dot)    block b of a row: dst = W (dot=False) or dst += W * xb (dot=True)
+    matvec_vnni(blocks, x, out)           its AVX512-VNNI decode kernel (the step loop is the format)
+    prefill_levels / prefill_scales       its levels and scales for the VNNI prefill repack
+    PREFILL_KCOLS, PREFILL_OFFSET, HAS_MIN
+
+Numba cannot cache a kernel that receives a jitted function as an argument, so the drivers take the
+format's index (`fid`, its place in MODULES) and switch on it; the switch is per block or per group of
+16 rows (a predictable branch, nothing measurable), and each branch calls the format's pieces with
+literal arguments, so they are specialized as when each format had its own copy.
+"""
+import numpy as np
+from numba import njit, prange
+
+from . import int4_g128, q4_0, q4_1, q4_k, q6_k, q8_0
+from .common import FASTMATH
+from .vnni import MM_ROWS, XB, mm_group, mm_setup, put4, put8, quad_rows, zeros
+
+MODULES = (q8_0, q4_0, q4_1, q4_k, q6_k, int4_g128)  # index = the format's ID
+assert all(m.ID == i for i, m in enumerate(MODULES)), "each format's ID must be its index in MODULES"
+
+TYPE_SIZES = tuple(m.TYPE_SIZE for m in MODULES)
+PREFILL_KCOLS = tuple(m.PREFILL_KCOLS for m in MODULES)
+PREFILL_OFFSET = tuple(m.PREFILL_OFFSET for m in MODULES)
+HAS_MIN = tuple(m.HAS_MIN for m in MODULES)
+
+# Rows of W that one portable matmul task decodes at once (float32 [MATMUL_TILE, C] per thread: 360 KB
+# for C = 5632, inside the 1 MB L2 of a Zen 4 core), then multiplies by every token.
+MATMUL_TILE = 16
+# Fewer tokens than this: the VNNI prefill does one matvec per token (faster than repacking the rows).
+MM_MIN_TOKENS = 6
+
+
+@njit(inline="always")
+def decode_block(fid, row, b, dst, xb, dot):
+    """Block b of `row` in format `fid`: dst = its weights, or dst += its weights * xb (see common.put)."""
+    if fid == q8_0.ID:
+        q8_0.decode_block(row, b, dst, xb, dot)
+    elif fid == q4_0.ID:
+        q4_0.decode_block(row, b, dst, xb, dot)
+    elif fid == q4_1.ID:
+        q4_1.decode_block(row, b, dst, xb, dot)
+    elif fid == q4_k.ID:
+        q4_k.decode_block(row, b, dst, xb, dot)
+    elif fid == q6_k.ID:
+        q6_k.decode_block(row, b, dst, xb, dot)
+    else:
+        int4_g128.decode_block(row, b, dst, xb, dot)
+
+
+# ---------------------------------------------------------------------------------------------
+# Portable kernels (plain Numba: every CPU)
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matvec(fid, blocks, x, out):
+    """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // block * type_size], x float32 [C], out float32 [R].
+
+    Each row is streamed once, decoded block by block straight into one accumulator lane per position
+    in the block: one horizontal sum per row."""
+    rows = blocks.shape[0]
+    nb = blocks.shape[1] // TYPE_SIZES[fid]
+    bs = x.shape[0] // nb  # the block size, from the shapes: a literal trip count gets unrolled badly
+    for r in prange(rows):
+        row = blocks[r]
+        acc = np.zeros(bs, np.float32)
+        for b in range(nb):
+            decode_block(fid, row, b, acc, x[b * bs: b * bs + bs], True)
+        out[r] = acc.sum()
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def dequantize_row(fid, row, dst):
+    """dst float32 [C] = the weights of one row of blocks (uint8 [C // block * type_size])."""
+    nb = row.shape[0] // TYPE_SIZES[fid]
+    bs = dst.shape[0] // nb
+    for b in range(nb):
+        w = dst[b * bs: b * bs + bs]
+        decode_block(fid, row, b, w, w, False)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul(fid, blocks, X, out):
+    """out[t, r] = sum_c W[r, c] * X[t, c].  X float32 [n, C], out float32 [n, R].
+
+    A task decodes a tile of rows into a per-thread buffer once and reuses it for all n tokens."""
+    rows = blocks.shape[0]
+    n, cols = X.shape
+    ntiles = (rows + MATMUL_TILE - 1) // MATMUL_TILE
+    for tile in prange(ntiles):
+        r0 = tile * MATMUL_TILE
+        nr = min(rows, r0 + MATMUL_TILE) - r0
+        w = np.empty((nr, cols), np.float32)  # this task's rows, decoded once for all n tokens
+        for i in range(nr):
+            dequantize_row(fid, blocks[r0 + i], w[i])
+        for t in range(n):
+            xt = X[t]
+            for i in range(nr):
+                wi = w[i]
+                s = np.float32(0.0)
+                for c in range(cols):
+                    s += wi[c] * xt[c]
+                out[t, r0 + i] = s
+
+
+# ---------------------------------------------------------------------------------------------
+# VNNI prefill (AVX512-VNNI CPUs only; see vnni.py for the tile and the activation scheme)
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(inline="always")
+def _repack(levels, scales, put, blocks, r0, rows, nkb, Wt32, Dt, Mt):
+    """Rows r0 .. r0 + 16 of W into the row-interleaved tile Wt32, their scales into Dt (minimums Mt)."""
+    for i in range(min(MM_ROWS, rows - r0)):
+        scales(blocks[r0 + i], i, nkb, Dt, Mt)
+    for quad in range(4):
+        ra, rb, rc, rd = quad_rows(r0, quad, rows)
+        for kb in range(nkb):
+            put(Wt32, kb, quad, levels(blocks, ra, kb), levels(blocks, rb, kb), levels(blocks, rc, kb),
+                levels(blocks, rd, kb))
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_vnni(fid, blocks, X, out):
+    """out[t, r] = sum_c W[r, c] * X[t, c].  X float32 [n, C], out float32 [n, R].  Any n >= 1."""
+    rows = blocks.shape[0]
+    n, C = X.shape
+    kcols = PREFILL_KCOLS[fid]
+    nkb = C // kcols
+    XH32, XL32, sxk, cck, xek, n4 = mm_setup(X, kcols, PREFILL_OFFSET[fid], HAS_MIN[fid])
+    for grp in prange((rows + MM_ROWS - 1) // MM_ROWS):
+        r0 = MM_ROWS * grp
+        Wt = np.empty(nkb * kcols * 16, np.uint8)
+        Wt32 = Wt.view(np.uint32)
+        Dt = zeros(nkb * 16, np.float32)
+        Mt = zeros(nkb * 16, np.float32)
+        tmpf = np.empty(64, np.float32)
+        # each branch: the format's pieces, and mm_group with literal (has_min, k-groups per k-block):
+        # with a run-time k-group count the loop is not unrolled and the kernel runs 40% slower
+        if fid == q8_0.ID:
+            _repack(q8_0.prefill_levels, q8_0.prefill_scales, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
+            mm_group(Wt, Dt, Mt, False, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
+        elif fid == q4_0.ID:
+            _repack(q4_0.prefill_levels, q4_0.prefill_scales, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
+            mm_group(Wt, Dt, Mt, False, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
+        elif fid == q4_1.ID:
+            _repack(q4_1.prefill_levels, q4_1.prefill_scales, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
+            mm_group(Wt, Dt, Mt, True, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
+        elif fid == q4_k.ID:
+            _repack(q4_k.prefill_levels, q4_k.prefill_scales, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
+            mm_group(Wt, Dt, Mt, True, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
+        elif fid == q6_k.ID:
+            _repack(q6_k.prefill_levels, q6_k.prefill_scales, put4, blocks, r0, rows, nkb, Wt32, Dt, Mt)
+            mm_group(Wt, Dt, Mt, False, 4, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
+        else:
+            _repack(int4_g128.prefill_levels, int4_g128.prefill_scales, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
+            mm_group(Wt, Dt, Mt, True, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
+
+
+# ---------------------------------------------------------------------------------------------
+# References (for tests): the same products through the format's NumPy dequantize
+# ---------------------------------------------------------------------------------------------
+
+
+def matvec_ref(fmt, blocks: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """W @ x in float32 through `fmt.dequantize` (fmt: a QuantFormat or a format module)."""
+    return fmt.dequantize(blocks, x.shape[0]) @ x
+
+
+def matmul_ref(fmt, blocks: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """X @ W.T in float32 through `fmt.dequantize`."""
+    return X @ fmt.dequantize(blocks, X.shape[1]).T

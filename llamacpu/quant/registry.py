@@ -1,0 +1,112 @@
+"""The one table of quantized formats: built once at import, choosing per format the AVX512-VNNI kernels
+where the CPU has them (`llamacpu.kernels.simd.HAS_AVX512_VNNI`, off with LLAMACPU_PORTABLE=1) and the
+portable ones elsewhere.
+
+    FORMATS["q4_k"].matvec(blocks, x, out)
+    get_format("Q6_K"), get_format(GGMLQuantizationType.Q6_K)
+    format_names()      the names, in table order (for help texts)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Callable
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from ..errors import UnsupportedError
+from ..kernels.simd import HAS_AVX512_VNNI
+from . import kernels
+
+
+@dataclass(frozen=True)
+class QuantFormat:
+    """One block format: its geometry, its ggml identity, and its four functions."""
+
+    name: str  # "q8_0", "q4_0", "q4_1", "q4_k", "q6_k", "int4_g128"
+    block_size: int  # weights per block, consecutive along the input dimension
+    type_size: int  # bytes per block
+    ggml_type: object  # gguf.GGMLQuantizationType member, or None for our own formats
+    quantize: Callable[[np.ndarray], np.ndarray]  # float32 [R, C] -> uint8 [R, C // block * type_size]
+    dequantize: Callable[[np.ndarray, int], np.ndarray]  # (uint8 blocks [R, B], cols) -> float32 [R, C]
+    matvec: Callable  # (blocks, x float32 [C], out float32 [R]): decode
+    matmul: Callable  # (blocks, X float32 [n, C], out float32 [n, R]): prefill
+
+    def bytes_per_row(self, cols: int) -> int:
+        return cols // self.block_size * self.type_size
+
+    def __repr__(self) -> str:
+        return f"QuantFormat({self.name}: {self.block_size} weights in {self.type_size} bytes)"
+
+
+def _vnni_matmul(module):
+    matvec, fid = module.matvec_vnni, module.ID
+
+    def matmul(blocks, X, out):
+        """out[t, r] = sum_c W[r, c] * X[t, c]: the VNNI prefill kernel for n >= MM_MIN_TOKENS tokens,
+        else one matvec per token."""
+        n = X.shape[0]
+        if n >= kernels.MM_MIN_TOKENS:
+            kernels.matmul_vnni(fid, blocks, X, out)
+        else:
+            for t in range(n):
+                matvec(blocks, X[t], out[t])
+
+    matmul.__name__ = matmul.__qualname__ = "matmul_vnni_" + module.NAME
+    return matmul
+
+
+# The portable kernels of every format, whatever the CPU (tests compare both paths on this machine).
+PORTABLE: dict[str, QuantFormat] = {
+    m.NAME: QuantFormat(m.NAME, m.BLOCK, m.TYPE_SIZE, m.GGML_TYPE, m.quantize, m.dequantize,
+                        partial(kernels.matvec, m.ID), partial(kernels.matmul, m.ID))
+    for m in kernels.MODULES}
+# The VNNI kernels (same results within their documented 16-bit activation bound), or none.
+FAST_MATVEC = {m.NAME: m.matvec_vnni for m in kernels.MODULES} if HAS_AVX512_VNNI else {}
+FAST_MATMUL = {m.NAME: _vnni_matmul(m) for m in kernels.MODULES} if HAS_AVX512_VNNI else {}
+
+FORMATS: dict[str, QuantFormat] = {
+    name: replace(f, matvec=FAST_MATVEC[name], matmul=FAST_MATMUL[name]) if name in FAST_MATVEC else f
+    for name, f in PORTABLE.items()}
+_BY_GGML_TYPE = {f.ggml_type: f for f in FORMATS.values() if f.ggml_type is not None}
+
+
+def format_names() -> tuple[str, ...]:
+    """The names of the quantized formats, in table order (e.g. for a command line's help)."""
+    return tuple(FORMATS)
+
+
+def get_format(key) -> QuantFormat:
+    """The format named `key` ("q8_0", ...), or the one of a ggml type (GGMLQuantizationType or its int).
+
+    UnsupportedError for anything else, naming what is supported (e.g. a GGUF tensor in Q5_K)."""
+    if isinstance(key, QuantFormat):
+        return key
+    if isinstance(key, str):
+        fmt = FORMATS.get(key.lower())
+        if fmt is None:
+            raise UnsupportedError(f"unknown quantization format {key!r}; known: {', '.join(FORMATS)}")
+        return fmt
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        try:
+            ggml_type = GGMLQuantizationType(int(key))
+        except ValueError:
+            raise UnsupportedError(f"unknown ggml tensor type {int(key)}") from None
+        fmt = _BY_GGML_TYPE.get(ggml_type)
+        if fmt is None:
+            known = ", ".join(t.name for t in _BY_GGML_TYPE)
+            raise UnsupportedError(f"ggml tensor type {ggml_type.name} is not supported as a quantized "
+                                   f"format; supported: {known}")
+        return fmt
+    raise UnsupportedError(f"expected a format name or a ggml type, got {key!r}")
+
+
+def quantize(name, w: np.ndarray) -> np.ndarray:
+    """float32 [R, C] -> uint8 blocks [R, C // block_size * type_size] in format `name`."""
+    return get_format(name).quantize(w)
+
+
+def dequantize(name, blocks: np.ndarray, cols: int) -> np.ndarray:
+    """uint8 blocks [R, C // block_size * type_size] in format `name` -> float32 [R, C]."""
+    return get_format(name).dequantize(blocks, cols)

@@ -1,0 +1,117 @@
+"""`QuantizedWeight`: one matrix stored in a quantized block format, the `Weight` the model calls.
+
+Kernels never dequantize the whole matrix: matvec streams each row once and multiplies as it decodes;
+matmul decodes a tile of rows (or repacks 16 rows for the VNNI prefill) and reuses it for all n tokens.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CheckpointError, InputError
+from ..model.weights import Weight
+from .common import as_matrix
+from .registry import QuantFormat, get_format
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """A read-only C-contiguous view (one Numba signature for memmaps and fresh arrays alike)."""
+    v = np.ascontiguousarray(a).view(np.ndarray)
+    v.flags.writeable = False
+    return v
+
+
+class QuantizedWeight(Weight):
+    """A weight matrix [out_features, in_features] stored in a quantized block format.
+
+    blocks: uint8 [out_features, in_features // block_size * type_size], read-only (often a slice of
+    the checkpoint's memory map: never written to).
+    """
+
+    def __init__(self, fmt: QuantFormat, blocks: np.ndarray, shape: tuple[int, int]):
+        # Trusted constructor: use `from_blocks` (validates) or `quantize`.
+        self.format = fmt
+        self.blocks = _readonly(blocks)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = fmt.name
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def quantize(cls, fmt_name: str, w: np.ndarray) -> "QuantizedWeight":
+        """Quantize a float matrix [out_features, in_features] with the format's NumPy reference."""
+        fmt = get_format(fmt_name)
+        w = as_matrix(w, fmt.block_size, fmt.name)
+        return cls(fmt, fmt.quantize(w), w.shape)
+
+    @classmethod
+    def from_blocks(cls, fmt_name, blocks: np.ndarray, shape) -> "QuantizedWeight":
+        """Wrap stored blocks (e.g. a GGUF tensor's bytes). CheckpointError unless `blocks` is uint8
+        holding exactly rows * cols // block_size * type_size bytes, as [rows, bytes_per_row] or flat."""
+        fmt = get_format(fmt_name)
+        try:
+            rows, cols = (int(s) for s in shape)
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{fmt.name}: shape must be (rows, cols), got {shape!r}") from None
+        if rows <= 0 or cols <= 0 or cols % fmt.block_size:
+            raise CheckpointError(
+                f"{fmt.name}: shape {rows}x{cols} is not a matrix whose rows are whole {fmt.block_size}-weight "
+                f"blocks (cols must be a positive multiple of {fmt.block_size})")
+        if not isinstance(blocks, np.ndarray):
+            raise CheckpointError(f"{fmt.name}: blocks must be a NumPy uint8 array, got {type(blocks).__name__}")
+        if blocks.dtype != np.uint8:
+            raise CheckpointError(f"{fmt.name}: blocks must be uint8 bytes, got dtype {blocks.dtype}")
+        bpr = fmt.bytes_per_row(cols)
+        if blocks.size != rows * bpr:
+            raise CheckpointError(
+                f"{fmt.name}: a {rows}x{cols} matrix takes {rows * bpr} bytes ({rows} rows of {bpr}), "
+                f"got {blocks.size} bytes (shape {blocks.shape})")
+        if blocks.ndim == 1:
+            blocks = blocks.reshape(rows, bpr)
+        elif blocks.shape != (rows, bpr):
+            raise CheckpointError(
+                f"{fmt.name}: blocks of a {rows}x{cols} matrix must be [{rows}, {bpr}], got {blocks.shape}")
+        return cls(fmt, blocks, (rows, cols))
+
+    # -- the Weight protocol -----------------------------------------------------------------
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.blocks.nbytes)
+
+    def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
+        rows, cols = self.shape
+        _check_operand("x", x, (cols,))
+        _check_operand("out", out, (rows,), writable=True)
+        self.format.matvec(self.blocks, x, out)
+
+    def matmul(self, x: np.ndarray, out: np.ndarray) -> None:
+        rows, cols = self.shape
+        if not isinstance(x, np.ndarray) or x.ndim != 2:
+            raise InputError(f"x must be float32 [n, {cols}], got {getattr(x, 'shape', type(x))}")
+        n = x.shape[0]
+        _check_operand("x", x, (n, cols))
+        _check_operand("out", out, (n, rows), writable=True)
+        if n:
+            self.format.matmul(self.blocks, x, out)
+
+    def rows(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise InputError(f"row ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.shape[0]):
+            raise InputError(f"row ids must lie in [0, {self.shape[0]}), got {ids.min()}..{ids.max()}")
+        return self.format.dequantize(self.blocks[ids.astype(np.intp)], self.shape[1])
+
+    def dequantize(self) -> np.ndarray:
+        return self.format.dequantize(self.blocks, self.shape[1])
+
+
+def _check_operand(name: str, a, shape: tuple, writable: bool = False) -> None:
+    """InputError unless `a` is a C-contiguous float32 array of `shape` (kernels do not bounds-check)."""
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != shape:
+        raise InputError(f"{name} must be float32 {list(shape)}, got "
+                         f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
+    if not a.flags.c_contiguous:
+        raise InputError(f"{name} must be C-contiguous")
+    if writable and not a.flags.writeable:
+        raise InputError(f"{name} must be writable")
