@@ -3,10 +3,23 @@
 Each turn renders the whole conversation with the chat template, finds how many leading tokens the
 cache already holds (the shared prefix: system prompt, earlier turns), drops the rest, and feeds only
 the new tokens. So turn n costs its own tokens, not the whole history again.
+
+When the conversation no longer fits the cache (the prompt plus room for a reply), the oldest turns
+are dropped, the system prompt kept: llama.cpp's context shift, done per turn so that the template is
+never cut mid-message. `dropped_turns` says how many went for the last message.
 """
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import InputError
 from .stream import TextGeneration
+
+ROLES = ("system", "user", "assistant")
+MAX_SAVED_BYTES = 16 << 20  # a saved conversation larger than this is not one we wrote
 
 
 class ChatSession:
@@ -20,6 +33,7 @@ class ChatSession:
         self.runner = TextGeneration(model, tokenizer)
         self.reused_tokens = 0  # of the last turn's prompt, how many came from the cache
         self.prefilled_tokens = 0  # ... and how many were computed
+        self.dropped_turns = 0  # turns the last message pushed out of the context
         self.reset()
 
     def reset(self) -> None:
@@ -29,7 +43,7 @@ class ChatSession:
         """Add a user message and stream the reply's pieces; the reply joins the history (also when
         the caller stops early, e.g. on Ctrl-C: what was said so far is kept)."""
         self.messages.append({"role": "user", "content": text})
-        ids = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True)
+        ids, max_new = self._fit_context()
         keep = _common_prefix(self.cached_ids, ids)
         keep = min(keep, len(ids) - 1)  # the last prompt token is always fed: its logits start the reply
         self.cache.truncate(keep)
@@ -39,7 +53,7 @@ class ChatSession:
         complete = False
         try:
             for piece in self.runner.stream(ids[keep:], cache=self.cache, history=[ids[:keep]], context_ids=ids,
-                                            **self.generation_kwargs):
+                                            **{**self.generation_kwargs, "max_new_tokens": max_new}):
                 reply.append(piece)
                 yield piece
             complete = True
@@ -50,6 +64,78 @@ class ChatSession:
                 self.cached_ids = list(ids) + self.runner.token_ids[:-1]
             else:  # interrupted mid-step: trust only what was cached before this turn
                 self.cache.truncate(keep)
+
+    def _fit_context(self) -> tuple[list[int], int]:
+        """Render the conversation, dropping the oldest user/assistant turns until the prompt leaves
+        room for a reply: max_new_tokens, or a quarter of the cache when that is larger. -> (ids, the
+        reply's token budget). Refuses (and forgets the message) when even the last one does not fit."""
+        room = self.cache.max_len
+        want = self.generation_kwargs.get("max_new_tokens") or 20
+        reserve = max(1, min(want, room // 4))
+        first = 1 if self.messages and self.messages[0]["role"] == "system" else 0
+        self.dropped_turns = 0
+        while True:
+            ids = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True)
+            if len(ids) + reserve <= room:
+                return ids, min(want, room - len(ids))
+            if len(self.messages) - first <= 1:  # only the new message is left
+                self.messages.pop()
+                raise InputError(f"this message needs {len(ids)} tokens{' with the system prompt' if first else ''} "
+                                 f"and a reply {reserve} more, but the context holds {room}: use a longer context "
+                                 f"(max_context, or -c on the command line) or a shorter message")
+            # a turn: a user message and what answered it (an interrupted turn may lack the answer)
+            end = first + 1
+            while end < len(self.messages) - 1 and self.messages[end]["role"] != "user":
+                end += 1
+            del self.messages[first:end]
+            self.dropped_turns += 1
+
+    def save(self, path) -> Path:
+        """Write the conversation as JSON (to a temporary name, then renamed: a failure leaves any
+        earlier file as it was)."""
+        path = Path(path).expanduser()
+        data = json.dumps({"format": "llamacpu-chat", "version": 1, "messages": self.messages},
+                          ensure_ascii=False, indent=1)
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(data + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return path
+
+    def load(self, path) -> int:
+        """Replace the conversation with one written by `save`; -> the number of messages. A system
+        message in the file becomes the session's system prompt (none there: none kept)."""
+        path = Path(path).expanduser()
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_SAVED_BYTES + 1)
+        except OSError as e:
+            raise InputError(f"{path}: {e.strerror or e}") from None
+        if len(raw) > MAX_SAVED_BYTES:
+            raise InputError(f"{path}: larger than {MAX_SAVED_BYTES >> 20} MiB, not a saved conversation")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise InputError(f"{path}: not a saved conversation ({type(e).__name__})") from None
+        messages = data.get("messages") if isinstance(data, dict) else None
+        if (not isinstance(messages, list)
+                or not all(isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+                           for m in messages)
+                or any(m["role"] == "system" for m in messages[1:])):
+            raise InputError(f"{path}: not a saved conversation (expected {{\"messages\": [{{\"role\": "
+                             f"\"user\", \"content\": \"...\"}}, ...]}})")
+        self.messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        self.system = self.messages[0]["content"] if self.messages and self.messages[0]["role"] == "system" else None
+        return len(self.messages)
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Why the last reply ended: "stop", "length" (the token limit), None (interrupted)."""
+        return self.runner.finish_reason
 
     @property
     def stats(self):

@@ -45,6 +45,7 @@ class TextGeneration:
         self.model, self.tokenizer = model, tokenizer
         self.stats = Stats()
         self.token_ids: list[int] = []  # the ids of the last run's continuation
+        self.finish_reason: str | None = None  # "stop" (end of text, stop string), "length", None (interrupted)
 
     def stream(self, input_ids, cache=None, history=None, context_ids=None, **kwargs) -> Iterator[str]:
         """Yield text pieces of the continuation of `input_ids` (a list of ids or a [1, T] array).
@@ -60,6 +61,7 @@ class TextGeneration:
             decoder.push(int(t))
         self.stats = Stats(prompt_tokens=ids.shape[1])
         self.token_ids = []
+        self.finish_reason = None
         text = ""
         t0 = time.perf_counter()
         tokens = generate_tokens(self.model, ids, None, config, cache=cache, tokenizer=self.tokenizer, history=history)
@@ -74,16 +76,20 @@ class TextGeneration:
                 tok = int(nxt[0])
                 self.token_ids.append(tok)
                 if tok in eos:
+                    self.finish_reason = "stop"
                     break
                 piece = decoder.push(tok)
                 if piece and config.stop_strings:
                     end = find_stop(text + piece, config.stop_strings)
                     if end is not None:  # stop exactly after the stop string
+                        self.finish_reason = "stop"
                         yield (text + piece)[len(text):end]
                         return
                 if piece:
                     text += piece
                     yield piece
+            if self.finish_reason is None:  # the loop ended: at the token limit, or a stop it saw first
+                self.finish_reason = "length" if len(self.token_ids) >= config.max_new_tokens else "stop"
             tail = decoder.flush()
             if tail:
                 yield cut_at_stop(text + tail, config.stop_strings)[len(text):]
