@@ -49,7 +49,6 @@ def add_parser(sub) -> None:
     add_model_args(p)
     add_sampling_args(p)
     p.add_argument("--system", help="system message")
-    p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token (as llama.cpp)")
     p.add_argument("--history-file", default=default_history_file(), metavar="FILE",
                    help="where typed messages are remembered across sessions ('' = nowhere)")
     p.add_argument("--quiet", action="store_true", help="no speed line after each reply")
@@ -64,8 +63,6 @@ def default_history_file() -> str:
 def cmd_chat(args) -> int:
     model, tok = load(args, stderr)
     kwargs = sampling_kwargs(args)
-    if args.ignore_eos:
-        kwargs["eos_token_id"] = []
     if args.max_new_tokens == -1:
         kwargs["max_new_tokens"] = model.max_context
     session = ChatSession(model, tok, system=args.system, **kwargs)

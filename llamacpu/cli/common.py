@@ -118,6 +118,7 @@ def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> 
                    help="divide the logits of tokens already seen by this (> 0; 1 = off)")
     p.add_argument("--seed", type=int, help="sampling seed (default: random)")
     p.add_argument("--stop", action="append", default=[], help="stop after this text (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="go on past the end-of-text token (as llama.cpp)")
 
 
 def quant_formats() -> list[str]:
@@ -128,10 +129,13 @@ def quant_formats() -> list[str]:
 
 def sampling_kwargs(args, max_new_tokens: int | None = None) -> dict:
     n = args.max_new_tokens if max_new_tokens is None else max_new_tokens
-    return dict(max_new_tokens=n, do_sample=args.temperature > 0,
-                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                repetition_penalty=args.repetition_penalty, seed=args.seed,
-                stop_strings=args.stop or None)
+    kwargs = dict(max_new_tokens=n, do_sample=args.temperature > 0,
+                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                  repetition_penalty=args.repetition_penalty, seed=args.seed,
+                  stop_strings=args.stop or None)
+    if getattr(args, "ignore_eos", False):
+        kwargs["eos_token_id"] = []  # no token ends the text; only -n or a stop string
+    return kwargs
 
 
 # ---- one validation step, before anything loads ---------------------------------------------------------

@@ -6,7 +6,7 @@ import sys
 
 from ..errors import InputError
 from ..model.pooling import POOLINGS
-from .common import add_model_args, load, read_text, stderr
+from .common import add_model_args, check_model_argument, load, read_text, stderr
 
 EXAMPLES = """examples:
   llamacpu embed "a cat" "a dog"                     # one line of numbers per text
@@ -40,6 +40,9 @@ def split_model(args) -> None:
 def cmd_embed(args) -> int:
     from ..model.pooling import embed
 
+    split_model(args)
+    if args.model:
+        check_model_argument(args.model)
     texts = list(args.texts)
     if args.file:
         texts += [line for line in read_text(args.file).splitlines() if line.strip()]
