@@ -5,14 +5,22 @@ python -m llamacpu.warmup
 """
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+
+
+def numba_cache_files() -> dict[str, float]:
+    """{path: mtime} of Numba's cache files in the package: which kernels were (re)compiled shows as a change."""
+    root = Path(__file__).resolve().parent
+    return {str(p): p.stat().st_mtime for p in root.rglob("__pycache__/*.nb[ic]")}
 
 
 def warm(verbose: bool = True) -> float:
     from .checkpoint.synthetic import write_synthetic
     from .model.causal_lm import LlamaForCausalLM
 
+    before = numba_cache_files()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in ("F32", "F16", "BF16"):
@@ -34,7 +42,9 @@ def warm(verbose: bool = True) -> float:
                     q.generate(np.array([[1, 2, 3, 4, 5, 6, 7, 8]]), max_new_tokens=2)  # >= 6: the prefill kernel
     seconds = time.perf_counter() - t0
     if verbose:
-        print(f"llamacpu: Numba kernels compiled and cached ({seconds:.1f} s)")
+        changed = sum(1 for k, t in numba_cache_files().items() if before.get(k) != t)
+        print(f"llamacpu: {changed} Numba cache files compiled and written ({seconds:.1f} s)" if changed else
+              f"llamacpu: the Numba kernels were already compiled; loaded from the cache ({seconds:.1f} s)")
     return seconds
 
 

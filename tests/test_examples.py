@@ -1,0 +1,48 @@
+"""Every script in examples/ runs as a newcomer runs it from a fresh clone: copied into a folder with no
+../shared beside it, so models come from the embedded SmolLM2-135M-Instruct (llamacpu.default_model())."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+# script -> (stdin, what its output must show); a script not listed must run with no input and exit 0
+EXPECT = {
+    "chat.py": (None, ["assistant:", "reused"]),
+    "embed_in_app.py": ("What is 2+2?\nName a color.\n", ["Q: What is 2+2?", "Q: Name a color."]),
+    "generate.py": (None, ["greedy:  The three primary colors are", "sampled: The three primary colors are"]),
+    "pipeline.py": (None, ["generated_text", "Once upon a time"]),
+    "stream.py": (None, ["prompt tokens at"]),
+    "walkthrough_stories260k.py": (None, ["layer 29:", "max |ours - engine| / max |engine|"]),
+}
+
+
+@pytest.fixture(scope="module")
+def fresh_clone(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clone") / "llamacpu"
+    shutil.copytree(EXAMPLES, root / "examples")
+    assert not (root.parent / "shared").exists()
+    try:
+        import llamacpu
+
+        llamacpu.default_model()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"the embedded default model is not installed ({e}); make test installs it")
+    return root
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_example_runs_from_a_fresh_clone(script, fresh_clone):
+    stdin, words = EXPECT.get(script, (None, []))
+    r = subprocess.run([sys.executable, f"examples/{script}"], cwd=fresh_clone, input=stdin,
+                       stdin=subprocess.DEVNULL if stdin is None else None,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for w in words:
+        assert w in r.stdout, r.stdout[-2000:]
+    if script == "embed_in_app.py":
+        answers = [line for line in r.stdout.splitlines() if line.startswith("A: ")]
+        assert len(answers) == 2 and all(len(a) > 5 for a in answers)
