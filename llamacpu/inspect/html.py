@@ -123,7 +123,7 @@ def report_data(model, trace, tokenizer=None, row: int = 0, top_k: int = 10, len
     H = cfg.num_attention_heads
     attention = np.stack([trace[f"layers.{i}.attn_probs"][row] for i in range(L)])  # [L, H, T, T]
     if attention.size > 8 * max_attention_bytes:
-        raise InputError(f"a page for {T} tokens would hold {attention.size / 2**20:.0f} MiB of attention maps "
+        raise InputError(f"a page for {T} tokens would hold {attention.size / 2**20:.1f} MiB of attention maps even at 8 bits "
                          f"({L} layers x {H} heads x {T}^2); use a shorter prompt")
     # 8-bit only for long prompts: a short prompt keeps the trace's float32 values exactly
     att = (encode_array(attention) if attention.size * 4 <= max_attention_bytes else
