@@ -261,3 +261,48 @@ def test_browser_helper_reports_why_it_skips(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     found, reason = find_browser()
     assert found is None and "chromium" in reason and "apt-get install" in reason
+
+
+# ---- `llamacpu inspect --html FILE --png DIR` as a user runs it ----------------------------------------
+
+def test_inspect_cli_writes_the_page_and_the_heatmaps(shared_models, stories, tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("matplotlib")
+    html, png = tmp_path / "pass.html", tmp_path / "png"
+    r = subprocess.run([sys.executable, "-m", "llamacpu.cli", "inspect", str(shared_models / "stories260K"),
+                        "--prompt", "Once upon a time", "--html", str(html), "--png", str(png)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"wrote {html}" in r.stderr and "saved 5 heatmaps" in r.stderr
+    assert "next token:" in r.stdout  # the table is still printed
+    model, tok = stories
+    tr = model.trace(np.array([tok.encode("Once upon a time")]))
+    data = read_data(html.read_text(encoding="utf-8"))
+    np.testing.assert_array_equal(decode_array(data["attention"])[2], tr["layers.2.attn_probs"][0])
+    assert [t["text"] for t in data["tokens"]] == ["<s>", " Once", " upon", " a", " time"]
+    files = sorted(png.iterdir())
+    assert [p.name for p in files] == [f"layer_{i:02d}.png" for i in range(5)]
+
+    import matplotlib.image
+
+    first, last = matplotlib.image.imread(files[0]), matplotlib.image.imread(files[-1])
+    assert first.shape == last.shape and first.shape[0] > 400 and first.shape[1] > 600
+    assert np.abs(first - last).max() > 0.2  # each layer's own attention
+    viridis_yellow = (np.abs(first[..., :3] - [0.99, 0.91, 0.14]).sum(-1) < 0.1).sum()
+    assert viridis_yellow > 100  # the colour bar's top and the strongest cells
+
+
+def test_inspect_cli_png_without_matplotlib_says_what_to_install(shared_models, tmp_path):
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "block"  # a matplotlib that cannot be imported, ahead of site-packages
+    blocker.mkdir()
+    (blocker / "matplotlib.py").write_text("raise ImportError('matplotlib hidden by the test')")
+    env = dict(os.environ, PYTHONPATH=str(blocker))
+    r = subprocess.run([sys.executable, "-m", "llamacpu.cli", "inspect", str(shared_models / "stories260K"),
+                        "--png", str(tmp_path / "png")], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1 and "llamacpu[plot]" in r.stderr
+    assert not (tmp_path / "png").exists()
