@@ -137,8 +137,8 @@ def test_page_in_a_headless_browser(page):
         shot = screenshot(driver, path.with_suffix(".png"))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
         readme_copy = os.environ.get("LLAMACPU_README_SCREENSHOT")
-        if readme_copy:  # the README's picture: the top of the page, as a student first sees it
-            screenshot(driver, readme_copy, max_height=1700)
+        if readme_copy:  # the README picture
+            screenshot(driver, readme_copy)
 
 
 def test_page_is_self_contained(page):
@@ -306,3 +306,15 @@ def test_inspect_cli_png_without_matplotlib_says_what_to_install(shared_models, 
                         "--png", str(tmp_path / "png")], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 1 and "llamacpu[plot]" in r.stderr
     assert not (tmp_path / "png").exists()
+
+
+def test_example_script_writes_the_page(shared_models, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "pass.html"
+    script = Path(__file__).parents[1] / "examples" / "inspect_html.py"
+    r = subprocess.run([sys.executable, str(script), str(shared_models / "stories260K"), "--prompt", "Once upon a time",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "5 tokens ->" in r.stdout and read_data(out.read_text(encoding="utf-8"))["model"]["layers"] == 5

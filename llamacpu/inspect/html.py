@@ -178,7 +178,7 @@ def render(model, trace, tokenizer=None, **kwargs) -> str:
     return page.render(
         d=data, tokens=[quoted(t) for t in data["tokens"]], panels={p["id"]: p for p in panels}, lens_rows=lens_rows, next=[
             (vocab[n["id"]], n["p"]) for n in data["next"]],
-        mask_grid=render_mask(labels, data["mask"]), docs_path=str(DOCS),
+        mask_grid=render_mask(labels, data["mask"]),
         doc_refs=sorted({ln for p in panels for ln in p["docs"]}), data_id=DATA_ID,
         data_json=Markup(blob),
         css=Markup((ASSETS / "page.css").read_text(encoding="utf-8")),
