@@ -39,8 +39,9 @@ def add_parser(sub) -> None:
 
 
 def token_label(tokenizer, i: int) -> str:
+    """The token as text (`' Paris'`, not the vocabulary's `'ĠParis'`; see llamacpu.inspect.tokens)."""
     try:
-        return repr(tokenizer.convert_ids_to_tokens(int(i)))
+        return repr(token_labels(tokenizer, [int(i)])[0]["text"])
     except Exception:  # a tokenizer without pieces: show the text
         return repr(tokenizer.decode([int(i)]))
 
