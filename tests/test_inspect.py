@@ -194,7 +194,7 @@ def test_inspect_cli_names_every_layer(shared_models):
     assert r.returncode == 0, r.stderr
     rows = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("layer ")]
     assert rows == ["0", "1", "2", "3", "4"]
-    assert "'▁Once'" in r.stdout and "next token: ','" in r.stdout
+    assert "' Once'" in r.stdout and "'▁Once'" not in r.stdout and "next token: ','" in r.stdout
 
 
 def test_inspect_cli_step_with_piped_stdin(shared_models):

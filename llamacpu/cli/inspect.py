@@ -8,6 +8,8 @@
 
 --step pauses after each layer (Enter continues; at end of input it runs on) and shows what changed.
 --compare-transformers runs transformers on the same tokens and names the first tensor that differs.
+--html FILE writes the same pass as one self-contained page (llamacpu.inspect.html); --png DIR saves each
+layer's attention heatmaps (needs matplotlib: pip install 'llamacpu[plot]').
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import sys
 import numpy as np
 
 from ..inspect import lens
+from ..inspect.tokens import token_labels
+from ..inspect.visualizer import save_heatmaps
 from ..inspect.trace import trace as run_trace
 from .common import add_model_args, load, stderr
 
@@ -29,12 +33,15 @@ def add_parser(sub) -> None:
     p.add_argument("--step", action="store_true", help="pause after each layer")
     p.add_argument("--compare-transformers", action="store_true")
     p.add_argument("--top", type=int, default=3, help="tokens shown by the logit lens")
+    p.add_argument("--html", metavar="FILE", help="also write the pass as a self-contained HTML page")
+    p.add_argument("--png", metavar="DIR", help="also save attention heatmaps, one PNG per layer (matplotlib)")
     p.set_defaults(func=inspect_main)
 
 
 def token_label(tokenizer, i: int) -> str:
+    """The token as text (`' Paris'`, not the vocabulary's `'ĠParis'`; see llamacpu.inspect.tokens)."""
     try:
-        return repr(tokenizer.convert_ids_to_tokens(int(i)))
+        return repr(token_labels(tokenizer, [int(i)])[0]["text"])
     except Exception:  # a tokenizer without pieces: show the text
         return repr(tokenizer.decode([int(i)]))
 
@@ -53,12 +60,24 @@ def inspect_main(args, out=None, stdin=None) -> int:
             stderr(f"--compare-transformers needs torch and transformers; not installed here: {', '.join(missing)} "
                    "(pip install torch transformers)")
             return 1
+    if args.png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as e:  # checked before the model loads, so the answer is immediate
+            stderr(f"--png needs matplotlib (pip install 'llamacpu[plot]'): {e}")
+            return 1
     model, tok = load(args, stderr)
     ids = tok.encode(args.prompt or "")
     if not ids:
         ids = [tok.bos_token_id if tok.bos_token_id is not None else 0]
     tr = run_trace(model, np.asarray([ids], np.int64))
     print_report(model, tok, tr, args.top, step=args.step, out=out, stdin=stdin)
+    if args.html:
+        path = tr.to_html(args.html, tok)
+        stderr(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB): open it in a browser")
+    if args.png:
+        paths = save_heatmaps(tr, [[t["text"] for t in token_labels(tok, ids)]], args.png)
+        stderr(f"saved {len(paths)} heatmaps in {args.png}")
     if args.compare_transformers:
         return compare(model, tr, out)
     return 0

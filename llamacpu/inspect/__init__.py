@@ -5,6 +5,7 @@
     recompute(model, tr)              # the same pass in plain NumPy, from the trace and the weights
     lens.logit_lens(model, tr)        # what each layer would predict
     AttentionMaskVisualizer(tok)("Once upon a time")
+    tr.to_html("pass.html")           # the pass as one self-contained page (llamacpu.inspect.html)
 
 `llamacpu inspect MODEL --prompt TEXT` prints the per-layer table (llamacpu.cli.inspect).
 """

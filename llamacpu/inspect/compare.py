@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UnsupportedError
 from .recompute import relative_error
 from .trace import Trace
 
@@ -27,8 +28,12 @@ def reference_tensors(path, input_ids: np.ndarray) -> dict:
     path, extra = Path(path), {}
     if path.is_file() and path.suffix == ".gguf":
         path, extra = path.parent, {"gguf_file": path.name}
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager",
-                                                           **extra).float().eval()
+    try:
+        hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager",
+                                                               **extra).float().eval()
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds (ValueError, OSError, ImportError...)
+        raise UnsupportedError(f"transformers could not load {path}{' ' + extra['gguf_file'] if extra else ''} "
+                               f"for the comparison: {type(e).__name__}: {e}") from e
     got: dict[str, np.ndarray] = {}
 
     def output_of(name):

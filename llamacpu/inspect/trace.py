@@ -42,7 +42,7 @@ class Trace(Mapping):
     """The intermediates of one forward chunk: `trace["layers.3.q_rope"]`, `trace.shapes()`,
     `for name in trace`, `trace.layer(3)["q_rope"]`. Also holds the inputs that produced them:
     input_ids, attention_mask [B, T], positions [B, T] (RoPE), inv_freq [hd/2], start (first cache
-    slot), valid [B, S] (which cache slots held real tokens), scale (1/sqrt(hd)) and config."""
+    slot), valid [B, S] (which cache slots held real tokens), scale (1/sqrt(hd)), config and the model."""
 
     def __init__(self, tensors: dict, **meta):
         self.tensors = tensors  # insertion order = the order the forward pass computed them
@@ -54,6 +54,7 @@ class Trace(Mapping):
         self.valid = meta.get("valid")
         self.scale = meta.get("scale")
         self.config = meta.get("config")
+        self.model = meta.get("model")  # for the logit lens of to_html
 
     def __getitem__(self, name: str) -> np.ndarray:
         try:
@@ -83,6 +84,18 @@ class Trace(Mapping):
     def shapes(self) -> dict:
         return {n: a.shape for n, a in self.tensors.items()}
 
+    def to_html(self, path, tokenizer=None, **kwargs):
+        """Write this pass as one self-contained HTML page (llamacpu.inspect.html.write_html): tokens,
+        residual stream, every head's attention, the logit lens, the next token. Without a tokenizer the
+        model's own (from its name_or_path) labels the tokens. Returns the path."""
+        from .html import write_html
+
+        if self.model is None:
+            raise InputError("this trace does not know its model: write it with html.write_html(path, model, trace)")
+        if tokenizer is None:
+            tokenizer = _tokenizer_of(self.model)
+        return write_html(path, self.model, self, tokenizer, **kwargs)
+
     def __repr__(self) -> str:
         width = max((len(n) for n in self.tensors), default=0)
         rows = [f"  {n.ljust(width)}  {tuple(a.shape)}" for n, a in self.tensors.items()]
@@ -110,7 +123,8 @@ class Recorder:
         self.traces.append(Trace(
             {}, input_ids=np.array(ids), attention_mask=np.array(mask), positions=np.array(positions).reshape(B, T),
             inv_freq=np.array(self._host(inv_freq), np.float32), start=int(start),
-            valid=np.array(cache.valid[:, :start + T]), scale=np.float32(self.model.scale), config=cfg))
+            valid=np.array(cache.valid[:, :start + T]), scale=np.float32(self.model.scale), config=cfg,
+            model=self.model))
         self._prefix = ""
 
     def layer(self, i):
@@ -125,7 +139,7 @@ class Recorder:
             elif name != "logits":
                 a = a.reshape(B, T, -1)
         if not self.traces:  # head() called directly, without a forward pass
-            self.traces.append(Trace({}, config=self.model.config))
+            self.traces.append(Trace({}, config=self.model.config, model=self.model))
         self.traces[-1].tensors[self._prefix + name] = a
 
     def attention(self, layer: int, q, scale) -> None:
@@ -144,6 +158,17 @@ class Recorder:
 
     def _host(self, a):
         return self.model.backend.to_host(a)
+
+
+def _tokenizer_of(model):
+    """The tokenizer stored with the model's files, or None (token ids are shown instead)."""
+    from ..errors import LlamacpuError
+    from ..tokenizer.auto import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model.name_or_path)
+    except (LlamacpuError, OSError, AttributeError):
+        return None
 
 
 def masked_scores(q, k_cache, valid, start, scale) -> np.ndarray:
