@@ -1,4 +1,4 @@
-"""The `llamacpu` command: generate, chat, quantize, inspect, bench.
+"""The `llamacpu` command: generate, chat, quantize, inspect, bench, serve.
 
 Flags follow llama.cpp's habits (-m, -p, -n, -t, -c, --temp, --top-k, --top-p, --min-p,
 --repeat-penalty, --seed) with transformers-style long aliases (--max-new-tokens, --temperature,
@@ -15,11 +15,11 @@ import argparse
 import sys
 
 from ..errors import LlamacpuError
-from . import bench, chat, generate, inspect, quantize
+from . import bench, chat, generate, inspect, quantize, serve
 from .common import stderr
 
 # the subcommands in the order `llamacpu --help` lists them; a new one is a module with add_parser(sub)
-COMMANDS = [generate, chat, quantize, inspect, bench]
+COMMANDS = [generate, chat, quantize, inspect, bench, serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -167,15 +167,14 @@ class Engine:
         self._thread.start()
 
     # ---- submitting ------------------------------------------------------------------------------------
-    def submit(self, prompt_ids, logprobs: int | None = None, constraint=None, **generation_kwargs) -> Request:
+    def submit(self, prompt_ids, logprobs: int | None = None, constraint=None, asynchronous: bool = False,
+               **generation_kwargs) -> Request:
         """Queue a generation of `prompt_ids` (a list of ids). generation_kwargs: as generate()
         (max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, stop_strings,
         eos_token_id, seed). Raises InputError for bad values or a prompt that does not fit the context,
-        EngineBusy when the queue is full. Called inside a running event loop, the request is `async for`."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        EngineBusy when the queue is full. asynchronous=True (called inside a running event loop): the
+        request is read with `async for`, its events delivered through that loop."""
+        loop = asyncio.get_running_loop() if asynchronous else None
         config = resolve_config(self.model, generation_kwargs)
         ids = list(prompt_ids)
         if not ids or not all(isinstance(t, (int, np.integer)) and 0 <= t < self.model.config.vocab_size for t in ids):
