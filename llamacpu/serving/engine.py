@@ -126,6 +126,7 @@ class Request:
     def _emit(self, ev: Event) -> None:
         if ev.finish_reason is not None:
             self.finished = True
+            self.engine.finished[ev.finish_reason] += 1
         if self._loop is None:
             self._q.put(ev)
             return
@@ -163,6 +164,7 @@ class Engine:
         self._cv = threading.Condition()
         self._closed = False
         self.steps = 0  # forward passes run (for tests and stats)
+        self.finished = collections.Counter()  # requests ended, by finish reason
         self._thread = threading.Thread(target=self._loop, name="llamacpu-engine", daemon=True)
         self._thread.start()
 
@@ -201,7 +203,7 @@ class Engine:
     def stats(self) -> dict:
         with self._cv:
             return {"slots": self.cache.n_slots, "slots_free": len(self._free), "waiting": len(self._waiting),
-                    "context": self.context, "steps": self.steps}
+                    "context": self.context, "steps": self.steps, "finished": dict(self.finished)}
 
     def close(self) -> None:
         """Stop the loop; waiting and running requests end with finish_reason "cancelled"."""
