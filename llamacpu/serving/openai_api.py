@@ -92,18 +92,17 @@ class Service:
             raise ParamError("input", "expected a non-empty string or a list of them")
         if len(texts) > 256:
             raise ParamError("input", "at most 256 texts per request")
-        ids = [self.tokenizer.encode(t) for t in texts]
-        too_long = [len(i) for i in ids if len(i) > self.engine.context]
-        if too_long:
-            raise ParamError("input", f"a text of {too_long[0]} tokens exceeds the context of {self.engine.context}")
-        vectors = embed_ids(self.model, ids)
+        from ..model.pooling import embed
+
+        n_tokens = sum(len(self.tokenizer.encode(t)) for t in texts)
+        vectors = embed(self.model, self.tokenizer, texts, pooling="mean", normalize=True)
 
         def encoded(v):  # base64: the float32 little-endian bytes, as OpenAI sends them
             return v.tolist() if encoding == "float" else base64.b64encode(v.astype("<f4").tobytes()).decode()
 
         return {"object": "list", "model": self.name,
                 "data": [{"object": "embedding", "index": i, "embedding": encoded(v)} for i, v in enumerate(vectors)],
-                "usage": {"prompt_tokens": sum(map(len, ids)), "total_tokens": sum(map(len, ids))}}
+                "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
 
     # ---- shared by the in-process methods and the server ----------------------------------------------
     def check_model(self, model) -> None:
@@ -408,24 +407,6 @@ class Job:
         return {"tokens": [text(t) for t, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
                 "top_logprobs": [{text(a): b for a, b in (top or [])} for _, _, top in entries],
                 "text_offset": list(np.cumsum([0] + [len(text(t)) for t, _, _ in entries[:-1]]).tolist())}
-
-
-def embed_ids(model, ids: list[list[int]]) -> np.ndarray:
-    """Mean-pooled, L2-normalized final hidden states, float32 [n, hidden], one text at a time."""
-    try:
-        from ..model.pooling import embed_ids as pooled  # the shared implementation, where present
-    except ImportError:
-        pooled = None
-    if pooled is not None:
-        return pooled(model, ids)
-    out = []
-    for row in ids:
-        cache = model.new_cache(1, max_len=len(row))
-        ids_arr, mask = np.asarray([row], np.int64), np.ones((1, len(row)), np.uint8)
-        hidden = model.decoder(ids_arr, mask, cache)[0]  # [T, hidden]
-        v = hidden.mean(axis=0)
-        out.append(v / max(float(np.linalg.norm(v)), 1e-12))
-    return np.asarray(out, np.float32)
 
 
 # ---- argument checks ---------------------------------------------------------------------------------
