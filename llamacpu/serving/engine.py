@@ -230,10 +230,15 @@ class Engine:
                     self._cv.wait()
                 if self._closed:
                     break
-                self._drop_cancelled()
-                self._admit()
-            if self._running:
-                self._step()
+            try:
+                with self._cv:
+                    self._drop_cancelled()
+                    self._admit()
+                if self._running:
+                    self._step()
+            except Exception as e:  # a bug here must not leave callers waiting forever: fail, keep serving
+                for r in list(self._running):
+                    self._finish(r, Event(finish_reason="error", error=f"{type(e).__name__}: {e}"))
         with self._cv:
             for r in list(self._waiting) + self._running:
                 r._emit(Event(finish_reason="cancelled"))
