@@ -29,6 +29,13 @@ def warm(verbose: bool = True) -> float:
             model.generate(np.array([[1, 2, 3], [4, 5, 6]]), attention_mask=np.array([[0, 1, 1], [1, 1, 1]]),
                            max_new_tokens=2)
             model(np.array([[1, 2, 3, 4]]))
+            if dtype == "F32":  # the serving engine's slot attention, serial and parallel
+                from .kernels.slot_attention import slot_attention, slot_attention_serial
+
+                q, kv = np.zeros((1, 2, 4), np.float32), np.zeros((1, 1, 2, 4), np.float32)
+                for kernel in (slot_attention, slot_attention_serial):
+                    kernel(q, kv, kv, np.zeros(1, np.int64), np.zeros(1, np.int64), np.float32(1), q.copy(),
+                           np.zeros((64, 2), np.float32))
             try:
                 from . import quant
             except ImportError:

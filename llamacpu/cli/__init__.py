@@ -1,4 +1,4 @@
-"""The `llamacpu` command: generate, chat, quantize, inspect, bench, perplexity, embed.
+"""The `llamacpu` command: generate, chat, serve, perplexity, embed, quantize, inspect, bench.
 
 Flags follow llama.cpp's habits (-m, -hf, -p, -f, -n, -t, -c, --temp, --top-k, --top-p, --min-p,
 --repeat-penalty, --seed) with transformers-style long aliases (--max-new-tokens, --temperature,
@@ -15,17 +15,18 @@ import os
 import sys
 import traceback
 
-from . import bench, chat, embed, generate, inspect, perplexity, quantize
+from . import bench, chat, embed, generate, inspect, perplexity, quantize, serve
 from .common import Parser, UsageError, add_common_args, refusal, stderr, unknown_flags_message, validate
 
 # the subcommands in the order `llamacpu --help` lists them; a new one is a module with add_parser(sub)
-COMMANDS = [generate, chat, perplexity, embed, quantize, inspect, bench]
+COMMANDS = [generate, chat, serve, perplexity, embed, quantize, inspect, bench]
 
 EPILOG = """examples:
   llamacpu generate -p "Once upon a time" -n 64                 # the embedded SmolLM2-135M-Instruct
   llamacpu generate --chat -p "What is the capital of France?" --temp 0
   llamacpu chat ./my-model-folder --system "You are concise."
   echo "Summarize: ..." | llamacpu generate --chat model.gguf
+  llamacpu serve model.gguf --port 8080 -np 8                    # OpenAI-compatible HTTP server
   llamacpu perplexity model.gguf -f wiki.test.raw -c 512
   llamacpu <command> --help                                      # the flags of one command"""
 

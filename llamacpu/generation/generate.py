@@ -29,18 +29,28 @@ def resolve_config(model, kwargs) -> GenerationConfig:
 def generate_tokens(model, input_ids, attention_mask, config: GenerationConfig, cache=None,
                     tokenizer=None, history=None) -> Iterator[np.ndarray]:
     """Yield the next token of every row, int64 [B], until max_new_tokens, all rows at EOS, or a stop
-    string. Finished rows get pad_token_id. `cache` defaults to the model's static cache (fresh); a
+    string. Finished rows get pad_token_id. `cache` defaults to an empty one lent for this call; a
     cache that already holds a prefix gets input_ids appended (chat reuses the shared history so),
     and `history` then lists each row's earlier ids for the repetition penalty."""
     from ..model.causal_lm import as_batch
 
     ids, mask = as_batch(input_ids, attention_mask, model.config.vocab_size)
     batch = ids.shape[0]
-    if cache is None:
-        cache = model.static_cache(batch)
-    cache.check_room(ids.shape[1] + max(config.max_new_tokens - 1, 0))
-    if config.max_new_tokens == 0:
-        return
+    own = cache is None  # a cache of our own, lent by the model for this call only (thread-safe)
+    if own:
+        cache = model.take_cache(batch)
+    try:
+        cache.check_room(ids.shape[1] + max(config.max_new_tokens - 1, 0))
+        if config.max_new_tokens == 0:
+            return
+        yield from _decode(model, ids, mask, config, cache, tokenizer, history)
+    finally:
+        if own:
+            model.give_back_cache(cache)
+
+
+def _decode(model, ids, mask, config, cache, tokenizer, history):
+    batch = ids.shape[0]
     stops = StopStrings(config.stop_strings, tokenizer, batch) if config.stop_strings else None
     earlier = history if history is not None else [[]] * batch  # per row: ids before input_ids
     history = [np.concatenate([np.asarray(h, np.int64).reshape(-1), row[m.astype(bool)]])
@@ -59,7 +69,6 @@ def generate_tokens(model, input_ids, attention_mask, config: GenerationConfig, 
             return
         history = [np.append(h, t) for h, t in zip(history, nxt)]
         logits = model.next_token_logits(nxt[:, None], np.ones((batch, 1), np.uint8), cache)
-
 
 def generate(model, input_ids, attention_mask=None, streamer=None, tokenizer=None, **kwargs) -> np.ndarray:
     """transformers-style: max_new_tokens, do_sample, temperature, top_k, top_p, min_p,

@@ -89,8 +89,8 @@ class LlamaPreTrainedModel(LlamaCore):
 
     def _run(self, input_ids, attention_mask, past_key_values, out_rows="all"):
         ids, mask = as_batch(input_ids, attention_mask, self.config.vocab_size)
-        if past_key_values is None:
-            cache = self.static_cache(ids.shape[0])
+        if past_key_values is None:  # a fresh cache per call (zero pages cost nothing until written)
+            cache = self.new_cache(ids.shape[0])
         else:
             cache = past_key_values
             if cache.batch != ids.shape[0]:
@@ -132,7 +132,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
     def __call__(self, input_ids, attention_mask=None, labels=None, past_key_values=None,
                  logits_to_keep: int = 0, **_) -> ModelOutput:
         """logits float32 [B, T, vocab] (the last `logits_to_keep` columns when > 0). Without
-        past_key_values each call starts a fresh sequence in the model's static cache; with a cache
+        past_key_values each call starts a fresh sequence in a new cache (returned as past_key_values); with a cache
         from `new_cache()` the tokens are appended to it (transformers' past_key_values)."""
         ids, mask, cache, hidden = self._run(input_ids, attention_mask, past_key_values)
         if logits_to_keep:

@@ -13,6 +13,8 @@ buffer a forward pass writes is allocated in `Workspace`, the KV cache in `KVCac
 from __future__ import annotations
 
 import math
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,6 +109,11 @@ class LlamaCore:
         self.scale = np.float32(1.0 / math.sqrt(config.head_dim))
         self._workspace: Workspace | None = None
         self._cache: KVCache | None = None
+        # Buffers lent to concurrent callers (threads): each forward chunk and each generate call gets
+        # its own, so no caller reads what another one writes. One caller always gets the same ones back.
+        self._lend_lock = threading.Lock()
+        self._free_workspaces: list[Workspace] = []
+        self._free_caches: list[KVCache] = []
 
     # ---- the two allocation sites -------------------------------------------------------------------
     def workspace(self, n_tokens: int) -> Workspace:
@@ -118,8 +125,45 @@ class LlamaCore:
         """A fresh preallocated KV cache (pass it as `past_key_values` to continue a sequence)."""
         return KVCache(self.config, batch, max_len or self.max_context, self.backend)
 
+    @contextmanager
+    def lend_workspace(self, n_tokens: int):
+        """A workspace no other thread is using, for one forward chunk of `n_tokens` rows."""
+        with self._lend_lock:
+            ws = self._free_workspaces.pop() if self._free_workspaces else None
+        if ws is None or ws.capacity < n_tokens:
+            ws = Workspace(self.config, n_tokens, self.backend)
+        try:
+            yield ws
+        finally:
+            with self._lend_lock:
+                self._free_workspaces.append(ws)
+
+    max_free_caches = 4  # caches kept for reuse after concurrent calls end (the rest are freed)
+
+    def take_cache(self, batch: int) -> KVCache:
+        """An empty cache for one call (generate), reused from earlier calls when one fits: a single
+        caller always gets the same one back, so reuse costs nothing; concurrent callers get their own.
+        Give it back with `give_back_cache`."""
+        with self._lend_lock:
+            for i, c in enumerate(self._free_caches):
+                if c.batch == batch:
+                    cache = self._free_caches.pop(i)
+                    break
+            else:
+                cache = None
+        if cache is None:
+            return self.new_cache(batch)
+        cache.reset()
+        return cache
+
+    def give_back_cache(self, cache: KVCache) -> None:
+        with self._lend_lock:
+            self._free_caches.insert(0, cache)
+            del self._free_caches[self.max_free_caches:]
+
     def static_cache(self, batch: int) -> KVCache:
-        """The model's own cache, reused across calls while the batch size stays the same."""
+        """The model's own cache, reused across calls while the batch size stays the same. Not safe to
+        share between threads: the library itself uses `take_cache` / `new_cache`."""
         if self._cache is None or self._cache.batch != batch:
             self._cache = None  # free the old one before allocating
             self._cache = self.new_cache(batch)
@@ -138,20 +182,22 @@ class LlamaCore:
         step = max(1, self.prefill_chunk)
         for c0 in range(0, n_new, step):
             c1 = min(n_new, c0 + step)
-            with KERNEL_LOCK:  # one thread at a time in the kernels (see llamacpu.runtime)
-                h = self._chunk(input_ids[:, c0:c1], attention_mask[:, c0:c1], cache)  # [B, Tc, D]
-            if out_rows == "all":
-                result[:, c0:c1] = h
-            elif c1 == n_new:
-                result[:] = h[:, -1]
+            # the chunk's result lives in the lent workspace: copy it out before lending it again
+            with self.lend_workspace(batch * (c1 - c0)) as ws:
+                with KERNEL_LOCK:  # one thread at a time in the kernels (see llamacpu.runtime)
+                    h = self._chunk(input_ids[:, c0:c1], attention_mask[:, c0:c1], cache, ws)  # [B, Tc, D]
+                if out_rows == "all":
+                    result[:, c0:c1] = h
+                elif c1 == n_new:
+                    result[:] = h[:, -1]
         return result
 
-    def _chunk(self, ids: np.ndarray, mask: np.ndarray, cache: KVCache) -> np.ndarray:
+    def _chunk(self, ids: np.ndarray, mask: np.ndarray, cache: KVCache, ws: Workspace | None = None) -> np.ndarray:
         cfg, ops, trace = self.config, self.backend, self.tracer
         B, T = ids.shape
         N = B * T
         H, KV, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        ws = self.workspace(N)
+        ws = ws or self.workspace(N)
         start = cache.length
 
         # RoPE positions count real tokens only, so a left-padded row starts at 0 (as generate does).

@@ -1,0 +1,113 @@
+"""The engine's KV cache and its forward pass over a ragged batch.
+
+`SlotCache` preallocates the keys/values of `n_slots` sequences of up to `context` tokens each (zero
+pages: memory is used as slots fill). A sequence owns one slot while it runs; when it ends, the slot
+keeps its tokens so that a later request with the same prefix (system prompt, chat history) reuses
+them (`common_prefix`), until another sequence overwrites it.
+
+`forward_slots` is the model's forward pass (model/llama.py:LlamaCore._chunk) for the new tokens of
+several sequences at once, concatenated into one [N, hidden] matrix: every projection reads each
+weight once for all N tokens, RoPE takes each token's own position, and attention reads each token's
+own slot (kernels/slot_attention.py). It is a separate function, not a mode of `_chunk`, because the
+latter's cache is a rectangular [batch, slot] array with one shared length.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..errors import InputError, UnsupportedError
+from ..kernels.slot_attention import slot_attention, slot_attention_serial
+from ..model.cache import physical_memory
+from ..model.rope_scaling import inv_freq
+from ..runtime import KERNEL_LOCK
+
+SERIAL_WORK = 1 << 16  # as backends/cpu.py: below this many multiply-adds a thread launch costs more
+
+
+class SlotCache:
+    def __init__(self, config, n_slots: int, context: int):
+        L, KV, hd = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
+        if n_slots < 1 or context < 2:
+            raise InputError(f"slots: need at least 1 slot of 2 tokens, got {n_slots} x {context}")
+        need = 2 * L * n_slots * KV * context * hd * 4
+        if need > physical_memory():
+            raise InputError(f"a KV cache of {n_slots} slots x {context} tokens needs {need / 2**30:.1f} GiB, more "
+                             f"than this machine's {physical_memory() / 2**30:.1f} GiB: use fewer slots or a smaller context")
+        self.k = np.zeros((L, n_slots, KV, context, hd), np.float32)  # [layer, slot, kv_head, position, head_dim]
+        self.v = np.zeros((L, n_slots, KV, context, hd), np.float32)
+        self.scores = np.zeros((numba.config.NUMBA_NUM_THREADS, context), np.float32)  # attention scratch
+        self.tokens: list[list[int]] = [[] for _ in range(n_slots)]  # the ids each slot holds, in order
+        self.n_slots, self.context = n_slots, context
+
+    def length(self, slot: int) -> int:
+        return len(self.tokens[slot])
+
+    def truncate(self, slot: int, length: int) -> None:
+        """Forget the slot's tokens after `length` (their keys/values are simply overwritten later)."""
+        del self.tokens[slot][length:]
+
+    def common_prefix(self, slot: int, ids) -> int:
+        n = 0
+        for a, b in zip(self.tokens[slot], ids):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+
+def check_model(model) -> None:
+    from ..backends.cpu import CPUBackend
+
+    if not isinstance(model.backend, CPUBackend):
+        raise UnsupportedError("the generation engine runs on the CPU backend only")
+    if model.config.rope_type == "dynamic":
+        raise UnsupportedError("the generation engine does not support dynamic RoPE scaling (frequencies per sequence)")
+
+
+def forward_slots(model, cache: SlotCache, segments: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """Append each segment's ids (int64 [T_i], T_i >= 1) to its slot and run them through the stack.
+    Returns the final-normed hidden state of each segment's last token, float32 [n_segments, hidden]."""
+    cfg, ops = model.config, model.backend
+    H, KV, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    ids = np.concatenate([s[1] for s in segments]).astype(np.int64)  # [N]
+    N = len(ids)
+    slots = np.concatenate([np.full(len(t), s, np.int64) for s, t in segments])  # [N] slot of each token
+    pos = np.concatenate([cache.length(s) + np.arange(len(t), dtype=np.int64) for s, t in segments])  # [N]
+    if pos.max() >= cache.context or ids.min() < 0 or ids.max() >= cfg.vocab_size:
+        raise InputError("forward_slots: a segment runs past its slot or holds an id out of range")  # engine bug guard
+    last_rows = np.cumsum([len(t) for _, t in segments]) - 1
+    freqs = inv_freq(cfg)
+    attention = slot_attention_serial if N * H * hd * (int(pos.max()) + 1) < SERIAL_WORK else slot_attention
+    with model.lend_workspace(N) as ws, KERNEL_LOCK:
+        x, h, q, k, v, att, proj = ws.x[:N], ws.h[:N], ws.q[:N], ws.k[:N], ws.v[:N], ws.att[:N], ws.proj[:N]
+        gate, up = ws.gate[:N], ws.up[:N]
+        ops.embed(model.weights.embed, ids, x)
+        for layer, lw in enumerate(model.weights.layers):
+            # --- attention block ---------------------------------------------------------------
+            ops.rmsnorm(x, lw.attn_norm, cfg.rms_norm_eps, h)
+            ops.linear(lw.wq, h, q, lw.bq)
+            ops.linear(lw.wk, h, k, lw.bk)
+            ops.linear(lw.wv, h, v, lw.bv)
+            ops.rope(q.reshape(N, H, hd), pos, freqs)
+            ops.rope(k.reshape(N, KV, hd), pos, freqs)
+            cache.k[layer][slots, :, pos] = k.reshape(N, KV, hd)  # each token into its own slot
+            cache.v[layer][slots, :, pos] = v.reshape(N, KV, hd)
+            attention(q.reshape(N, H, hd), cache.k[layer], cache.v[layer], slots, pos, model.scale,
+                      att.reshape(N, H, hd), cache.scores)
+            ops.add(x, ops.linear(lw.wo, att, proj, lw.bo))
+            # --- MLP block (SwiGLU) -------------------------------------------------------------
+            ops.rmsnorm(x, lw.mlp_norm, cfg.rms_norm_eps, h)
+            ops.linear(lw.w_gate, h, gate, lw.b_gate)
+            ops.linear(lw.w_up, h, up, lw.b_up)
+            ops.swiglu(gate, up, gate)
+            ops.add(x, ops.linear(lw.w_down, gate, proj, lw.b_down))
+        ops.rmsnorm(x[last_rows], model.weights.norm, cfg.rms_norm_eps, h[:len(last_rows)])
+        hidden = h[:len(last_rows)].copy()  # out of the lent workspace before it is lent again
+    for s, t in segments:
+        cache.tokens[s].extend(int(i) for i in t)
+    return hidden
