@@ -7,7 +7,6 @@ Anything we cannot run is refused here, naming the field, before a byte of weigh
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -172,13 +171,11 @@ class LlamaConfig:
     def from_pretrained(cls, path) -> "LlamaConfig":
         path = Path(path)
         file = path / "config.json" if path.is_dir() else path
-        if not file.is_file():
+        if not file.exists():
             raise ConfigError(f"config.json not found in {path}")
-        try:
-            d = json.loads(file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{file}: not valid JSON ({e})") from None
-        return cls.from_dict(d)
+        from .limits import read_json
+
+        return cls.from_dict(read_json(file, ConfigError, "config.json", expect=None))
 
     def to_dict(self) -> dict:
         return asdict(self)

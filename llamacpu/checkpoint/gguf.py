@@ -2,10 +2,13 @@
 
 GGUF spec: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md. A file is a header (magic "GGUF",
 version, tensor count, key/value count), typed key/value metadata, one info record per tensor (name,
-dims, ggml type, offset), then aligned tensor data. We read it with the `gguf` package's GGUFReader
-(memory-mapped), after our own bounds-checked walk over the header, because GGUFReader trusts declared
-lengths: an array of 2**60 integers near the end of a file makes it loop (and allocate) forever
-instead of failing.
+dims, ggml type, offset), then aligned tensor data. We parse it ourselves, in one bounds-checked pass
+over the memory map, rather than with the `gguf` package's GGUFReader: GGUFReader trusts declared
+lengths (an array of 2**60 integers near the end of a file makes it loop and allocate forever) and
+builds several NumPy arrays per metadata string (~600 bytes and ~5 us each: a 15 MB file of 2M empty
+strings cost it 10 s and 1.2 GB). Here every length is checked against the bytes left before it is
+used, each string costs one Python str, and the number of strings and arrays is bounded by the memory
+the process may use (`llamacpu.limits`). The `gguf` package still supplies the type tables.
 
 What comes out is what `from_pretrained` gets from a Hugging Face folder:
   - `config`:   a Llama config.json dict built from the llama.* hyperparameters;
@@ -18,17 +21,18 @@ types as the raw uint8 blocks [rows, bytes_per_row], which `llamacpu.quant` inte
 """
 from __future__ import annotations
 
-import inspect
 import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, LlamaFileType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
-from llamacpu.errors import CheckpointError, ConfigError, LlamacpuError, UnsupportedError
+from llamacpu.errors import CheckpointError, ConfigError, UnsupportedError
+from llamacpu.limits import check_allocation, memory_budget, open_regular
 
 # GGUF tensor name -> Hugging Face name, "{i}" = layer index (llama.cpp gguf-py/gguf/constants.py,
 # MODEL_TENSORS[MODEL_ARCH.LLAMA]; transformers modeling_llama.py for the right-hand side).
@@ -129,16 +133,7 @@ def read_gguf(path: str | Path) -> GGUFCheckpoint:
     UnsupportedError for another architecture or an unknown tensor type, ConfigError for missing or
     inconsistent hyperparameters."""
     path = Path(path)
-    version = _check_structure(path)
-    try:
-        reader = _Reader(path, "r")
-        fields = {name: _field_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
-        raw_tensors = [(t.name, t.tensor_type, tuple(int(d) for d in t.shape), t.data) for t in reader.tensors]
-    except LlamacpuError:
-        raise
-    except Exception as e:  # gguf/numpy raise ValueError, KeyError, IndexError, UnicodeDecodeError...
-        raise CheckpointError(f"{path}: corrupt GGUF file ({type(e).__name__}: {e})") from e
-    del reader  # keeps per-string arrays of the vocabulary alive otherwise; tensor views keep the mmap
+    version, fields, raw_tensors = _parse(path)
 
     arch = fields.get("general.architecture")
     if arch is None:
@@ -192,30 +187,8 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
         w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape))
 
 
-class _FastReader(GGUFReader):
-    """GGUFReader whose element reads slice a plain ndarray view of the memory map.
-
-    GGUFReader._get slices the np.memmap subclass; its __array_finalize__ costs ~10 us per call and
-    the reader makes ~5 calls per vocabulary string: 2.5 s for SmolLM2's 49k tokens + 49k merges, 0.7 s
-    with this override. Same bytes, same dtypes, still zero-copy (the views keep the mmap alive).
-    """
-
-    def _get(self, offset, dtype, count=1, override_order=None):
-        plain = self.__dict__.get("_plain")
-        if plain is None:
-            plain = self.__dict__["_plain"] = self.data.view(np.ndarray)
-        count = int(count)
-        arr = plain[offset:offset + np.dtype(dtype).itemsize * count].view(dtype=dtype)[:count]
-        return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
-
-
-# Only override the private helper while its signature is the one written against (gguf 0.10 .. 0.19).
-_Reader = (_FastReader if list(inspect.signature(GGUFReader._get).parameters)
-           == ["self", "offset", "dtype", "count", "override_order"] else GGUFReader)
-
-
 # ---------------------------------------------------------------------------------------------------
-# Structure check: walk the header with explicit bounds before GGUFReader sees it.
+# Parsing: one walk over the header with explicit bounds
 
 GGUF_MAGIC = b"GGUF"
 _SCALAR_SIZE = {  # GGUFValueType -> bytes
@@ -227,17 +200,40 @@ _MAX_DIMS = 4          # GGML_MAX_DIMS
 _MAX_ARRAY_DEPTH = 3   # arrays of arrays of ... (llama.cpp writes none nested)
 
 
-class _Walker:
-    """Little-endian reads over a byte buffer; every read checks the bytes exist."""
+_SCALAR_FORMAT = {  # GGUFValueType -> struct format (little-endian)
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+}
+_U64 = struct.Struct("<Q")
+# Strings and arrays in the metadata: the largest real vocabularies hold ~400k tokens and merges (Llama 3:
+# 128k + 280k); beyond 1M the file is hostile, not a bigger model.
+_MAX_ITEMS = 1 << 20
+_MAX_NESTED = 1 << 16  # arrays inside arrays
+_ITEM_COST = 64  # bytes of Python objects per parsed string or array (a str header, a list slot)
 
-    def __init__(self, buf: Any, path: Path):
+
+class _Walker:
+    """Little-endian reads over a byte buffer; every read checks the bytes exist, and the number of
+    strings and arrays built is bounded by `item_limit` (from the memory the process may use)."""
+
+    def __init__(self, buf: Any, path: Path, item_limit: int = _MAX_ITEMS):
         self.buf, self.path, self.pos, self.size = buf, path, 0, len(buf)
+        self.items, self.item_limit, self.nested = 0, item_limit, 0
 
     def need(self, n: int, what: str) -> None:
         if n > self.size - self.pos:
             raise CheckpointError(
                 f"{self.path}: truncated or corrupt GGUF: {what} at offset {self.pos} needs {n} bytes, "
                 f"the file has {self.size - self.pos} left")
+
+    def count(self, n: int, what: str) -> None:
+        self.items += n
+        if self.items > self.item_limit:
+            raise CheckpointError(
+                f"{self.path}: GGUF metadata holds more than {self.item_limit} strings and arrays ({what}: {n}); "
+                f"the limit is a quarter of the memory this process may use at {_ITEM_COST} bytes each, "
+                f"and at most {_MAX_ITEMS}")
 
     def u32(self, what: str) -> int:
         self.need(4, what)
@@ -258,49 +254,108 @@ class _Walker:
         self.pos += n
         return s
 
-    def skip_value(self, vtype: int, what: str, depth: int = 0) -> None:
-        if vtype in _SCALAR_SIZE:
+    def text(self, what: str) -> str:
+        raw = self.string(what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{self.path}: corrupt GGUF: {what} {raw[:40]!r} is not UTF-8") from None
+
+    def texts(self, n: int, what: str) -> list[str]:
+        """n strings (a vocabulary): the loop of `text` with its checks inlined, ~0.3 us per string."""
+        buf, pos, size, unpack = self.buf, self.pos, self.size, _U64.unpack_from
+        out = []
+        try:
+            for _ in range(n):
+                if pos + 8 > size:
+                    break
+                (k,) = unpack(buf, pos)
+                pos += 8
+                if k > size - pos:
+                    break
+                out.append(buf[pos:pos + k].decode("utf-8"))
+                pos += k
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{self.path}: corrupt GGUF: {what} element #{len(out)} is not UTF-8") from None
+        self.pos = pos
+        if len(out) < n:  # report the failing read with its offset
+            self.text(f"{what} element #{len(out)}")
+        return out
+
+    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
+        """One metadata value: int/float/bool/str, a NumPy array for a numeric array, a list for an
+        array of strings, booleans or arrays."""
+        if vtype in _SCALAR_FORMAT:
             self.need(_SCALAR_SIZE[vtype], what)
+            (v,) = struct.unpack_from(_SCALAR_FORMAT[vtype], self.buf, self.pos)
             self.pos += _SCALAR_SIZE[vtype]
-        elif vtype == GGUFValueType.STRING:
-            n = self.u64(f"length of {what}")
-            self.need(n, what)
-            self.pos += n
-        elif vtype == GGUFValueType.ARRAY:
-            if depth >= _MAX_ARRAY_DEPTH:
-                raise CheckpointError(f"{self.path}: corrupt GGUF: {what} nests arrays too deeply")
-            itype = self.u32(f"element type of {what}")
-            n = self.u64(f"length of {what}")
-            if itype in _SCALAR_SIZE:
-                self.need(n * _SCALAR_SIZE[itype], f"{what} ({n} elements)")
-                self.pos += n * _SCALAR_SIZE[itype]
-            elif itype in (GGUFValueType.STRING, GGUFValueType.ARRAY):
-                # every element takes at least 8 (string length) or 12 (array header) bytes: bound the
-                # loop by the file size before running it
-                self.need(n * (8 if itype == GGUFValueType.STRING else 12), f"{what} ({n} elements)")
-                for _ in range(n):
-                    self.skip_value(itype, what, depth + 1)
-            else:
-                raise CheckpointError(f"{self.path}: corrupt GGUF: {what} has unknown element type {itype}")
-        else:
+            return v
+        if vtype == GGUFValueType.STRING:
+            return self.text(what)
+        if vtype != GGUFValueType.ARRAY:
             raise CheckpointError(f"{self.path}: corrupt GGUF: {what} has unknown value type {vtype}")
+        if depth >= _MAX_ARRAY_DEPTH:
+            raise CheckpointError(f"{self.path}: corrupt GGUF: {what} nests arrays too deeply")
+        itype = self.u32(f"element type of {what}")
+        n = self.u64(f"length of {what}")
+        if itype in _NUMERIC_NP:
+            size = _SCALAR_SIZE[itype]
+            self.need(n * size, f"{what} ({n} elements)")
+            if n * size > 1 << 24:
+                check_allocation(n * size, f"{self.path}: {what}", CheckpointError)
+            raw = np.frombuffer(self.buf, np.dtype(_NUMERIC_NP[itype]).newbyteorder("<"), n, self.pos)
+            self.pos += n * size
+            return raw.astype(_NUMERIC_NP[itype])  # a native-order copy: metadata outlives the map
+        if itype == GGUFValueType.BOOL:
+            self.need(n, f"{what} ({n} elements)")
+            self.count(n, what)
+            out = [b != 0 for b in self.buf[self.pos:self.pos + n]]
+            self.pos += n
+            return out
+        if itype in (GGUFValueType.STRING, GGUFValueType.ARRAY):
+            # every element takes at least 8 (string length) or 12 (array header) bytes: the file bounds
+            # the count before the loop runs, and item_limit bounds the objects the loop builds
+            self.need(n * (8 if itype == GGUFValueType.STRING else 12), f"{what} ({n} elements)")
+            self.count(n, what)
+            if itype == GGUFValueType.STRING:
+                return self.texts(n, what)
+            self.nested += n
+            if self.nested > _MAX_NESTED:
+                raise CheckpointError(f"{self.path}: GGUF metadata holds more than {_MAX_NESTED} arrays inside "
+                                      f"arrays ({what}: {n}); llama.cpp writes none")
+            return [self.value(itype, what, depth + 1) for _ in range(n)]
+        raise CheckpointError(f"{self.path}: corrupt GGUF: {what} has unknown element type {itype}")
 
 
-def _check_structure(path: Path) -> int:
-    """Validate magic, version, every declared length and every tensor's extent; return the version."""
-    try:
-        size = path.stat().st_size
+def _parse(path: Path) -> tuple[int, dict[str, Any], list]:
+    """-> (version, metadata {key: value}, [(name, ggml type, shape rows-first, data view)]). Every
+    declared length is checked against the file before it is used; a FIFO or a device is refused."""
+    with open_regular(path, CheckpointError, "GGUF file") as f:
+        size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise CheckpointError(f"{path}: empty file, not a GGUF checkpoint")
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _walk(_Walker(buf, path))
-    except LlamacpuError:
-        raise
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read GGUF file ({e})") from e
+        try:
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot map GGUF file ({e})") from None
+    w = _Walker(buf, path, min(_MAX_ITEMS, memory_budget() // 4 // _ITEM_COST))
+    version, fields, infos, data_start = _walk(w)
+    tensors = []
+    for name, dims, ggml_type, offset in infos:
+        block, type_size = GGML_QUANT_SIZES[ggml_type]
+        shape = tuple(reversed(dims))  # NumPy order: the row length (ne0) last
+        n_elems = int(np.prod(dims, dtype=np.int64))
+        if ggml_type in FLOAT_TYPES:
+            dtype, count = np.dtype(FLOAT_TYPES[ggml_type]), n_elems
+        else:  # raw blocks [rows..., bytes_per_row]
+            dtype, count = np.dtype(np.uint8), n_elems // block * type_size
+            shape = shape[:-1] + (dims[0] // block * type_size,)
+        tensors.append((name, ggml_type, tuple(dims), np.frombuffer(buf, dtype, count, data_start + offset).reshape(shape)))
+    return version, fields, tensors
 
 
-def _walk(w: _Walker) -> int:
+def _walk(w: _Walker) -> tuple[int, dict[str, Any], list, int]:
+    """Validate magic, version, every declared length and every tensor's extent; read the metadata."""
     path = w.path
     w.need(4, "magic")
     magic = bytes(w.buf[0:4])
@@ -320,16 +375,16 @@ def _walk(w: _Walker) -> int:
     w.need(n_kv * 13 + n_tensors * 32, f"{n_kv} key/value pairs and {n_tensors} tensor infos")
 
     alignment = 32  # GGUF_DEFAULT_ALIGNMENT
+    w.count(n_kv + n_tensors, "keys and tensors")
+    fields: dict[str, Any] = {}
     for k in range(n_kv):
-        key = w.string(f"key #{k}")
+        name = w.text(f"key #{k}")
         vtype = w.u32(f"value type of key #{k}")
-        name = key.decode("utf-8", "replace")
-        if key == b"general.alignment" and vtype == GGUFValueType.UINT32:
-            alignment = w.u32("general.alignment")
+        fields[name] = w.value(vtype, f"value of {name[:80]!r}")
+        if name == "general.alignment" and vtype == GGUFValueType.UINT32:
+            alignment = fields[name]
             if alignment == 0 or alignment & (alignment - 1):
                 raise CheckpointError(f"{path}: general.alignment {alignment} is not a power of two")
-        else:
-            w.skip_value(vtype, f"value of {name!r}")
 
     infos = []
     for t in range(n_tensors):
@@ -369,7 +424,7 @@ def _walk(w: _Walker) -> int:
             raise CheckpointError(
                 f"{path}: truncated GGUF: tensor {name} ({ggml_type.name}, {n_bytes} bytes at offset "
                 f"{data_start + offset}) runs past the end of the file ({w.size} bytes)")
-    return version
+    return version, {k: v for k, v in fields.items() if not k.startswith("GGUF.")}, infos, data_start
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -381,17 +436,6 @@ _NUMERIC_NP = {
     GGUFValueType.FLOAT32: np.float32, GGUFValueType.UINT64: np.uint64, GGUFValueType.INT64: np.int64,
     GGUFValueType.FLOAT64: np.float64,
 }
-
-
-def _field_value(field: Any) -> Any:
-    """Python value of a GGUFReader field: str, int, float, bool, list[str], or a 1-D numpy array
-    for numeric arrays (token scores and types)."""
-    types = field.types
-    if types and types[0] == GGUFValueType.ARRAY and len(types) == 2 and types[1] in _NUMERIC_NP:
-        return np.array(field.contents(), dtype=_NUMERIC_NP[types[1]])
-    if types and types[0] == GGUFValueType.ARRAY and len(types) == 1:  # empty array
-        return []
-    return field.contents()
 
 
 def _hf_name(gguf_name: str) -> tuple[str | None, int | None]:
@@ -423,8 +467,6 @@ def _map_tensors(raw_tensors: list, path: Path) -> dict[str, GGUFTensor]:
         if ggml_type in NON_WEIGHT_TYPES:
             raise UnsupportedError(f"{path}: tensor {name} has type {ggml_type.name}, not a weight format")
         shape = tuple(reversed(dims))  # GGUF dims are ne0 (fastest, = columns) first
-        if ggml_type == GGMLQuantizationType.BF16:
-            data = data.view(np.uint16)  # GGUFReader hands BF16 out as bytes [rows, 2*cols]
         if ggml_type in FLOAT_TYPES and data.shape != shape:
             raise CheckpointError(f"{path}: tensor {name}: data shape {data.shape} does not match dims {shape}")
         tensors[hf] = GGUFTensor(ggml_type, shape, data)

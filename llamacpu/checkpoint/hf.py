@@ -5,7 +5,6 @@ below maps checkpoint names to the engine's layout (`llamacpu.model.llama.LlamaW
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 
 from ..config import LlamaConfig
 from ..errors import CheckpointError
+from ..limits import read_json
 from .safetensors_mmap import SafetensorsFile, bf16_to_f32
 
 # checkpoint name (with {i} = layer index)      -> engine name,  expected shape (from the config)
@@ -71,8 +71,8 @@ def weight_files(path: Path) -> list[Path]:
     """The safetensors files of a checkpoint folder: sharded (index json) or single."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
+        weight_map = read_json(index, CheckpointError, "shard index").get("weight_map")
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             files = sorted(set(weight_map.values()))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index}: corrupt shard index ({e})") from None

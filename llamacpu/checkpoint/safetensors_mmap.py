@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
+from ..limits import loads_json, open_regular
 
 # safetensors dtype -> NumPy storage dtype (BF16 kept as its raw bits)
 DTYPES = {
@@ -33,7 +34,7 @@ class SafetensorsFile:
         self.path = Path(path)
         try:
             size = self.path.stat().st_size
-            with open(self.path, "rb") as f:
+            with open_regular(self.path, CheckpointError, "safetensors file") as f:
                 head = f.read(8)
                 if len(head) < 8:
                     raise CheckpointError(f"{self.path}: too short to be a safetensors file ({size} bytes)")
@@ -45,9 +46,10 @@ class SafetensorsFile:
         except OSError as e:
             raise CheckpointError(f"{self.path}: cannot read ({e.strerror or e})") from None
         try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
             raise CheckpointError(f"{self.path}: corrupt safetensors header ({e})") from None
+        header = loads_json(text, f"{self.path}: safetensors header", CheckpointError)
         if not isinstance(header, dict):
             raise CheckpointError(f"{self.path}: safetensors header is not a JSON object")
         self.metadata = header.pop("__metadata__", None) or {}

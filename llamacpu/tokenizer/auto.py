@@ -18,7 +18,9 @@ def tokenizer_from_gguf_metadata(meta: dict):
 
     kind = meta.get("model")
     if kind == "llama":
-        tokens = meta["tokens"]
+        tokens = meta.get("tokens")
+        if not isinstance(tokens, list):
+            raise TokenizerError("GGUF vocabulary: tokenizer.ggml.tokens is missing or not a list of strings")
 
         def piece(key, default):
             i = meta.get(key, default)

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from llamacpu.errors import InputError, TokenizerError
+from llamacpu.limits import open_regular, read_json, read_text
 
 SPECIAL_TOKENS_ATTRIBUTES = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
                              "mask_token"]
@@ -82,6 +83,7 @@ class LlamaTokenizerFast:
         if tokenizer_object is not None:
             self._tokenizer = tokenizer_object
         elif tokenizer_file is not None:
+            open_regular(tokenizer_file, TokenizerError, "tokenizer.json").close()  # a FIFO would block
             try:
                 self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
             except Exception as e:
@@ -132,15 +134,9 @@ class LlamaTokenizerFast:
         for name in (SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE):  # the config wins over the map
             p = folder / name
             if p.is_file():
-                try:
-                    loaded = json.loads(p.read_text(encoding="utf-8"))
-                except (OSError, ValueError) as e:
-                    raise TokenizerError(f"{p}: not valid JSON ({e})") from e
-                if not isinstance(loaded, dict):
-                    raise TokenizerError(f"{p}: expected a JSON object")
-                config.update(loaded)
+                config.update(read_json(p, TokenizerError, name))
         if (folder / CHAT_TEMPLATE_FILE).is_file():
-            config["chat_template"] = (folder / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+            config["chat_template"] = read_text(folder / CHAT_TEMPLATE_FILE, TokenizerError, "chat template")
         template = config.get("chat_template")
         if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}

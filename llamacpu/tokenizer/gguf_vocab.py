@@ -75,8 +75,11 @@ def _token_arrays(meta: dict) -> tuple[list[str], np.ndarray, np.ndarray]:
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
         raise TokenizerError("GGUF vocabulary: tokenizer.ggml.tokens is missing or not a list of strings")
     n = len(tokens)
-    scores = np.asarray(meta.get("scores", np.zeros(n)), dtype=np.float32)
-    types = np.asarray(meta.get("token_type", np.full(n, NORMAL)), dtype=np.int64)
+    try:
+        scores = np.asarray(meta.get("scores", np.zeros(n)), dtype=np.float32)
+        types = np.asarray(meta.get("token_type", np.full(n, NORMAL)), dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise TokenizerError(f"GGUF vocabulary: tokenizer.ggml.scores and token_type must be numbers ({e})") from None
     if scores.shape != (n,) or types.shape != (n,):
         raise TokenizerError(f"GGUF vocabulary: {n} tokens but {scores.size} scores and {types.size} token types")
     return tokens, scores, types
@@ -260,7 +263,7 @@ BPE_PRE_TYPES: dict[str, BPEPre] = {
 def bpe_pre(meta: dict) -> BPEPre:
     """The pre-tokenizer for tokenizer.ggml.pre ("default" when absent, as llama.cpp does)."""
     name = meta.get("pre", "default")
-    if name not in BPE_PRE_TYPES:
+    if not isinstance(name, str) or name not in BPE_PRE_TYPES:
         raise UnsupportedError(f"GGUF byte-level BPE pre-tokenizer {name!r} (tokenizer.ggml.pre) is not supported; "
                                f"known: {', '.join(sorted(BPE_PRE_TYPES))}")
     return BPE_PRE_TYPES[name]

@@ -26,6 +26,7 @@ import numpy as np
 import sentencepiece as spm
 
 from llamacpu.errors import InputError, TokenizerError, UnsupportedError
+from llamacpu.limits import read_bytes, read_text
 
 SPIECE_UNDERLINE = "▁"
 VOCAB_FILE = "tokenizer.model"
@@ -110,14 +111,28 @@ def _special_id_property(name):
     return property(get, set, doc=f"The id of {name} (None when the model has none).")
 
 
-def _read_json(path):
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path}: expected a JSON file, could not read it ({e})") from e
-    if not isinstance(value, dict):
-        raise TokenizerError(f"{path}: expected a JSON object, found {type(value).__name__}")
+def _token_index(value, where: str) -> int:
+    """A token id from a JSON file: an integer, or a string of one (JSON object keys are strings)."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 31:
+        raise TokenizerError(f"{where}: token id {value!r:.40} is not an integer in [0, 2**31)")
     return value
+
+
+def _max_length(value) -> int:
+    """model_max_length: an integer; transformers writes 1e30 (a float) for "no limit"."""
+    if value is None or (isinstance(value, float) and value >= 1e12):
+        return VERY_LARGE_INTEGER
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise TokenizerError(f"model_max_length: expected a positive integer, found {value!r:.40}")
+    return value
+
+
+def _read_json(path):
+    from ..limits import read_json
+
+    return read_json(path, TokenizerError, path.name)
 
 
 class LlamaTokenizer:
@@ -147,10 +162,7 @@ class LlamaTokenizer:
         if (vocab_file is None) == (model_proto is None):
             raise InputError("LlamaTokenizer needs exactly one of vocab_file and model_proto")
         if vocab_file is not None:
-            try:
-                model_proto = Path(vocab_file).read_bytes()
-            except OSError as e:
-                raise TokenizerError(f"cannot read the SentencePiece model {vocab_file}: {e}") from e
+            model_proto = read_bytes(vocab_file, TokenizerError, "SentencePiece model", 1 << 30)
         self.vocab_file = None if vocab_file is None else str(vocab_file)
         self.legacy = True if legacy is None else bool(legacy)  # transformers' default (it warns)
         self.add_prefix_space = add_prefix_space
@@ -159,7 +171,7 @@ class LlamaTokenizer:
 
         self.add_bos_token = add_bos_token
         self.add_eos_token = add_eos_token
-        self.model_max_length = VERY_LARGE_INTEGER if model_max_length is None else int(model_max_length)
+        self.model_max_length = _max_length(model_max_length)
         self.padding_side = padding_side
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
         self.chat_template = chat_template
@@ -174,7 +186,7 @@ class LlamaTokenizer:
         # are registered under their own id; new ones get the next free id, as in transformers.
         self._added_tokens_decoder = {}
         for index, token in (added_tokens_decoder or {}).items():
-            self._added_tokens_decoder[int(index)] = _added_token(token)
+            self._added_tokens_decoder[_token_index(index, "added_tokens_decoder")] = _added_token(token)
         self._added_tokens_encoder = {t.content: i for i, t in self._added_tokens_decoder.items()}
         self._add_tokens([t for t in self.all_special_tokens if t not in self._added_tokens_encoder],
                          special_tokens=True)
@@ -210,12 +222,17 @@ class LlamaTokenizer:
             config = _read_json(folder / "tokenizer_config.json")
         if (folder / "special_tokens_map.json").is_file():
             config.update(_read_json(folder / "special_tokens_map.json"))  # transformers lets it override
-        decoder = {int(i): _added_token(t) for i, t in config.pop("added_tokens_decoder", {}).items()}
+        listed = config.pop("added_tokens_decoder", None) or {}
+        if not isinstance(listed, dict):
+            raise TokenizerError(f"{folder / 'tokenizer_config.json'}: added_tokens_decoder is "
+                                 f"{type(listed).__name__}, expected an object {{id: token}}")
+        decoder = {_token_index(i, "tokenizer_config.json added_tokens_decoder"): _added_token(t)
+                   for i, t in listed.items()}
         if (folder / "added_tokens.json").is_file():
             for content, index in _read_json(folder / "added_tokens.json").items():
-                decoder.setdefault(int(index), AddedToken(content))
+                decoder.setdefault(_token_index(index, "added_tokens.json"), AddedToken(content))
         if config.get("chat_template") is None and (folder / "chat_template.jinja").is_file():
-            config["chat_template"] = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+            config["chat_template"] = read_text(folder / "chat_template.jinja", TokenizerError, "chat template")
         config.update(kwargs)
         config.setdefault("added_tokens_decoder", decoder)
         return cls(vocab_file, **config)
