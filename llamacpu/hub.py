@@ -43,7 +43,8 @@ def resolve_model(model: str | os.PathLike | None, revision: str | None = None, 
     name = str(model)
     if "@" in name and revision is None:
         name, revision = name.split("@", 1)
-    if not REPO_ID.match(name):
+    if not REPO_ID.match(name) or ".." in name or "--" in name or any(
+            part.startswith((".", "-")) or part.endswith((".", "-")) for part in name.split("/")):
         raise CheckpointError(f"{model}: no such file or folder (and not a Hugging Face repo id 'org/name')")
     return download(name, revision, gguf_file)
 
@@ -52,6 +53,7 @@ def download(repo_id: str, revision: str | None = None, gguf_file: str | None = 
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
+    from huggingface_hub.utils import HFValidationError
 
     patterns = [gguf_file] if gguf_file else NEEDED
     where = f"{repo_id}" + (f"@{revision}" if revision else "")
@@ -64,7 +66,7 @@ def download(repo_id: str, revision: str | None = None, gguf_file: str | None = 
                "(huggingface-cli download " + repo_id + ")") if offline else \
             "the Hub could not be reached; check the network, or download it elsewhere with huggingface-cli"
         raise CheckpointError(f"{where} is not in the local Hugging Face cache and {how}") from None
-    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError, HFValidationError) as e:
         raise CheckpointError(f"{where}: {type(e).__name__} ({str(e).splitlines()[0]})") from None
     except OSError as e:  # network errors surface as requests/httpx exceptions deriving from OSError
         raise CheckpointError(f"{where}: download failed ({e})") from None

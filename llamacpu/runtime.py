@@ -80,3 +80,20 @@ def threading_layer() -> str:
         return numba.threading_layer()  # known once a parallel kernel has run
     except ValueError:
         return numba.config.THREADING_LAYER
+
+
+# Fork while another thread is inside a kernel: the child would inherit KERNEL_LOCK held by a thread that
+# does not exist there (and the threading layer's pool mid-job), and hang on its first forward pass. So
+# os.fork() waits for the running kernel chunk to finish (each holds the lock for one forward chunk),
+# forks between chunks, and the child starts with the lock free: it works. A fork from inside a kernel
+# section of the same thread (not possible from Python code) would not wait (the lock is reentrant).
+def _before_fork():
+    KERNEL_LOCK.acquire()
+
+
+def _after_fork():
+    KERNEL_LOCK.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)

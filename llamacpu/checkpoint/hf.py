@@ -143,8 +143,11 @@ def validate(tensors: CheckpointTensors, config: LlamaConfig, head: str = "lm",
     `quantized`: {stored name: (format, (rows, cols))} for a llamacpu quantized checkpoint, whose
     matrices are stored as uint8 blocks [rows, bytes_per_row]."""
     quantized = quantized or {}
-    expected = expected_tensors(config)
     names = canonical_names(tensors)
+    if config.num_hidden_layers * 9 > len(names):  # before building a name table from an absurd count
+        raise CheckpointError(f"num_hidden_layers={config.num_hidden_layers} needs at least "
+                              f"{9 * config.num_hidden_layers} tensors; the checkpoint has {len(names)}")
+    expected = expected_tensors(config)
     unknown = sorted(set(names) - set(expected))
     if unknown:
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""

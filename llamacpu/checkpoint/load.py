@@ -14,6 +14,7 @@ from ..config import LlamaConfig
 from ..errors import CheckpointError, InputError
 from ..model.llama import LayerWeights, LlamaWeights
 from ..model.weights import DenseWeight
+from ..runtime import KERNEL_LOCK
 from . import hf
 from .quantized import quantize_weights, quantized_entries
 from .safetensors_mmap import bf16_to_f32
@@ -143,7 +144,8 @@ def check_all_finite(weights: LlamaWeights, progress: bool = False) -> None:
             ok = np.isfinite(w).all()
         else:
             sums = np.empty(w.shape[0], np.float32)
-            w.matvec(np.ones(w.shape[1], np.float32), sums)
+            with KERNEL_LOCK:  # a kernel launch like any other (see llamacpu.runtime)
+                w.matvec(np.ones(w.shape[1], np.float32), sums)
             ok = np.isfinite(sums).all()
         if not ok:
             raise CheckpointError(f"tensor {name!r} contains NaN or Inf (or rows whose sum overflows float32) "

@@ -21,12 +21,15 @@ Checkpoint layout (`llamacpu quantize SRC DST --type T`, loaded back without re-
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CheckpointError, InputError
+from ..limits import read_json
 from ..model.llama import LlamaWeights
 from ..model.weights import DenseWeight
 
@@ -57,7 +60,11 @@ def quantize_weight(w, fmt: str):
     chosen = choose_format(fmt, w.shape[1])
     if chosen is None:
         return w, None
-    return QuantizedWeight.quantize(chosen, w.dequantize()), chosen
+    from ..runtime import KERNEL_LOCK
+
+    with KERNEL_LOCK:  # dequantize may launch a parallel kernel (see llamacpu.runtime)
+        dense = w.dequantize()
+    return QuantizedWeight.quantize(chosen, dense), chosen
 
 
 def quantize_weights(weights: LlamaWeights, fmt: str, progress: bool = False) -> tuple[LlamaWeights, dict]:
@@ -117,18 +124,47 @@ def quantized_entries(tensors) -> dict[str, tuple[str, tuple[int, int]]]:
 
 def quantize_checkpoint(src, dst, fmt: str, progress: bool = False) -> Path:
     """Write DST: SRC (a float checkpoint folder) quantized to `fmt` in llamacpu's format."""
-    from ..quant import QuantizedWeight
-    from .hf import NAME_TABLE
     from .load import load
-    from .writer import write_safetensors
 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise CheckpointError(f"{src}: quantize reads a checkpoint folder (config.json + safetensors)")
+    if dst.exists() and not dst.is_dir():
+        raise InputError(f"{dst} exists and is not a folder; quantize writes a checkpoint folder")
     if dst.exists() and any(dst.iterdir()):
         raise InputError(f"{dst} exists and is not empty")
+    if dst.resolve() == src.resolve():
+        raise InputError(f"{dst}: the destination is the source folder")
     config, weights, tensors = load(src, quantization=fmt, progress=progress)
-    dst.mkdir(parents=True, exist_ok=True)
+    # Written into a temporary folder beside DST and renamed when complete: a failure (disk full, a file
+    # size limit, Ctrl-C) leaves no partial DST, and SRC is only ever read.
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would stay on DST
+    except OSError as e:
+        raise CheckpointError(f"{dst}: cannot create the destination folder ({e.strerror or e})") from None
+    try:
+        _write_quantized(src, tmp, config, weights, tensors, fmt)
+        if dst.exists():
+            dst.rmdir()  # empty (checked above)
+        os.rename(tmp, dst)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = e.filename or dst
+        raise CheckpointError(f"{dst}: writing the quantized checkpoint failed at {where} "
+                              f"({e.strerror or e}); nothing was left behind") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def _write_quantized(src: Path, dst: Path, config, weights, tensors, fmt: str) -> None:
+    from ..quant import QuantizedWeight
+    from .hf import NAME_TABLE
+    from .writer import write_safetensors
+
     engine_to_hf = {}
     for pattern, (engine, _) in NAME_TABLE.items():
         for i in range(config.num_hidden_layers) if "{i}" in pattern else [None]:
@@ -154,13 +190,12 @@ def quantize_checkpoint(src, dst, fmt: str, progress: bool = False) -> Path:
             continue
         entries.append((hf_name, tensors.dtype(canon), tensors.shape(canon), lambda c=canon: np.asarray(tensors.get(c))))
     write_safetensors(dst / "model.safetensors", entries, metadata=meta)
-    cfg = json.loads((src / "config.json").read_text())
+    cfg = read_json(src / "config.json", CheckpointError, "config.json")
     cfg["quantization_config"] = {"quant_method": "llamacpu", "format": fmt}
     (dst / "config.json").write_text(json.dumps(cfg, indent=2))
     for f in TOKENIZER_FILES:
         if (src / f).is_file():
             shutil.copy(src / f, dst / f)
-    return dst
 
 
 def _stored_name(tensors, hf_name: str) -> str:

@@ -40,14 +40,20 @@ class ChatSession:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
 
     def send(self, text: str):
-        """Add a user message and stream the reply's pieces; the reply joins the history (also when
-        the caller stops early, e.g. on Ctrl-C: what was said so far is kept)."""
-        self.messages.append({"role": "user", "content": text})
-        ids, max_new = self._fit_context()
-        keep = _common_prefix(self.cached_ids, ids)
+        """Add a user message and stream the reply's pieces. The turn joins the history when the reply
+        completes, or when the caller stops it after some of it was said (Ctrl-C: what was said so far
+        is kept); an interrupt or error before the first piece leaves the history as it was. Each
+        state change is one assignment, and what the cache holds is only trusted up to `cached_ids`,
+        so an interrupt at any point leaves a session whose next turn works."""
+        if not isinstance(text, str):
+            raise InputError(f"chat message: expected a string, got {type(text).__name__}")
+        messages, ids, max_new, self.dropped_turns = self._fit_context(
+            self.messages + [{"role": "user", "content": text}])
+        # the cache may hold more than cached_ids says (an interrupted step), never less
+        keep = min(_common_prefix(self.cached_ids, ids), self.cache.length)
         keep = min(keep, len(ids) - 1)  # the last prompt token is always fed: its logits start the reply
-        self.cache.truncate(keep)
         self.cached_ids = self.cached_ids[:keep]
+        self.cache.truncate(keep)
         self.reused_tokens, self.prefilled_tokens = keep, len(ids) - keep
         reply = []
         complete = False
@@ -58,37 +64,37 @@ class ChatSession:
                 yield piece
             complete = True
         finally:
-            self.messages.append({"role": "assistant", "content": "".join(reply)})
             if complete:
                 # the cache now holds the prompt and every reply token but the last (never fed back)
                 self.cached_ids = list(ids) + self.runner.token_ids[:-1]
-            else:  # interrupted mid-step: trust only what was cached before this turn
-                self.cache.truncate(keep)
+            if reply or complete:
+                self.messages = messages + [{"role": "assistant", "content": "".join(reply)}]
 
-    def _fit_context(self) -> tuple[list[int], int]:
+    def _fit_context(self, messages: list[dict]) -> tuple[list[dict], list[int], int, int]:
         """Render the conversation, dropping the oldest user/assistant turns until the prompt leaves
-        room for a reply: max_new_tokens, or a quarter of the cache when that is larger. -> (ids, the
-        reply's token budget). Refuses (and forgets the message) when even the last one does not fit."""
+        room for a reply: max_new_tokens, or a quarter of the cache when that is larger. -> (the messages
+        kept, their ids, the reply's token budget, turns dropped). Refuses when even the last message does
+        not fit. Works on a copy: the session's history changes only when the turn joins it."""
+        messages = list(messages)
         room = self.cache.max_len
         want = self.generation_kwargs.get("max_new_tokens") or 20
         reserve = max(1, min(want, room // 4))
-        first = 1 if self.messages and self.messages[0]["role"] == "system" else 0
-        self.dropped_turns = 0
+        first = 1 if messages and messages[0]["role"] == "system" else 0
+        dropped = 0
         while True:
-            ids = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True)
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
             if len(ids) + reserve <= room:
-                return ids, min(want, room - len(ids))
-            if len(self.messages) - first <= 1:  # only the new message is left
-                self.messages.pop()
+                return messages, ids, min(want, room - len(ids)), dropped
+            if len(messages) - first <= 1:  # only the new message is left
                 raise InputError(f"this message needs {len(ids)} tokens{' with the system prompt' if first else ''} "
                                  f"and a reply {reserve} more, but the context holds {room}: use a longer context "
                                  f"(max_context, or -c on the command line) or a shorter message")
             # a turn: a user message and what answered it (an interrupted turn may lack the answer)
             end = first + 1
-            while end < len(self.messages) - 1 and self.messages[end]["role"] != "user":
+            while end < len(messages) - 1 and messages[end]["role"] != "user":
                 end += 1
-            del self.messages[first:end]
-            self.dropped_turns += 1
+            del messages[first:end]
+            dropped += 1
 
     def save(self, path) -> Path:
         """Write the conversation as JSON (to a temporary name, then renamed: a failure leaves any
@@ -109,18 +115,10 @@ class ChatSession:
     def load(self, path) -> int:
         """Replace the conversation with one written by `save`; -> the number of messages. A system
         message in the file becomes the session's system prompt (none there: none kept)."""
+        from ..limits import read_json
+
         path = Path(path).expanduser()
-        try:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_SAVED_BYTES + 1)
-        except OSError as e:
-            raise InputError(f"{path}: {e.strerror or e}") from None
-        if len(raw) > MAX_SAVED_BYTES:
-            raise InputError(f"{path}: larger than {MAX_SAVED_BYTES >> 20} MiB, not a saved conversation")
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise InputError(f"{path}: not a saved conversation ({type(e).__name__})") from None
+        data = read_json(path, InputError, "saved conversation", expect=None, max_bytes=MAX_SAVED_BYTES)
         messages = data.get("messages") if isinstance(data, dict) else None
         if (not isinstance(messages, list)
                 or not all(isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)

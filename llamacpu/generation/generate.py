@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import InputError
+from ..validation import token_ids
 from .sampling import GenerationConfig, Sampler
 from .stopping import StopStrings
 
@@ -23,6 +24,8 @@ def resolve_config(model, kwargs) -> GenerationConfig:
     if config.pad_token_id is None:
         pad = model.config.pad_token_id
         config.pad_token_id = pad if pad is not None else (config.eos_token_id[0] if config.eos_token_id else 0)
+    if not 0 <= config.pad_token_id < model.config.vocab_size:  # finished rows feed it back
+        raise InputError(f"pad_token_id: {config.pad_token_id} is outside the vocabulary [0, {model.config.vocab_size})")
     return config
 
 
@@ -77,7 +80,7 @@ def generate(model, input_ids, attention_mask=None, streamer=None, tokenizer=Non
     config = resolve_config(model, kwargs)
     if config.stop_strings and tokenizer is None:
         raise InputError("stop_strings need the tokenizer: generate(..., stop_strings=[...], tokenizer=tok)")
-    ids = np.asarray(input_ids)
+    ids = token_ids(input_ids, "input_ids")
     ids = ids[None] if ids.ndim == 1 else ids
     columns = [np.asarray(ids, dtype=np.int64)]
     if streamer is not None:

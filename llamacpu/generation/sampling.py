@@ -58,10 +58,10 @@ class GenerationConfig:
             bad("seed", "an integer >= 0 or None")
         if self.eos_token_id is not None:
             eos = [self.eos_token_id] if _is_int(self.eos_token_id) else self.eos_token_id
-            if not isinstance(eos, (list, tuple)) or not all(_is_int(e) and e >= 0 for e in eos):
+            if not isinstance(eos, (list, tuple)) or not all(_is_int(e) and 0 <= e < 2**63 for e in eos):
                 bad("eos_token_id", "a token id or a list of them")
             self.eos_token_id = [int(e) for e in eos]
-        if self.pad_token_id is not None and (not _is_int(self.pad_token_id) or self.pad_token_id < 0):
+        if self.pad_token_id is not None and (not _is_int(self.pad_token_id) or not 0 <= self.pad_token_id < 2**63):
             bad("pad_token_id", "a token id")
         if isinstance(self.stop_strings, str):
             self.stop_strings = [self.stop_strings]

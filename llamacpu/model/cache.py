@@ -5,21 +5,13 @@ each row, which is the RoPE position of its next token.
 """
 from __future__ import annotations
 
-import os
-
 import numba
 import numpy as np
 
 from ..config import LlamaConfig
 from ..errors import InputError
+from ..limits import check_allocation
 from .rope_scaling import RopeFrequencies
-
-
-def physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX: no limit we can see
-        return 1 << 62
 
 
 class KVCache:
@@ -28,10 +20,10 @@ class KVCache:
 
         backend = backend or CPUBackend()
         L, KV, hd = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
-        need = 2 * L * batch * KV * max_len * hd * 4
-        if need > physical_memory():
-            raise InputError(f"a KV cache for {batch} x {max_len} tokens needs {need / 2**30:.1f} GiB, more than this "
-                             f"machine's {physical_memory() / 2**30:.1f} GiB: pass a smaller max_context")
+        need = 2 * L * batch * KV * max_len * hd * 4 + numba.config.NUMBA_NUM_THREADS * max_len * 4
+        # zero pages are mapped lazily, but RLIMIT_AS counts them all at once: check before allocating
+        check_allocation(need, f"a KV cache for {batch} x {max_len} tokens", InputError,
+                         "pass a smaller max_context")
         # zero pages are mapped lazily on the CPU: a long context costs memory only as it fills
         self.k = backend.zeros((L, batch, KV, max_len, hd))  # [layer, batch, kv_head, slot, head_dim]
         self.v = backend.zeros((L, batch, KV, max_len, hd))

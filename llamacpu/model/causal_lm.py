@@ -13,6 +13,7 @@ from ..errors import InputError
 from .cache import KVCache
 from .llama import LlamaCore, LlamaWeights
 from .weights import DenseWeight
+from ..validation import int_arg, token_ids
 
 
 @dataclass
@@ -30,10 +31,7 @@ class ModelOutput:
 
 def as_batch(input_ids, attention_mask, vocab_size: int):
     """Validate ids and mask at the boundary -> (int64 [B, T], uint8 [B, T]). Kernels never see bad ids."""
-    try:
-        ids = np.asarray(input_ids)
-    except (ValueError, TypeError) as e:
-        raise InputError(f"input_ids: not an integer array ({e})") from None
+    ids = token_ids(input_ids, "input_ids")
     if ids.ndim == 1:
         ids = ids[None, :]
     if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
@@ -46,7 +44,7 @@ def as_batch(input_ids, attention_mask, vocab_size: int):
     if attention_mask is None:
         mask = np.ones(ids.shape, np.uint8)
     else:
-        mask = np.asarray(attention_mask)
+        mask = token_ids(attention_mask, "attention_mask", allow_empty=True)
         if mask.ndim == 1:
             mask = mask[None, :]
         if mask.shape != ids.shape:
@@ -89,6 +87,9 @@ class LlamaPreTrainedModel(LlamaCore):
 
     def _run(self, input_ids, attention_mask, past_key_values, out_rows="all"):
         ids, mask = as_batch(input_ids, attention_mask, self.config.vocab_size)
+        if past_key_values is not None and not isinstance(past_key_values, KVCache):
+            raise InputError(f"past_key_values: expected a cache from model.new_cache() (or the past_key_values of "
+                             f"an earlier output), got {type(past_key_values).__name__}")
         if past_key_values is None:  # a fresh cache per call (zero pages cost nothing until written)
             cache = self.new_cache(ids.shape[0])
         else:
@@ -134,6 +135,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         """logits float32 [B, T, vocab] (the last `logits_to_keep` columns when > 0). Without
         past_key_values each call starts a fresh sequence in a new cache (returned as past_key_values); with a cache
         from `new_cache()` the tokens are appended to it (transformers' past_key_values)."""
+        logits_to_keep = int_arg(logits_to_keep, "logits_to_keep", 0)
+        labels = None if labels is None else token_ids(labels, "labels")
         ids, mask, cache, hidden = self._run(input_ids, attention_mask, past_key_values)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -194,7 +197,9 @@ class LlamaForSequenceClassification(LlamaPreTrainedModel):
         logits = scores[np.arange(ids.shape[0]), last]
         loss = None
         if labels is not None:
-            labels = np.asarray(labels)
+            labels = token_ids(labels, "labels", max_ndim=1)
+            if labels.shape != (ids.shape[0],) or ((labels < 0) | (labels >= logits.shape[-1])).any():
+                raise InputError(f"labels: expected {ids.shape[0]} class ids in [0, {logits.shape[-1]}), got {labels.tolist()}")
             loss = float(np.mean(_nll(logits, labels)))
         return ModelOutput(logits=logits, loss=loss, last_hidden_state=hidden)
 

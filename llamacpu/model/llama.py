@@ -123,6 +123,10 @@ class LlamaCore:
 
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
         """A fresh preallocated KV cache (pass it as `past_key_values` to continue a sequence)."""
+        from ..validation import int_arg
+
+        batch = int_arg(batch, "new_cache: batch", 1, 1 << 20)
+        max_len = None if max_len is None else int_arg(max_len, "new_cache: max_len", 1, 1 << 40)
         return KVCache(self.config, batch, max_len or self.max_context, self.backend)
 
     @contextmanager

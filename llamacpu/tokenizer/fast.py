@@ -22,6 +22,7 @@ import numpy as np
 
 from llamacpu.errors import InputError, TokenizerError
 from llamacpu.limits import open_regular, read_json, read_text
+from llamacpu.validation import token_ids
 
 SPECIAL_TOKENS_ATTRIBUTES = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
                              "mask_token"]
@@ -354,11 +355,9 @@ class LlamaTokenizerFast:
 
     def _check_ids(self, ids: Any) -> list[int]:
         """ids as a list of ints, after checking they are integers inside the vocabulary."""
-        arr = np.asarray(ids)
+        arr = token_ids(ids, "token_ids", max_ndim=1, allow_empty=True)
         if arr.size == 0:
             return []
-        if arr.ndim != 1 or arr.dtype.kind not in "iu":
-            raise InputError(f"expected a 1-D sequence of integer token ids, got {arr.dtype} of shape {arr.shape}")
         n = len(self)
         bad = (arr < 0) | (arr >= n)
         if bad.any():

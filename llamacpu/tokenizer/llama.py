@@ -27,6 +27,7 @@ import sentencepiece as spm
 
 from llamacpu.errors import InputError, TokenizerError, UnsupportedError
 from llamacpu.limits import read_bytes, read_text
+from llamacpu.validation import token_ids
 
 SPIECE_UNDERLINE = "▁"
 VOCAB_FILE = "tokenizer.model"
@@ -350,7 +351,7 @@ class LlamaTokenizer:
         """Id -> token text; a list maps to a list. Raises InputError for an id outside the vocabulary."""
         if isinstance(ids, (int, np.integer)):
             return self.convert_ids_to_tokens([ids])[0]
-        ids = [int(i) for i in ids]
+        ids = token_ids(ids, "token_ids", max_ndim=1, allow_empty=True).tolist()
         self._check_ids(ids)
         special = set(self.all_special_ids) if skip_special_tokens else ()
         return [self._added_tokens_decoder[i].content if i in self._added_tokens_decoder
