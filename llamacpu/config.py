@@ -104,11 +104,12 @@ class LlamaConfig:
                 raise ConfigError(f"{name}: expected true or false, found {getattr(self, name)!r}")
         for name in ("bos_token_id", "pad_token_id"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
-                raise ConfigError(f"{name}: expected an integer or null, found {v!r}")
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not -1 <= v < 1 << 63):
+                raise ConfigError(f"{name}: expected a token id (an integer in [-1, 2**63)) or null, found {v!r}")
         for e in ([self.eos_token_id] if not isinstance(self.eos_token_id, list) else self.eos_token_id):
-            if e is not None and (not isinstance(e, int) or isinstance(e, bool)):
-                raise ConfigError(f"eos_token_id: expected integers, found {self.eos_token_id!r}")
+            if e is not None and (not isinstance(e, int) or isinstance(e, bool) or not -1 <= e < 1 << 63):
+                raise ConfigError(f"eos_token_id: expected token ids (integers in [-1, 2**63)), "
+                                  f"found {self.eos_token_id!r}")
         if self.torch_dtype is not None and self.torch_dtype not in DTYPES:
             raise ConfigError(f"torch_dtype/dtype: expected one of {DTYPES}, found {self.torch_dtype!r}")
         self._validate_rope_scaling()

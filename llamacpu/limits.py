@@ -126,6 +126,21 @@ def open_regular(path, error=LlamacpuError, what: str = "file"):
         raise
 
 
+def is_present(path, error=LlamacpuError, what: str = "file") -> bool:
+    """True for a regular file, False when nothing is there; `error` when something else is (a FIFO,
+    a folder, a device), so an optional file is neither skipped silently nor opened and waited on."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        open_regular(path, error, what).close()  # raises, naming what it is
+    return True
+
+
 def read_bytes(path, error=LlamacpuError, what: str = "file", max_bytes: int = MAX_JSON_BYTES) -> bytes:
     with open_regular(path, error, what) as f:
         size = os.fstat(f.fileno()).st_size

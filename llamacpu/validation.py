@@ -38,7 +38,7 @@ def token_ids(value, name: str = "input_ids", max_ndim: int = 2, allow_empty: bo
     strings, objects, ragged rows and values outside int64, naming `name`."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "iu":
-            raise InputError(f"{name}: expected integer token ids, got an array of dtype {value.dtype}")
+            raise InputError(f"{name}: expected integers (token ids), got an array of dtype {value.dtype}")
         if value.ndim > max_ndim:
             raise InputError(f"{name}: expected at most {max_ndim} dimensions, got shape {value.shape}")
         if value.dtype == np.uint64 and value.size and value.max() > INT64_MAX:
@@ -58,7 +58,7 @@ def token_ids(value, name: str = "input_ids", max_ndim: int = 2, allow_empty: bo
         else:
             bad = next((v for v in value if not is_int(v)), None)
             if bad is not None or (value and isinstance(value[0], bool)):
-                raise InputError(f"{name}: expected integer token ids, found {bad!r:.60} "
+                raise InputError(f"{name}: expected integers (token ids), found {bad!r:.60} "
                                  f"({type(bad).__name__})")
             out = np.array([_checked(v, name) for v in value], np.int64)
     else:

@@ -34,8 +34,27 @@ def fuzz_tally(name: str, crashed: bool = False) -> None:
     FUZZ_COUNTS[name] = [tried + 1, crashes + int(crashed)]
 
 
+# ---- hostile inputs (test_hostile.py): the outcome of every kind of case --------------------------------
+HOSTILE_COUNTS: dict[str, dict[str, int]] = {}
+OUTCOMES = ("ok", "crash", "hang", "wrong")
+
+
+def hostile_tally(kind: str, outcome: str) -> None:
+    counts = HOSTILE_COUNTS.setdefault(kind, dict.fromkeys(OUTCOMES, 0))
+    counts[outcome] += 1
+
+
 def pytest_terminal_summary(terminalreporter):
     if FUZZ_COUNTS:
         terminalreporter.section("fuzzing: inputs tried per reader")
         for name, (tried, crashes) in sorted(FUZZ_COUNTS.items()):
             terminalreporter.write_line(f"{name:<28} {tried:6d} inputs, {crashes} crashes")
+    if HOSTILE_COUNTS:
+        terminalreporter.section("hostile inputs: outcome per kind (each in a subprocess, time and memory limits)")
+        width = max(len(k) for k in HOSTILE_COUNTS)
+        totals = dict.fromkeys(OUTCOMES, 0)
+        for kind, counts in sorted(HOSTILE_COUNTS.items()):
+            terminalreporter.write_line(f"{kind:<{width}}  " + "  ".join(f"{counts[o]} {o}" for o in OUTCOMES))
+            for o in OUTCOMES:
+                totals[o] += counts[o]
+        terminalreporter.write_line(f"{len(HOSTILE_COUNTS)} kinds: " + ", ".join(f"{totals[o]} {o}" for o in OUTCOMES))

@@ -49,7 +49,7 @@ class SafetensorsFile:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise CheckpointError(f"{self.path}: corrupt safetensors header ({e})") from None
-        header = loads_json(text, f"{self.path}: safetensors header", CheckpointError)
+        header = loads_json(text, f"{self.path}: corrupt safetensors header", CheckpointError)
         if not isinstance(header, dict):
             raise CheckpointError(f"{self.path}: safetensors header is not a JSON object")
         self.metadata = header.pop("__metadata__", None) or {}

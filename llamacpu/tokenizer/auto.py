@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TokenizerError, UnsupportedError
+from ..limits import is_present
 
 
 def tokenizer_from_gguf_metadata(meta: dict):
@@ -48,7 +49,7 @@ class AutoTokenizer:
 
             return tokenizer_from_gguf_metadata(read_gguf(path).tokenizer_metadata)
         if path.is_dir():
-            if (path / "tokenizer.json").is_file():
+            if is_present(path / "tokenizer.json", TokenizerError, "tokenizer.json"):
                 from .fast import LlamaTokenizerFast
 
                 return LlamaTokenizerFast.from_pretrained(path, **kwargs)

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from llamacpu.errors import InputError, TokenizerError
-from llamacpu.limits import open_regular, read_json, read_text
+from llamacpu.limits import is_present, open_regular, read_json, read_text
 from llamacpu.validation import token_ids
 
 SPECIAL_TOKENS_ATTRIBUTES = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
@@ -129,19 +129,17 @@ class LlamaTokenizerFast:
         """Load from a local folder holding tokenizer.json and (optionally) tokenizer_config.json,
         special_tokens_map.json and chat_template.jinja. Keyword arguments override the config."""
         folder = Path(pretrained_model_name_or_path)
-        if not (folder / TOKENIZER_FILE).is_file():
+        if not is_present(folder / TOKENIZER_FILE, TokenizerError, TOKENIZER_FILE):
             raise TokenizerError(f"{folder}: no {TOKENIZER_FILE} (a fast tokenizer needs one)")
         config: dict[str, Any] = {}
         for name in (SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE):  # the config wins over the map
             p = folder / name
-            if p.is_file():
+            if is_present(p, TokenizerError, name):
                 config.update(read_json(p, TokenizerError, name))
-        if (folder / CHAT_TEMPLATE_FILE).is_file():
+        if is_present(folder / CHAT_TEMPLATE_FILE, TokenizerError, "chat template"):
             config["chat_template"] = read_text(folder / CHAT_TEMPLATE_FILE, TokenizerError, "chat template")
-        template = config.get("chat_template")
-        if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
-            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-            config["chat_template"] = named.get("default", next(iter(named.values()), None))
+        # a list of named templates ([{"name": "default", "template": ...}, {"name": "tool_use", ...}]) is
+        # kept as it is: apply_chat_template picks "default" or the name given (llamacpu.tokenizer.chat)
         max_len = config.get("model_max_length")
         if not isinstance(max_len, int) or max_len > 10**12:  # transformers writes 1e30 for "no limit"
             max_len = None

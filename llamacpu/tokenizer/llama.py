@@ -26,7 +26,7 @@ import numpy as np
 import sentencepiece as spm
 
 from llamacpu.errors import InputError, TokenizerError, UnsupportedError
-from llamacpu.limits import read_bytes, read_text
+from llamacpu.limits import is_present, read_bytes, read_text
 from llamacpu.validation import token_ids
 
 SPIECE_UNDERLINE = "▁"
@@ -215,13 +215,13 @@ class LlamaTokenizer:
         vocab_file = folder if folder.is_file() else folder / VOCAB_FILE
         if folder.is_file():
             folder = folder.parent
-        if not vocab_file.is_file():
+        if not is_present(vocab_file, TokenizerError, VOCAB_FILE):
             raise TokenizerError(f"{vocab_file} not found: a Llama tokenizer folder needs a SentencePiece "
                                  f"{VOCAB_FILE}")
         config = {}
-        if (folder / "tokenizer_config.json").is_file():
+        if is_present(folder / "tokenizer_config.json", TokenizerError, "tokenizer_config.json"):
             config = _read_json(folder / "tokenizer_config.json")
-        if (folder / "special_tokens_map.json").is_file():
+        if is_present(folder / "special_tokens_map.json", TokenizerError, "special_tokens_map.json"):
             config.update(_read_json(folder / "special_tokens_map.json"))  # transformers lets it override
         listed = config.pop("added_tokens_decoder", None) or {}
         if not isinstance(listed, dict):
@@ -229,10 +229,11 @@ class LlamaTokenizer:
                                  f"{type(listed).__name__}, expected an object {{id: token}}")
         decoder = {_token_index(i, "tokenizer_config.json added_tokens_decoder"): _added_token(t)
                    for i, t in listed.items()}
-        if (folder / "added_tokens.json").is_file():
+        if is_present(folder / "added_tokens.json", TokenizerError, "added_tokens.json"):
             for content, index in _read_json(folder / "added_tokens.json").items():
                 decoder.setdefault(_token_index(index, "added_tokens.json"), AddedToken(content))
-        if config.get("chat_template") is None and (folder / "chat_template.jinja").is_file():
+        if config.get("chat_template") is None and is_present(folder / "chat_template.jinja", TokenizerError,
+                                                              "chat template"):
             config["chat_template"] = read_text(folder / "chat_template.jinja", TokenizerError, "chat template")
         config.update(kwargs)
         config.setdefault("added_tokens_decoder", decoder)
