@@ -88,8 +88,12 @@ def main() -> None:
     with open("/proc/self/statm") as f:
         mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     resource.setrlimit(resource.RLIMIT_AS, (mapped + HEADROOM, resource.RLIM_INFINITY))
-    out = sys.stdout
-    sys.stdout = sys.stderr  # cases' prints must not break the protocol
+    # the protocol gets its own descriptor; fd 1 goes to stderr, so prints of the cases and of C code
+    # (Numba's TBB pool warns on fork with printf) cannot break it
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     print(json.dumps({"ready": True}), file=out, flush=True)
     try:
         for line in sys.stdin:

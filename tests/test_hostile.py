@@ -42,11 +42,18 @@ class Worker:
         self.ready = self.read(180) is not None
 
     def read(self, seconds: float):
-        ready, _, _ = select.select([self.proc.stdout], [], [], seconds)
-        if not ready:
-            return None
-        line = self.proc.stdout.readline()
-        return json.loads(line) if line else None
+        deadline = time.monotonic() + seconds
+        while True:
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return None
+            line = self.proc.stdout.readline()
+            if not line:
+                return None
+            try:
+                return json.loads(line)
+            except ValueError:  # not the protocol (cannot happen with the worker's own fd; be safe)
+                continue
 
     def run(self, kind: str) -> dict:
         t0 = time.monotonic()
