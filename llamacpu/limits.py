@@ -148,7 +148,7 @@ def read_bytes(path, error=LlamacpuError, what: str = "file", max_bytes: int = M
             raise error(f"{path}: the {what} is {size} bytes, more than the {max_bytes} a {what} may have")
         check_allocation(size, f"reading {path}", error)
         try:
-            return f.read(max_bytes + 1)
+            return f.read(size)  # not read(max_bytes): CPython allocates the requested size up front
         except OSError as e:
             raise error(f"{path}: cannot read the {what} ({e.strerror or e})") from None
 

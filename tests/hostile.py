@@ -1050,7 +1050,8 @@ def chat_turns(ctx, interrupt_at: int | None):
     return count[0]
 
 
-for _point in (1, 5, 20, 60, 150, 400, 1000, 3000):
+# a turn runs ~15k lines of llamacpu code: rendering, prefill, each decode step, the history update
+for _point in sorted({int(1.8 ** k) for k in range(16)} | {5000, 8000, 11000, 14000}):
     case(f"faults: chat interrupted at line {_point} of a turn", budget_s=20)(
         lambda ctx, p=_point: chat_turns(ctx, p))
 
@@ -1131,3 +1132,40 @@ ARGUMENT_CASES = {
 }
 for _kind, (_fn, _match) in ARGUMENT_CASES.items():
     case(_kind, (InputError if not _kind.startswith("from_pretrained: path") else CheckpointError), _match)(_fn)
+
+
+@case("from_pretrained: dtype conversion beyond RLIMIT_AS", CheckpointError, r"converting the weights to float32.*dtype='auto'",
+      budget_s=5)
+def _(ctx):
+    # one layer of 4096 x 8192 BF16 matrices: 330 MB as stored (a sparse file), 660 MB as float32, with
+    # RLIMIT_AS leaving 512 MB
+    shape = dict(vocab_size=256, hidden_size=4096, intermediate_size=8192, num_hidden_layers=1,
+                 num_attention_heads=32, num_key_value_heads=32)
+    folder = ctx.tmp / "big"
+    folder.mkdir()
+    cfg = dict(shape, architectures=["LlamaForCausalLM"], model_type="llama", torch_dtype="bfloat16")
+    (folder / "config.json").write_text(json.dumps(cfg))
+    from llamacpu.checkpoint.hf import expected_tensors, required_names
+    from llamacpu.config import LlamaConfig
+
+    config = LlamaConfig.from_dict(cfg)
+    names = required_names(config)
+    header = {}
+    offset = 0
+    for name, (_, shp) in expected_tensors(config).items():
+        if name in names:
+            n = int(np.prod(shp)) * 2
+            header[name] = {"dtype": "BF16", "shape": list(shp), "data_offsets": [offset, offset + n]}
+            offset += n
+    raw = json.dumps(header).encode()
+    with open(folder / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)  # sparse: zeros
+    with open("/proc/self/statm") as f:
+        mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    old = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + (512 << 20), old[1]))
+    try:
+        load(folder, dtype="float32", check_finite=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, old)

@@ -14,6 +14,7 @@ from ..config import LlamaConfig
 from ..errors import CheckpointError, InputError
 from ..model.llama import LayerWeights, LlamaWeights
 from ..model.weights import DenseWeight
+from ..limits import check_allocation
 from ..runtime import KERNEL_LOCK
 from . import hf
 from .quantized import quantize_weights, quantized_entries
@@ -37,6 +38,8 @@ def load(path, dtype: str = "auto", quantization: str | None = None, head: str =
         source = hf.CheckpointTensors(hf.weight_files(path))
         quantized = quantized_entries(source)
         names = hf.validate(source, config, head, quantized)
+        _check_conversion_memory(path, dtype, [(source.dtype(n), source.shape(n)) for n in names.values()
+                                               if n not in quantized and len(source.shape(n)) == 2])
         weights = build_weights(config, source, names, dtype, head, quantized)
     else:
         raise CheckpointError(f"{path}: expected a checkpoint folder (config.json + *.safetensors) or a .gguf file")
@@ -47,6 +50,17 @@ def load(path, dtype: str = "auto", quantization: str | None = None, head: str =
     return config, weights, source
 
 
+def _check_conversion_memory(path: Path, dtype: str, matrices: list[tuple[str, tuple]]) -> None:
+    """dtype= other than "auto" copies every matrix not already stored so: check the copies fit first."""
+    if dtype == "auto":
+        return
+    want = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[dtype]
+    size = 4 if dtype == "float32" else 2
+    need = sum(int(np.prod(shape, dtype=np.int64)) * size for stored, shape in matrices if stored.upper() != want)
+    check_allocation(need, f"{path}: converting the weights to {dtype}", CheckpointError,
+                     "dtype='auto' keeps the stored precision, memory-mapped")
+
+
 def load_gguf(path: Path, dtype: str, head: str):
     """A llama GGUF file: blocks used as stored (no re-quantization), floats as stored or converted."""
     from ..quant import QuantizedWeight, get_format
@@ -54,6 +68,8 @@ def load_gguf(path: Path, dtype: str, head: str):
 
     ckpt = read_gguf(path)
     config = LlamaConfig.from_dict(ckpt.config)
+    _check_conversion_memory(path, dtype, [(t.dtype, t.shape) for t in ckpt.tensors.values()
+                                           if t.dtype.upper() in ("F32", "F16", "BF16") and len(t.shape) == 2])
 
     def matrix(name):
         t = ckpt.tensors[name]
