@@ -36,6 +36,8 @@ def token_ids(value, name: str = "input_ids", max_ndim: int = 2, allow_empty: bo
     """Integer ids as an int64 array of up to `max_ndim` dimensions. Accepts an integer ndarray or
     (nested) lists/tuples of Python/NumPy integers with equal row lengths; refuses floats, bools,
     strings, objects, ragged rows and values outside int64, naming `name`."""
+    if not isinstance(value, (np.ndarray, list, tuple, str, bytes)) and hasattr(value, "__array__"):
+        value = np.asarray(value)  # an array-like (a tensor of another library) converts with its own dtype
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "iu":
             raise InputError(f"{name}: expected integers (token ids), got an array of dtype {value.dtype}")
@@ -56,8 +58,9 @@ def token_ids(value, name: str = "input_ids", max_ndim: int = 2, allow_empty: bo
                                  f"(tokenizer(..., padding=True)) and pass an attention_mask")
             out = np.stack(flat) if flat else np.zeros((0, 0), np.int64)
         else:
-            bad = next((v for v in value if not is_int(v)), None)
-            if bad is not None or (value and isinstance(value[0], bool)):
+            bad = [v for v in value if not is_int(v)][:1]
+            if bad:
+                bad = bad[0]
                 raise InputError(f"{name}: expected integers (token ids), found {bad!r:.60} "
                                  f"({type(bad).__name__})")
             out = np.array([_checked(v, name) for v in value], np.int64)

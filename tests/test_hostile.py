@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 
 from conftest import hostile_tally
-from hostile import CASES
+from hostile import CASES, TIME_SCALE
 
 HERE = Path(__file__).parent
 WORKERS = 3
 
 
 def limit_for(kind: str) -> float:
-    return max(20.0, 3 * CASES[kind].budget_s)
+    return max(30.0, 2 * TIME_SCALE * CASES[kind].budget_s)
 
 
 class Worker:
