@@ -1182,3 +1182,25 @@ def _(ctx):
             return np.array([[1, 5, 9]])
 
     assert ctx.model.generate(ArrayLike(), max_new_tokens=4).tolist() == greedy(ctx.model, n=4)
+
+
+@case("chat: load a saved conversation that is a FIFO", InputError, r"conv.json.*FIFO", budget_s=2)
+def _(ctx):
+    from llamacpu.generation.chat import ChatSession
+
+    ChatSession(ctx.model, ctx.tok).load(fifo(ctx.tmp / "conv.json"))
+
+
+@case("chat: load a saved conversation nested 100000 deep", InputError, r"conv.json.*nested deeper")
+def _(ctx):
+    from llamacpu.generation.chat import ChatSession
+
+    (ctx.tmp / "conv.json").write_text(nested(100_000))
+    ChatSession(ctx.model, ctx.tok).load(ctx.tmp / "conv.json")
+
+
+@case("chat: a message that is not a string", InputError, r"chat message")
+def _(ctx):
+    from llamacpu.generation.chat import ChatSession
+
+    "".join(ChatSession(ctx.model, ctx.tok).send(["hi"]))
