@@ -5,6 +5,7 @@ the allocation or the read that would have hurt.
 
     memory_budget()            bytes this process may still allocate: the smallest of RLIMIT_AS (less
                                what is mapped), the cgroup's memory.max (less its usage) and MemAvailable
+                               (lazy=True: for zero pages touched later, such as the KV cache)
     check_allocation(n, ...)   raise before allocating n bytes that cannot fit
     open_regular(path, ...)    open for reading, refusing FIFOs, devices, sockets (a FIFO would block open)
     read_json(path, ...)       a JSON file, size- and depth-bounded (json's C parser recurses per level)
@@ -48,8 +49,9 @@ def _mapped_bytes() -> int:
         return 0
 
 
-def _cgroup_room() -> int | None:
-    """memory.max - memory.current of this process's cgroup (v2; v1's limit_in_bytes otherwise)."""
+def _cgroup_room(lazy: bool = False) -> int | None:
+    """memory.max - memory.current of this process's cgroup (v2; v1's limit_in_bytes otherwise);
+    memory.max alone when `lazy`."""
     try:
         with open("/proc/self/cgroup") as f:
             lines = f.read().splitlines()
@@ -71,32 +73,44 @@ def _cgroup_room() -> int | None:
             raw = limit.read_text().strip()
             if raw == "max":
                 return None
-            room = int(raw) - int(usage.read_text().strip())
+            room = int(raw) - (0 if lazy else int(usage.read_text().strip()))
             return room if int(raw) < 1 << 60 else None
         except (OSError, ValueError):
             return None
     return None
 
 
-def memory_budget() -> int:
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_budget(lazy: bool = False) -> int:
     """Bytes this process may still allocate: the smallest of what RLIMIT_AS leaves (less what is
-    mapped now), what the cgroup's memory limit leaves, and the machine's available RAM."""
+    mapped now), what the cgroup's memory limit leaves, and the machine's available RAM.
+
+    lazy=True is for zero pages mapped now and touched later (the KV cache fills as the text grows):
+    RLIMIT_AS counts them at once, but RAM and the cgroup only as they fill, so those two are then
+    compared whole (memory.max, physical RAM) rather than with what is free at this moment."""
     limits = []
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
         limits.append(soft - _mapped_bytes())
-    for room in (_cgroup_room(), _meminfo_available()):
+    for room in (_cgroup_room(lazy), _physical_memory() if lazy else _meminfo_available()):
         if room is not None:
             limits.append(room)
     return max(0, min(limits)) if limits else 1 << 62
 
 
-def check_allocation(nbytes: int, what: str, error=LlamacpuError, hint: str = "") -> None:
-    """Raise `error` when `nbytes` for `what` cannot fit in memory_budget() (before allocating)."""
-    budget = memory_budget()
+def check_allocation(nbytes: int, what: str, error=LlamacpuError, hint: str = "", lazy: bool = False) -> None:
+    """Raise `error` when `nbytes` for `what` cannot fit in memory_budget(lazy) (before allocating)."""
+    budget = memory_budget(lazy)
     if nbytes > budget:
+        ram = "the machine's RAM" if lazy else "available RAM"
         raise error(f"{what} needs {nbytes / 2**30:.2f} GiB, more than the {budget / 2**30:.2f} GiB this process "
-                    f"may still use (the smallest of RLIMIT_AS, the cgroup memory limit and available RAM)"
+                    f"may use (the smallest of RLIMIT_AS, the cgroup memory limit and {ram})"
                     + (f": {hint}" if hint else ""))
 
 

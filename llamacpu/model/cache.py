@@ -23,7 +23,7 @@ class KVCache:
         need = 2 * L * batch * KV * max_len * hd * 4 + numba.config.NUMBA_NUM_THREADS * max_len * 4
         # zero pages are mapped lazily, but RLIMIT_AS counts them all at once: check before allocating
         check_allocation(need, f"a KV cache for {batch} x {max_len} tokens", InputError,
-                         "pass a smaller max_context")
+                         "pass a smaller max_context", lazy=True)
         # zero pages are mapped lazily on the CPU: a long context costs memory only as it fills
         self.k = backend.zeros((L, batch, KV, max_len, hd))  # [layer, batch, kv_head, slot, head_dim]
         self.v = backend.zeros((L, batch, KV, max_len, hd))
