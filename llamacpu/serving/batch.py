@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError, UnsupportedError
 from ..kernels.slot_attention import slot_attention, slot_attention_serial
-from ..model.cache import physical_memory
+from ..limits import check_allocation
 from ..model.rope_scaling import inv_freq
 from ..runtime import KERNEL_LOCK
 
@@ -31,9 +31,8 @@ class SlotCache:
         if n_slots < 1 or context < 2:
             raise InputError(f"slots: need at least 1 slot of 2 tokens, got {n_slots} x {context}")
         need = 2 * L * n_slots * KV * context * hd * 4
-        if need > physical_memory():
-            raise InputError(f"a KV cache of {n_slots} slots x {context} tokens needs {need / 2**30:.1f} GiB, more "
-                             f"than this machine's {physical_memory() / 2**30:.1f} GiB: use fewer slots or a smaller context")
+        check_allocation(need, f"a KV cache of {n_slots} slots x {context} tokens", InputError,
+                         "use fewer slots or a smaller context", lazy=True)  # zero pages, filled as used
         self.k = np.zeros((L, n_slots, KV, context, hd), np.float32)  # [layer, slot, kv_head, position, head_dim]
         self.v = np.zeros((L, n_slots, KV, context, hd), np.float32)
         self.scores = np.zeros((numba.config.NUMBA_NUM_THREADS, context), np.float32)  # attention scratch
