@@ -43,10 +43,20 @@ def resolve_model(model: str | os.PathLike | None, revision: str | None = None, 
     name = str(model)
     if "@" in name and revision is None:
         name, revision = name.split("@", 1)
-    if not REPO_ID.match(name) or ".." in name or "--" in name or any(
-            part.startswith((".", "-")) or part.endswith((".", "-")) for part in name.split("/")):
+    if not could_be_repo_id(name):
         raise CheckpointError(f"{model}: no such file or folder (and not a Hugging Face repo id 'org/name')")
     return download(name, revision, gguf_file)
+
+
+LOCAL_SUFFIXES = (".gguf", ".safetensors", ".bin", ".json", ".model")
+
+
+def could_be_repo_id(name: str) -> bool:
+    """'org/name', and nothing that can only be a local path (./x, ../x, /x, ~/x, a .. part, a file
+    suffix such as models/llama.gguf): a missing local path is never looked up on the Hub."""
+    return (bool(REPO_ID.match(name)) and not name.startswith((".", "/", "~")) and ".." not in name
+            and "--" not in name and not name.lower().endswith(LOCAL_SUFFIXES)
+            and not any(part.startswith((".", "-")) or part.endswith((".", "-")) for part in name.split("/")))
 
 
 def download(repo_id: str, revision: str | None = None, gguf_file: str | None = None) -> Path:

@@ -71,15 +71,18 @@ def test_chat_cli_piped_two_turns_and_reset(stories):
     assert reused[0] == 0 and reused[1] > 20 and reused[2] < 12
 
 
-def test_chat_cli_in_a_pseudo_terminal(stories):
+def test_chat_cli_in_a_pseudo_terminal(stories, tmp_path):
     pexpect = pytest.importorskip("pexpect")
     _, _, path = stories
-    child = pexpect.spawn(sys.executable, ["-m", "llamacpu.cli", "chat", str(path), "--temp", "0", "-n", "8"],
-                          encoding="utf-8", timeout=120, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    child.expect("> ")
-    child.sendline("Tell me a story.")
-    child.expect("> ")
-    child.sendline("/exit")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", NO_COLOR="1")
+    child = pexpect.spawn(sys.executable, ["-m", "llamacpu.cli", "chat", str(path), "--temp", "0", "-n", "8",
+                                           "--history-file", str(tmp_path / "h")],
+                          encoding="utf-8", timeout=120, env=env)
+    child.expect(r"\x1b\[\?2004h")  # the line editor is up (tests/test_chat_terminal.py drives it key by key)
+    child.send("Tell me a story.\r")
+    child.expect("generation 8 tokens")
+    child.expect(r"\x1b\[\?2004h")
+    child.send("/exit\r")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0

@@ -137,3 +137,13 @@ def test_version_and_help_show_defaults_and_examples(capsys):
         assert "--debug" in text
         if command in ("generate", "chat"):
             assert "(default: 0.95)" in text and "(default: 256)" in text and "examples:" in text
+
+
+@pytest.mark.parametrize("name", ["./model.gguf", "models/llama.gguf", "org/../x", "/abs/dir", "~/m", "org/model.safetensors"])
+def test_the_library_never_sends_a_local_path_to_the_hub(name, monkeypatch):
+    from llamacpu import CheckpointError, hub
+
+    monkeypatch.setattr(hub, "download", lambda *a, **k: pytest.fail("sent to the Hub"))
+    with pytest.raises(CheckpointError, match="no such file or folder"):
+        hub.resolve_model(name)
+    assert hub.could_be_repo_id("HuggingFaceTB/SmolLM2-135M-Instruct") and hub.could_be_repo_id("org/model.v2")

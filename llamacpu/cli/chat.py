@@ -296,7 +296,10 @@ def turn(session: ChatSession, ui, text: str, show_speed: bool) -> None:
     ui.write("\n")
     if session.finish_reason == "length":
         n = session.stats.new_tokens
-        ui.notice(f"[reply cut at the {n}-token limit: -n sets it]")
+        if n < (session.generation_kwargs.get("max_new_tokens") or 0):
+            ui.notice(f"[reply cut after {n} tokens at the end of the context: -c sets its size]")
+        else:
+            ui.notice(f"[reply cut at the {n}-token limit: -n sets it]")
     if show_speed:
         stderr(f"{speed_line(session.stats)} (reused {session.reused_tokens} cached tokens)")
 

@@ -143,7 +143,6 @@ def sampling_kwargs(args, max_new_tokens: int | None = None) -> dict:
 SAMPLING_FLAGS = {"max_new_tokens": "-n", "temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p",
                   "min_p": "--min-p", "repetition_penalty": "--repeat-penalty", "seed": "--seed",
                   "stop_strings": "--stop"}
-LOCAL_SUFFIXES = (".gguf", ".safetensors", ".bin", ".json", ".model")
 
 
 def validate(args) -> None:
@@ -191,13 +190,9 @@ def validate(args) -> None:
 
 def check_model_argument(model: str) -> None:
     """A name that can only be a local path must exist here: it is never sent to the Hub."""
-    from ..hub import REPO_ID
+    from ..hub import could_be_repo_id
 
-    path = Path(model).expanduser()
-    if path.exists():
-        return
-    looks_local = model.startswith((".", "/", "~", "\\")) or ".." in model or model.lower().endswith(LOCAL_SUFFIXES)
-    if looks_local or not REPO_ID.match(model.split("@", 1)[0]):
+    if not Path(model).expanduser().exists() and not could_be_repo_id(model.split("@", 1)[0]):
         raise InputError(f"{model}: no such file or folder; MODEL is a local folder, a .gguf file, "
                          "or a Hugging Face repo id 'org/name'")
 
@@ -265,12 +260,13 @@ def load(args, say=None, tokenizer: bool = True, max_context: int | None = None)
 
 
 def warm_up(model) -> None:
-    """One prefill of two tokens and one decode step into a scratch cache: loads the cached Numba
-    kernels of both paths (about a second on the first call) outside any timed work."""
+    """One prefill of eight tokens (quantized formats switch to their prefill kernel from six) and one
+    decode step into a scratch cache: loads the cached Numba kernels of both paths (about a second on
+    the first call) outside any timed work."""
     import numpy as np
 
-    cache = model.new_cache(1, max_len=4)
-    model.next_token_logits(np.array([[0, 0]], np.int64), None, cache)
+    cache = model.new_cache(1, max_len=9)
+    model.next_token_logits(np.zeros((1, 8), np.int64), None, cache)
     model.next_token_logits(np.array([[0]], np.int64), None, cache)
 
 

@@ -68,9 +68,10 @@ def cmd_generate(args) -> int:
         raise InputError(f"the prompt is {len(ids)} tokens, the context {model.max_context}: "
                          f"raise -c/--ctx-size or shorten the prompt")
     n = room if args.max_new_tokens == -1 else args.max_new_tokens
-    if n > room:
-        raise InputError(f"-n {n} new tokens after a {len(ids)}-token prompt do not fit the context of "
-                         f"{model.max_context}: raise -c/--ctx-size (or -n -1: until the context is full)")
+    if n > room:  # as llama.cpp: generation stops where the context ends, and says so
+        stderr(f"note: the context holds {model.max_context} tokens and the prompt takes {len(ids)}: at most "
+               f"{room} new tokens, not {n} (-c/--ctx-size raises it)")
+        n = room
     terminal = sys.stdout.isatty()
     run = TextGeneration(model, tok)
     wrote = False
