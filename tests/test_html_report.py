@@ -312,14 +312,3 @@ def test_inspect_cli_png_without_matplotlib_says_what_to_install(shared_models, 
     assert r.returncode == 1 and "llamacpu[plot]" in r.stderr
     assert not (tmp_path / "png").exists()
 
-
-def test_example_script_writes_the_page(shared_models, tmp_path):
-    import subprocess
-    import sys
-
-    out = tmp_path / "pass.html"
-    script = Path(__file__).parents[1] / "examples" / "inspect_html.py"
-    r = subprocess.run([sys.executable, str(script), str(shared_models / "stories260K"), "--prompt", "Once upon a time",
-                        "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "5 tokens ->" in r.stdout and read_data(out.read_text(encoding="utf-8"))["model"]["layers"] == 5
