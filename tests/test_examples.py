@@ -13,6 +13,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXPECT = {
     "chat.py": (None, ["assistant:", "reused"]),
     "embed_in_app.py": ("What is 2+2?\nName a color.\n", ["Q: What is 2+2?", "Q: Name a color."]),
+    "inspect_html.py": (None, ["tokens -> pass.html", "open it in a browser"]),
     "generate.py": (None, ["greedy:  The three primary colors are", "sampled: The three primary colors are"]),
     "pipeline.py": (None, ["generated_text", "Once upon a time"]),
     "stream.py": (None, ["prompt tokens at"]),

@@ -25,15 +25,15 @@ def reference_tensors(path, input_ids: np.ndarray) -> dict:
     import torch
     import transformers
 
-    path, extra = Path(path), {}
-    if path.is_file() and path.suffix == ".gguf":
-        path, extra = path.parent, {"gguf_file": path.name}
+    given, extra = Path(path), {}
+    if given.is_file() and given.suffix == ".gguf":  # transformers dequantizes GGUF weights to float32
+        path, extra = given.parent, {"gguf_file": given.name}
     try:
+        # dtype=float32 is the whole cast: .float() is refused on a model loaded from GGUF
         hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager",
-                                                               **extra).float().eval()
+                                                               **extra).eval()
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds (ValueError, OSError, ImportError...)
-        raise UnsupportedError(f"transformers could not load {path}{' ' + extra['gguf_file'] if extra else ''} "
-                               f"for the comparison: {type(e).__name__}: {e}") from e
+        raise UnsupportedError(f"transformers could not load {given} for the comparison: {type(e).__name__}: {e}") from e
     got: dict[str, np.ndarray] = {}
 
     def output_of(name):

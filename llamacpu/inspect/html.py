@@ -119,12 +119,15 @@ def report_data(model, trace, tokenizer=None, row: int = 0, top_k: int = 10, len
     B, T = trace.input_ids.shape
     if not 0 <= row < B:
         raise InputError(f"row {row} is outside the batch of {B}")
+    for name, k in (("top_k", top_k), ("lens_k", lens_k)):
+        if not 1 <= k <= min(100, model.config.vocab_size):
+            raise InputError(f"{name} must be between 1 and {min(100, model.config.vocab_size)}, not {k}")
     cfg, L = model.config, trace.num_layers
     H = cfg.num_attention_heads
     attention = np.stack([trace[f"layers.{i}.attn_probs"][row] for i in range(L)])  # [L, H, T, T]
     if attention.size > 8 * max_attention_bytes:
-        raise InputError(f"a page for {T} tokens would hold {attention.size / 2**20:.1f} MiB of attention maps even at 8 bits "
-                         f"({L} layers x {H} heads x {T}^2); use a shorter prompt")
+        raise InputError(f"a page for {T} tokens would hold {attention.size / 2**20:.1f} MiB of attention maps even "
+                         f"at 8 bits ({L} layers x {H} heads x {T}^2); use a shorter prompt")
     # 8-bit only for long prompts: a short prompt keeps the trace's float32 values exactly
     att = (encode_array(attention) if attention.size * 4 <= max_attention_bytes else
            encode_array(attention, "uint8", scale=1 / 255))
@@ -176,7 +179,8 @@ def render(model, trace, tokenizer=None, **kwargs) -> str:
     # the JSON sits in a <script>: "</" must not end it early
     blob = json.dumps(data, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
     return page.render(
-        d=data, tokens=[quoted(t) for t in data["tokens"]], panels={p["id"]: p for p in panels}, lens_rows=lens_rows, next=[
+        d=data, tokens=[quoted(t) for t in data["tokens"]], panels={p["id"]: p for p in panels},
+        lens_rows=lens_rows, next=[
             (vocab[n["id"]], n["p"]) for n in data["next"]],
         mask_grid=render_mask(labels, data["mask"]),
         doc_refs=sorted({ln for p in panels for ln in p["docs"]}), data_id=DATA_ID,

@@ -131,7 +131,7 @@ def save_heatmaps(trace, tokens: list, out_dir, row: int = 0) -> list:
     step = T + 1
     cmap = plt.get_cmap("viridis")
     side = max(2.4, min(5.5, 0.16 * T + 1.0))  # inches per head: room for one label per token
-    fig, ax = plt.subplots(figsize=(side * cols + 2.2, side * rows + 1.0), layout="constrained")
+    fig, ax = plt.subplots(figsize=(side * cols + 2.2, side * rows + 1.0), dpi=100, layout="constrained")
     canvas = np.ones((rows * step - 1, cols * step - 1, 4))
     image = ax.imshow(canvas, interpolation="nearest")
     ax.set_xticks([c * step + t for c in range(cols) for t in range(T)], labels * cols, rotation=90, fontsize=6)
@@ -141,12 +141,22 @@ def save_heatmaps(trace, tokens: list, out_dir, row: int = 0) -> list:
     ax.tick_params(length=0)
     for side_ in ax.spines.values():
         side_.set_visible(False)
-    titles = [ax.text((h % cols) * step, (h // cols) * step - 0.7, "", fontsize=8, va="bottom") for h in range(H)]
+    titles = [ax.text((h % cols) * step, (h // cols) * step - 0.7, f"head {h}", fontsize=8, va="bottom")
+              for h in range(H)]
     fig.colorbar(plt.cm.ScalarMappable(plt.Normalize(0, 1), cmap), ax=ax, shrink=0.6,
                  label="attention probability (grey: masked)")
-    title = fig.suptitle("attention probabilities, layer 0: query tokens down, key tokens across", fontsize=10)
+    title = fig.suptitle("attention probabilities, layer 00: query tokens down, key tokens across", fontsize=10)
+    # Draw everything that is the same for every layer once (axes, token labels, colour bar), keep the
+    # pixels, and per layer paint only the heatmap and the title over them (matplotlib's blitting):
+    # a full redraw per file spends most of its time laying out the same tick labels again.
     fig.canvas.draw()
-    fig.set_layout_engine("none")  # the same layout for every layer: computed once
+    fig.set_layout_engine("none")
+    for artist in (*titles, title):  # drawn per layer, over the heatmap
+        artist.set_visible(False)
+    fig.canvas.draw()
+    background = fig.canvas.copy_from_bbox(fig.bbox)
+    for artist in (*titles, title):
+        artist.set_visible(True)
     paths = []
     for i in range(L):
         probs = trace[f"layers.{i}.attn_probs"][row]  # [H, T, S]
@@ -155,11 +165,13 @@ def save_heatmaps(trace, tokens: list, out_dir, row: int = 0) -> list:
             block = cmap(np.nan_to_num(probs[h]))
             block[masked | ~np.isfinite(probs[h])] = (0.9, 0.9, 0.9, 1.0)
             canvas[r * step:r * step + T, c * step:c * step + T] = block
-            titles[h].set_text(f"layer {i} head {h}")
         image.set_data(canvas)
         title.set_text(f"attention probabilities, layer {i}: query tokens down, key tokens across")
+        fig.canvas.restore_region(background)
+        for artist in (image, *titles, title):
+            fig.draw_artist(artist)
         path = out_dir / f"layer_{i:02d}.png"
-        fig.savefig(path, dpi=100)
+        plt.imsave(path, np.asarray(fig.canvas.buffer_rgba()))
         paths.append(path)
     plt.close(fig)
     return paths
