@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llamacpu import LlamaForCausalLM  # noqa: E402
-from llamacpu.checkpoint.quantized import quantize_weights  # noqa: E402
+from llamacpu.checkpoint.quantize import quantize_weights  # noqa: E402
 from llamacpu.model.weights import DenseWeight  # noqa: E402
 from llamacpu.tokenizer.auto import AutoTokenizer  # noqa: E402
 

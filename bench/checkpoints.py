@@ -113,7 +113,7 @@ def write_quantized_streaming(folder: Path, shape, fmt: str, seed: int = 0) -> P
     generator per tensor), quantized under the same policy as `quantize_checkpoint`; the file has the
     same layout and metadata, so it loads exactly like one made by `llamacpu quantize`. Norms are F32."""
     from llamacpu.checkpoint.hf import expected_tensors, required_names
-    from llamacpu.checkpoint.quantized import FORMAT_VERSION, HEAD_FORMAT, choose_format
+    from llamacpu.checkpoint.quantize import FORMAT_VERSION, HEAD_FORMAT, choose_format
     from llamacpu.checkpoint.synthetic import SHAPES
     from llamacpu.checkpoint.writer import write_safetensors
     from llamacpu.config import LlamaConfig
@@ -207,7 +207,7 @@ def write_gguf(folder: Path, path: Path, fmt: str, name: str = "synthetic") -> P
 
     from llamacpu.checkpoint.gguf import permute_qk
     from llamacpu.checkpoint.hf import CheckpointTensors, weight_files
-    from llamacpu.checkpoint.quantized import quantized_entries
+    from llamacpu.checkpoint.quantize import quantized_entries
     from llamacpu.config import LlamaConfig
     from llamacpu.quant import get_format
     from llamacpu.tokenizer.gguf_vocab import add_tokenizer_metadata, gguf_metadata_from_sentencepiece

@@ -9,6 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint.synthetic import write_synthetic
+from .model.causal_lm import LlamaForCausalLM
+from .kernels.slot_attention import slot_attention, slot_attention_serial
+from .quant import format_names
+
 
 def numba_cache_files() -> dict[str, float]:
     """{path: mtime} of Numba's cache files in the package: which kernels were (re)compiled shows as a change."""
@@ -17,9 +22,6 @@ def numba_cache_files() -> dict[str, float]:
 
 
 def warm(verbose: bool = True) -> float:
-    from .checkpoint.synthetic import write_synthetic
-    from .model.causal_lm import LlamaForCausalLM
-
     before = numba_cache_files()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -30,18 +32,12 @@ def warm(verbose: bool = True) -> float:
                            max_new_tokens=2)
             model(np.array([[1, 2, 3, 4]]))
             if dtype == "F32":  # the serving engine's slot attention, serial and parallel
-                from .kernels.slot_attention import slot_attention, slot_attention_serial
-
                 q, kv = np.zeros((1, 2, 4), np.float32), np.zeros((1, 1, 2, 4), np.float32)
                 for kernel in (slot_attention, slot_attention_serial):
                     kernel(q, kv, kv, np.zeros(1, np.int64), np.zeros(1, np.int64), np.float32(1), q.copy(),
                            np.zeros((64, 2), np.float32))
-            try:
-                from . import quant
-            except ImportError:
-                quant = None
-            if dtype == "F32" and quant is not None and hasattr(quant, "FORMATS"):
-                for name in quant.FORMATS:
+            if dtype == "F32":
+                for name in format_names():
                     try:
                         q = LlamaForCausalLM.from_pretrained(path, quantization=name)
                     except Exception:  # a format this shape cannot hold: warmed by its tests instead

@@ -1,11 +1,11 @@
 """Backends supply the named kernels the model calls (rmsnorm, rope, attention, swiglu, linear, ...)
 and own the memory they run on, so `llamacpu.model.llama` is written once for every device."""
+from ..errors import DeviceError
+from .base import Backend
 from .cpu import CPUBackend
 
 
 def get_backend(device: str = "cpu"):
-    from ..errors import DeviceError
-
     if device == "cpu":
         return CPUBackend()
     if device == "cuda":
@@ -13,3 +13,5 @@ def get_backend(device: str = "cpu"):
 
         return CUDABackend()
     raise DeviceError(f"unknown device {device!r} (expected 'cpu' or 'cuda')")
+
+__all__ = ["Backend", "CPUBackend", "get_backend"]

@@ -7,13 +7,14 @@ from ..kernels.attention import attention, attention_serial
 from ..kernels.rmsnorm import rmsnorm, rmsnorm_serial
 from ..kernels.rope import rope, rope_serial
 from ..kernels.swiglu import swiglu, swiglu_serial
+from .base import Backend
 
 # Below this much work (multiply-adds) a kernel runs on the calling thread: a parallel launch costs
 # tens of microseconds with the workqueue layer, more than a decode token's norm, RoPE or SwiGLU.
 SERIAL_WORK = 1 << 16
 
 
-class CPUBackend:
+class CPUBackend(Backend):
     name = "cpu"
 
     # ---- memory --------------------------------------------------------------------------------------
@@ -44,16 +45,6 @@ class CPUBackend:
     def swiglu(self, gate, up, out):  # gate, up [N, I] -> out [N, I]
         (swiglu_serial if gate.size < SERIAL_WORK else swiglu)(gate, up, out)
 
-    def linear(self, w, x, out, bias=None):
-        """out [N, R] = x [N, C] @ W.T (+ bias): decode kernel for one token, prefill kernel for several."""
-        if x.shape[0] == 1:
-            w.matvec(x[0], out[0])
-        else:
-            w.matmul(x, out)
-        if bias is not None:
-            out += bias
-        return out
-
     def store_kv(self, k_cache, v_cache, k, v, start: int) -> None:
         """k, v [B, T, KV, hd] -> cache [B, KV, S, hd] at slots start .. start+T."""
         T = k.shape[1]
@@ -66,3 +57,6 @@ class CPUBackend:
 
     def add(self, x, y) -> None:
         x += y
+
+    def add_bias(self, out, bias) -> None:
+        out += bias

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import DeviceError, InputError, UnsupportedError
 from ..model.weights import DenseWeight, Weight
+from .base import Backend
 
 INSTALL_HINT = "install the [cuda] extra: pip install 'llamacpu[cuda]'"
 
@@ -61,7 +62,7 @@ def _one_line(e) -> str:
     return " ".join(str(e).split()).rstrip(": ") or type(e).__name__
 
 
-class CUDABackend:
+class CUDABackend(Backend):
     name = "cuda"
 
     def __init__(self, geometry=None):
@@ -128,16 +129,6 @@ class CUDABackend:
     def swiglu(self, gate, up, out) -> None:
         self.kernels.swiglu.launch(self.geometry, gate, up, out)
 
-    def linear(self, w, x, out, bias=None):
-        """out [N, R] = x [N, C] @ W.T (+ bias): matvec for one token, the tiled matmul for several."""
-        if x.shape[0] == 1:
-            w.matvec(x[0], out[0])
-        else:
-            w.matmul(x, out)
-        if bias is not None:
-            self.kernels.add.launch_add_bias(self.geometry, out, bias)
-        return out
-
     def store_kv(self, k_cache, v_cache, k, v, start: int) -> None:
         """k, v [B, T, KV, hd] -> cache [B, KV, S, hd] at slots start .. start+T."""
         self.kernels.attention.launch_store_kv(self.geometry, k_cache, v_cache, k, v, int(start))
@@ -147,6 +138,9 @@ class CUDABackend:
 
     def add(self, x, y) -> None:
         self.kernels.add.launch_add(self.geometry, x, y)
+
+    def add_bias(self, out, bias) -> None:
+        self.kernels.add.launch_add_bias(self.geometry, out, bias)
 
 
 def _quiet_occupancy_warnings():

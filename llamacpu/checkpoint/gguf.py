@@ -26,6 +26,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -33,23 +34,11 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFil
 
 from llamacpu.errors import CheckpointError, ConfigError, UnsupportedError
 from llamacpu.limits import check_allocation, memory_budget, open_regular
+from llamacpu.model.names import ALWAYS, LM_HEAD, TABLE
 
-# GGUF tensor name -> Hugging Face name, "{i}" = layer index (llama.cpp gguf-py/gguf/constants.py,
-# MODEL_TENSORS[MODEL_ARCH.LLAMA]; transformers modeling_llama.py for the right-hand side).
-GGUF_TO_HF: dict[str, str] = {
-    "token_embd.weight":         "model.embed_tokens.weight",                   # [vocab, hidden]
-    "blk.{i}.attn_norm.weight":  "model.layers.{i}.input_layernorm.weight",     # [hidden]
-    "blk.{i}.attn_q.weight":     "model.layers.{i}.self_attn.q_proj.weight",    # [n_head*head_dim, hidden]
-    "blk.{i}.attn_k.weight":     "model.layers.{i}.self_attn.k_proj.weight",    # [n_kv*head_dim, hidden]
-    "blk.{i}.attn_v.weight":     "model.layers.{i}.self_attn.v_proj.weight",    # [n_kv*head_dim, hidden]
-    "blk.{i}.attn_output.weight": "model.layers.{i}.self_attn.o_proj.weight",   # [hidden, n_head*head_dim]
-    "blk.{i}.ffn_norm.weight":   "model.layers.{i}.post_attention_layernorm.weight",  # [hidden]
-    "blk.{i}.ffn_gate.weight":   "model.layers.{i}.mlp.gate_proj.weight",       # [intermediate, hidden]
-    "blk.{i}.ffn_up.weight":     "model.layers.{i}.mlp.up_proj.weight",         # [intermediate, hidden]
-    "blk.{i}.ffn_down.weight":   "model.layers.{i}.mlp.down_proj.weight",       # [hidden, intermediate]
-    "output_norm.weight":        "model.norm.weight",                           # [hidden]
-    "output.weight":             "lm_head.weight",                              # [vocab, hidden], absent when tied
-}
+# GGUF tensor name -> Hugging Face name, "{i}" = layer index, from the one name table (llamacpu.model.names:
+# llama.cpp gguf-py/gguf/constants.py MODEL_TENSORS[MODEL_ARCH.LLAMA]; transformers modeling_llama.py).
+GGUF_TO_HF: dict[str, str] = {t.gguf: t.hf for t in TABLE if t.gguf is not None}
 # Tensors with no Hugging Face counterpart. rope_freqs (Llama 3.1 GGUFs) holds the per-frequency
 # divisors of llama3 rope scaling [head_dim/2]; it is passed through under its GGUF name.
 # attn_rot_embd (very old conversions) is a cached RoPE table that llama.cpp skips too.
@@ -587,25 +576,16 @@ def _rope_scaling(fields: dict, path: Path) -> dict[str, Any] | None:
 
 
 def _expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
-    h, inter, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
-    q_rows = config["num_attention_heads"] * config["head_dim"]
-    kv_rows = config["num_key_value_heads"] * config["head_dim"]
-    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
-    if not config["tie_word_embeddings"]:
-        shapes["lm_head.weight"] = (v, h)
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (h,),
-            p + "self_attn.q_proj.weight": (q_rows, h),
-            p + "self_attn.k_proj.weight": (kv_rows, h),
-            p + "self_attn.v_proj.weight": (kv_rows, h),
-            p + "self_attn.o_proj.weight": (h, q_rows),
-            p + "post_attention_layernorm.weight": (h,),
-            p + "mlp.gate_proj.weight": (inter, h),
-            p + "mlp.up_proj.weight": (inter, h),
-            p + "mlp.down_proj.weight": (h, inter),
-        })
+    """Hugging Face name -> shape of every tensor a GGUF Llama must hold (no biases; lm_head unless tied)."""
+    c = SimpleNamespace(**config)
+    shapes = {}
+    for t in TABLE:
+        if t.gguf is None or t.when not in (ALWAYS, LM_HEAD):
+            continue
+        if t.when == LM_HEAD and config["tie_word_embeddings"]:
+            continue
+        for i in range(config["num_hidden_layers"]) if t.per_layer else [None]:
+            shapes[t.hf.format(i=i)] = t.shape(c)
     return shapes
 
 

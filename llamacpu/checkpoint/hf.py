@@ -1,7 +1,7 @@
 """Hugging Face Llama checkpoints: config.json + safetensors (one file or sharded), memory-mapped.
 
 Every tensor is checked (name, dtype, shape) against the config before any kernel runs. The one table
-below maps checkpoint names to the engine's layout (`llamacpu.model.llama.LlamaWeights`).
+in `llamacpu.model.names` maps checkpoint names to the engine's layout (`llamacpu.model.llama.LlamaWeights`).
 """
 from __future__ import annotations
 
@@ -13,31 +13,13 @@ import numpy as np
 from ..config import LlamaConfig
 from ..errors import CheckpointError
 from ..limits import read_json
+from ..model.names import ALWAYS, ATTENTION_BIAS, LM_HEAD, MLP_BIAS, SCORE, TABLE, engine_name
+from ..quant import get_format
 from .safetensors_mmap import SafetensorsFile, bf16_to_f32
 
-# checkpoint name (with {i} = layer index)      -> engine name,  expected shape (from the config)
-NAME_TABLE = {
-    "model.embed_tokens.weight":                      ("embed",            lambda c: (c.vocab_size, c.hidden_size)),
-    "model.layers.{i}.input_layernorm.weight":        ("{i}.attn_norm",    lambda c: (c.hidden_size,)),
-    "model.layers.{i}.self_attn.q_proj.weight":       ("{i}.wq",           lambda c: (c.num_attention_heads * c.head_dim, c.hidden_size)),
-    "model.layers.{i}.self_attn.k_proj.weight":       ("{i}.wk",           lambda c: (c.num_key_value_heads * c.head_dim, c.hidden_size)),
-    "model.layers.{i}.self_attn.v_proj.weight":       ("{i}.wv",           lambda c: (c.num_key_value_heads * c.head_dim, c.hidden_size)),
-    "model.layers.{i}.self_attn.o_proj.weight":       ("{i}.wo",           lambda c: (c.hidden_size, c.num_attention_heads * c.head_dim)),
-    "model.layers.{i}.self_attn.q_proj.bias":         ("{i}.bq",           lambda c: (c.num_attention_heads * c.head_dim,)),
-    "model.layers.{i}.self_attn.k_proj.bias":         ("{i}.bk",           lambda c: (c.num_key_value_heads * c.head_dim,)),
-    "model.layers.{i}.self_attn.v_proj.bias":         ("{i}.bv",           lambda c: (c.num_key_value_heads * c.head_dim,)),
-    "model.layers.{i}.self_attn.o_proj.bias":         ("{i}.bo",           lambda c: (c.hidden_size,)),
-    "model.layers.{i}.post_attention_layernorm.weight": ("{i}.mlp_norm",   lambda c: (c.hidden_size,)),
-    "model.layers.{i}.mlp.gate_proj.weight":          ("{i}.w_gate",       lambda c: (c.intermediate_size, c.hidden_size)),
-    "model.layers.{i}.mlp.up_proj.weight":            ("{i}.w_up",         lambda c: (c.intermediate_size, c.hidden_size)),
-    "model.layers.{i}.mlp.down_proj.weight":          ("{i}.w_down",       lambda c: (c.hidden_size, c.intermediate_size)),
-    "model.layers.{i}.mlp.gate_proj.bias":            ("{i}.b_gate",       lambda c: (c.intermediate_size,)),
-    "model.layers.{i}.mlp.up_proj.bias":              ("{i}.b_up",         lambda c: (c.intermediate_size,)),
-    "model.layers.{i}.mlp.down_proj.bias":            ("{i}.b_down",       lambda c: (c.hidden_size,)),
-    "model.norm.weight":                              ("norm",             lambda c: (c.hidden_size,)),
-    "lm_head.weight":                                 ("lm_head",          lambda c: (c.vocab_size, c.hidden_size)),
-    "score.weight":                                   ("score",            lambda c: (c.num_labels, c.hidden_size)),
-}
+# checkpoint name (with {i} = layer index) -> (engine name, expected shape from the config), from the one
+# name table (llamacpu.model.names)
+NAME_TABLE = {t.hf: (engine_name(t), t.shape) for t in TABLE}
 IGNORED = re.compile(r".*rotary_emb\.inv_freq$")  # buffers some old checkpoints saved
 FLOAT_DTYPES = ("F32", "F16", "BF16")
 
@@ -54,17 +36,17 @@ def expected_tensors(config: LlamaConfig) -> dict[str, tuple[str, tuple]]:
 
 def required_names(config: LlamaConfig, head: str = "lm") -> set[str]:
     """Checkpoint names that must be present for this config and head ("lm", "score" or "none")."""
-    names = {n for n in expected_tensors(config)
-             if not n.endswith(".bias") and n not in ("lm_head.weight", "score.weight")}
+    need = {ALWAYS}
     if config.attention_bias:
-        names |= {n for n in expected_tensors(config) if "self_attn" in n and n.endswith(".bias")}
+        need.add(ATTENTION_BIAS)
     if config.mlp_bias:
-        names |= {n for n in expected_tensors(config) if ".mlp." in n and n.endswith(".bias")}
+        need.add(MLP_BIAS)
     if head == "lm" and not config.tie_word_embeddings:
-        names.add("lm_head.weight")
+        need.add(LM_HEAD)
     if head == "score":
-        names.add("score.weight")
-    return names
+        need.add(SCORE)
+    return {t.hf.format(i=i) for t in TABLE if t.when in need
+            for i in (range(config.num_hidden_layers) if t.per_layer else [None])}
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -160,8 +142,6 @@ def validate(tensors: CheckpointTensors, config: LlamaConfig, head: str = "lm",
     for canon, stored in names.items():
         shape = expected[canon][1]
         if stored in quantized:
-            from ..quant import get_format
-
             fmt, logical = quantized[stored]
             blocks_shape = (logical[0], get_format(fmt).bytes_per_row(logical[1])) if logical[1] % get_format(fmt).block_size == 0 else None
             if logical != shape or tensors.shape(stored) != blocks_shape or tensors.dtype(stored) != "U8":

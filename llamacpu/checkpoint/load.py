@@ -12,12 +12,15 @@ import numpy as np
 
 from ..config import LlamaConfig
 from ..errors import CheckpointError, InputError
+from ..model.names import GLOBAL, LAYER, MATRIX
 from ..model.llama import LayerWeights, LlamaWeights
 from ..model.weights import DenseWeight
 from ..limits import check_allocation
 from ..runtime import KERNEL_LOCK
+from ..quant import QuantizedWeight, get_format
 from . import hf
-from .quantized import quantize_weights, quantized_entries
+from .gguf import read_gguf
+from .quantize import quantize_weights, quantized_entries
 from .safetensors_mmap import bf16_to_f32
 
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
@@ -63,9 +66,6 @@ def _check_conversion_memory(path: Path, dtype: str, matrices: list[tuple[str, t
 
 def load_gguf(path: Path, dtype: str, head: str):
     """A llama GGUF file: blocks used as stored (no re-quantization), floats as stored or converted."""
-    from ..quant import QuantizedWeight, get_format
-    from .gguf import read_gguf
-
     ckpt = read_gguf(path)
     config = LlamaConfig.from_dict(ckpt.config)
     _check_conversion_memory(path, dtype, [(t.dtype, t.shape) for t in ckpt.tensors.values()
@@ -98,8 +98,6 @@ def build_weights(config: LlamaConfig, tensors: "hf.CheckpointTensors", names: d
     def matrix(canon):
         stored = names[canon]
         if stored in quantized:
-            from ..quant import QuantizedWeight
-
             fmt, shape = quantized[stored]
             return QuantizedWeight.from_blocks(fmt, tensors.get(stored), shape)
         return DenseWeight.from_array(tensors.get(stored), dtype, tensors.dtype(stored))
@@ -112,27 +110,18 @@ def build_weights(config: LlamaConfig, tensors: "hf.CheckpointTensors", names: d
 
 def _build(config: LlamaConfig, matrix, vector, present: set, head: str) -> LlamaWeights:
     """Assemble LlamaWeights from `matrix(hf_name)` / `vector(hf_name)` for the names `present`."""
-    layers = []
-    for i in range(config.num_hidden_layers):
-        p = f"model.layers.{i}."
-        layers.append(LayerWeights(
-            attn_norm=vector(p + "input_layernorm.weight"),
-            wq=matrix(p + "self_attn.q_proj.weight"), wk=matrix(p + "self_attn.k_proj.weight"),
-            wv=matrix(p + "self_attn.v_proj.weight"), wo=matrix(p + "self_attn.o_proj.weight"),
-            mlp_norm=vector(p + "post_attention_layernorm.weight"),
-            w_gate=matrix(p + "mlp.gate_proj.weight"), w_up=matrix(p + "mlp.up_proj.weight"),
-            w_down=matrix(p + "mlp.down_proj.weight"),
-            bq=vector(p + "self_attn.q_proj.bias"), bk=vector(p + "self_attn.k_proj.bias"),
-            bv=vector(p + "self_attn.v_proj.bias"), bo=vector(p + "self_attn.o_proj.bias"),
-            b_gate=vector(p + "mlp.gate_proj.bias"), b_up=vector(p + "mlp.up_proj.bias"),
-            b_down=vector(p + "mlp.down_proj.bias"),
-        ))
-    embed = matrix("model.embed_tokens.weight")
+    def get(t, i=None):
+        return (matrix if t.kind == MATRIX else vector)(t.hf.format(i=i))
+
+    layers = [LayerWeights(**{t.field: get(t, i) for t in LAYER}) for i in range(config.num_hidden_layers)]
+    top = {t.field: t for t in GLOBAL}
+    embed = get(top["embed"])
     lm_head = None
     if head == "lm":
-        lm_head = embed if config.tie_word_embeddings or "lm_head.weight" not in present else matrix("lm_head.weight")
-    score = matrix("score.weight") if head == "score" else None
-    return LlamaWeights(embed=embed, layers=layers, norm=vector("model.norm.weight"), lm_head=lm_head, score=score)
+        untied = not config.tie_word_embeddings and top["lm_head"].hf in present
+        lm_head = get(top["lm_head"]) if untied else embed
+    score = get(top["score"]) if head == "score" else None
+    return LlamaWeights(embed=embed, layers=layers, norm=get(top["norm"]), lm_head=lm_head, score=score)
 
 
 def check_all_finite(weights: LlamaWeights, progress: bool = False) -> None:
@@ -151,10 +140,10 @@ def check_all_finite(weights: LlamaWeights, progress: bool = False) -> None:
     if weights.score is not None:
         named.append(("score.weight", weights.score))
     for i, layer in enumerate(weights.layers):
-        for attr, name in LAYER_NAMES.items():
-            value = getattr(layer, attr)
+        for t in LAYER:
+            value = getattr(layer, t.field)
             if value is not None:
-                named.append((f"model.layers.{i}.{name}", value))
+                named.append((t.hf.format(i=i), value))
     for name, w in tqdm(named, desc="checking weights", unit="tensor", disable=not progress, leave=False):
         if isinstance(w, np.ndarray):
             ok = np.isfinite(w).all()
@@ -166,13 +155,3 @@ def check_all_finite(weights: LlamaWeights, progress: bool = False) -> None:
         if not ok:
             raise CheckpointError(f"tensor {name!r} contains NaN or Inf (or rows whose sum overflows float32) "
                                   f"(from_pretrained(..., check_finite=False) skips this check)")
-
-
-LAYER_NAMES = {  # LayerWeights field -> checkpoint name within a layer
-    "attn_norm": "input_layernorm.weight", "wq": "self_attn.q_proj.weight", "wk": "self_attn.k_proj.weight",
-    "wv": "self_attn.v_proj.weight", "wo": "self_attn.o_proj.weight", "bq": "self_attn.q_proj.bias",
-    "bk": "self_attn.k_proj.bias", "bv": "self_attn.v_proj.bias", "bo": "self_attn.o_proj.bias",
-    "mlp_norm": "post_attention_layernorm.weight", "w_gate": "mlp.gate_proj.weight", "w_up": "mlp.up_proj.weight",
-    "w_down": "mlp.down_proj.weight", "b_gate": "mlp.gate_proj.bias", "b_up": "mlp.up_proj.bias",
-    "b_down": "mlp.down_proj.bias",
-}

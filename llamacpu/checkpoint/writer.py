@@ -15,10 +15,6 @@ import numpy as np
 
 from .safetensors_mmap import DTYPES
 
-_NP_TO_ST = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
-             np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.int16): "I16",
-             np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.bool_): "BOOL"}
-
 
 def write_safetensors(path, entries: Iterable[tuple[str, str, tuple, Callable[[], np.ndarray] | np.ndarray]],
                       metadata: dict[str, str] | None = None) -> None:
@@ -44,6 +40,3 @@ def write_safetensors(path, entries: Iterable[tuple[str, str, tuple, Callable[[]
                 raise ValueError(f"{name}: produced shape {arr.shape}, declared {tuple(shape)}")
             f.write(arr.tobytes() if arr.nbytes < (64 << 20) else memoryview(arr.reshape(-1)).cast("B"))
 
-
-def st_dtype(arr: np.ndarray) -> str:
-    return _NP_TO_ST[arr.dtype]

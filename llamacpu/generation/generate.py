@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import InputError
+from ..model.inputs import as_batch
 from ..validation import token_ids
 from .sampling import GenerationConfig, Sampler
 from .stopping import StopStrings
@@ -35,7 +36,6 @@ def generate_tokens(model, input_ids, attention_mask, config: GenerationConfig, 
     string. Finished rows get pad_token_id. `cache` defaults to an empty one lent for this call; a
     cache that already holds a prefix gets input_ids appended (chat reuses the shared history so),
     and `history` then lists each row's earlier ids for the repetition penalty."""
-    from ..model.causal_lm import as_batch
 
     ids, mask = as_batch(input_ids, attention_mask, model.config.vocab_size)
     batch = ids.shape[0]

@@ -10,6 +10,9 @@ conversation with the assistant's message appended, as transformers does.
 from __future__ import annotations
 
 from ..errors import InputError
+from ..hub import resolve_model
+from ..model.causal_lm import LlamaForCausalLM
+from ..tokenizer.auto import AutoTokenizer
 from .stream import TextGeneration
 
 
@@ -45,10 +48,6 @@ def _is_chat(x) -> bool:
 def pipeline(task: str, model=None, tokenizer=None, **load_kwargs) -> TextGenerationPipeline:
     """Only "text-generation". `model`: a path, repo id, or a loaded LlamaForCausalLM (then give
     `tokenizer` too, or a path it can be found at)."""
-    from ..hub import resolve_model
-    from ..model.causal_lm import LlamaForCausalLM
-    from ..tokenizer.auto import AutoTokenizer
-
     if task != "text-generation":
         raise InputError(f"pipeline: only 'text-generation' is supported, got {task!r}")
     if isinstance(model, LlamaForCausalLM):

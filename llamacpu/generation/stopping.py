@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..tokenizer.streaming import IncrementalDecoder
+
 
 class StopStrings:
     def __init__(self, stop_strings: list[str], tokenizer, batch: int):
-        from ..tokenizer.streaming import IncrementalDecoder
-
         self.stops = list(stop_strings)
         self.longest = max(len(s) for s in self.stops)
         self.decoders = [IncrementalDecoder(tokenizer, skip_special_tokens=False) for _ in range(batch)]

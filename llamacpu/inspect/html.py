@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import InputError
 from . import lens
 from .tokens import token_labels
-from .visualizer import render_mask
+from .mask import render_mask
 
 ASSETS = Path(__file__).with_name("report")
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "ARCHITECTURE.md"  # present in a source checkout

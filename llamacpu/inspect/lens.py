@@ -8,10 +8,14 @@ last one, through the head, gives the model's own logits.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..kernels.rmsnorm import rmsnorm_ref
-from .trace import Trace
+
+if TYPE_CHECKING:  # annotations only: lens reads traces, it never imports the recorder
+    from .trace import Trace
 
 
 def residual_states(trace: Trace, position: int = -1) -> np.ndarray:

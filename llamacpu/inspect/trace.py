@@ -1,6 +1,6 @@
 """Record every named intermediate of a forward pass.
 
-The forward pass (`llamacpu.model.llama.LlamaCore._chunk` and `head`) calls `model.tracer` at each
+The forward pass (`llamacpu.model.llama.LlamaCore.forward_chunk` and `head`) calls `model.tracer` at each
 step when it is set; when it is None (always, outside this module) each hook costs one test of a
 local variable. `Recorder` is that tracer: it copies each array to the host as float32 and gives it a
 shape that says what it is. `trace(model, ids)` runs one fresh forward pass under a Recorder and
@@ -31,6 +31,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..errors import InputError
+from ..model.inputs import as_batch
 from ..kernels.attention import attention_probs_ref
 
 LAYER_STEPS = ("attn_norm", "q", "k", "v", "q_rope", "k_rope", "attn_scores", "attn_probs", "attn_out",
@@ -116,7 +117,8 @@ class Recorder:
     def __bool__(self) -> bool:  # the forward pass tests `if trace:`
         return True
 
-    def begin(self, ids, mask, positions, inv_freq, start, cache):
+    def begin(self, ids, mask, positions, inv_freq, start, cache, **named):
+        """A new chunk (one Trace), then `record(None, **named)`."""
         cfg = self.model.config
         B, T = ids.shape
         self._shape, self._cache = (B, T), cache
@@ -125,10 +127,20 @@ class Recorder:
             inv_freq=np.array(self._host(inv_freq), np.float32), start=int(start),
             valid=np.array(cache.valid[:, :start + T]), scale=np.float32(self.model.scale), config=cfg,
             model=self.model))
-        self._prefix = ""
+        self.record(None, **named)
 
     def layer(self, i):
         self._prefix = "" if i is None else f"layers.{i}."
+
+    def record(self, layer, **named) -> None:
+        """Record each named array as an intermediate of `layer` (None: outside the layers), in order.
+        `attn_probs=(q, scale)` records the attention scores and probabilities (see `attention`)."""
+        self.layer(layer)
+        for name, array in named.items():
+            if name == "attn_probs":
+                self.attention(layer, *array)
+            else:
+                self(name, array)
 
     def __call__(self, name: str, array) -> None:
         a = np.array(self._host(array), dtype=np.float32)  # a copy: workspace buffers are reused
@@ -198,7 +210,6 @@ def tracing(model):
 def trace(model, input_ids, attention_mask=None) -> Trace:
     """One fresh forward pass over `input_ids` ([T] or [B, T]) in a fresh KV cache, as one chunk (so
     the attention maps cover the whole prompt), recording every intermediate and the logits."""
-    from ..model.causal_lm import as_batch
 
     ids, mask = as_batch(input_ids, attention_mask, model.config.vocab_size)
     B, T = ids.shape
@@ -206,7 +217,7 @@ def trace(model, input_ids, attention_mask=None) -> Trace:
         raise InputError(f"input of {T} tokens exceeds the context of {model.max_context}")
     cache = model.new_cache(B, max_len=T)  # the model's own cache is left as it was
     with tracing(model) as rec:
-        hidden = model._chunk(ids, mask, cache)  # [B, T, hidden]
+        hidden = model.forward_chunk(ids, mask, cache)  # [B, T, hidden]
         lm_head = getattr(model.weights, "lm_head", None)
         if lm_head is not None:
             model.head(lm_head, hidden)

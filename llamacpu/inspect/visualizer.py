@@ -15,37 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .mask import EMPTY, FILLED, GREEN, LEGEND, RESET, allowed, render_mask  # noqa: F401 (public here)
 from .tokens import token_labels
-
-FILLED, EMPTY = "■", "⬚"
-GREEN, RESET = "\033[92m", "\033[0m"
-LEGEND = f"{FILLED}: may attend   {EMPTY}: masked (causal: later tokens; padding: pad tokens)"
-
-
-def allowed(attention_mask: np.ndarray) -> np.ndarray:
-    """bool [B, T, T]: query t may read key s (s <= t and s is a real token)."""
-    m = np.asarray(attention_mask, bool)
-    T = m.shape[-1]
-    causal = np.tril(np.ones((T, T), bool))
-    return causal[None] & m[:, None, :]
-
-
-def render_mask(tokens: list, mask_row, color: bool = False) -> str:
-    """The grid for one sequence: tokens [T] (strings), mask_row [T] of 0/1."""
-    grid = allowed(np.asarray(mask_row)[None])[0]
-    T = len(tokens)
-    labels = [repr(t) for t in tokens]
-    width, digits = max(map(len, labels)), len(str(T - 1))
-    margin = " " * (width + 3 + digits + 1)  # "'tok' : 12 " before the first cell
-    lines = [margin + " ".join(col) for col in zip(*(str(j).rjust(digits) for j in range(T)))]
-    for i, label in enumerate(labels):
-        cells = []
-        for j in range(T):
-            c = FILLED if grid[i, j] else EMPTY
-            cells.append(f"{GREEN}{c}{RESET}" if color and i == j and grid[i, j] else c)
-        lines.append(f"{label.ljust(width)} : {str(i).rjust(digits)} " + " ".join(cells))
-    return "\n".join(lines)
-
 
 def render(tokens: list, attention_mask, color: bool = False) -> str:
     """The legend, then one grid per row of a batch: tokens [B][T] strings, attention_mask [B, T]."""

@@ -11,20 +11,28 @@ import numpy as np
 from numba import njit, prange
 
 
+def rotate_pair(x, t, i, angle):
+    """Rotate pair (i, i + head_dim/2) of every head of token t of x [N, heads, head_dim] in place by
+    `angle` (float32). Plain Python, compiled for both targets: here by njit, for the GPU by
+    `llamacpu.kernels.cuda.rope` (one rotation written once)."""
+    half = x.shape[2] // 2
+    c = np.float32(math.cos(angle))
+    s = np.float32(math.sin(angle))
+    for h in range(x.shape[1]):
+        a = x[t, h, i]
+        b = x[t, h, i + half]
+        x[t, h, i] = a * c - b * s
+        x[t, h, i + half] = b * c + a * s
+
+
+_rotate_pair = njit(inline="always")(rotate_pair)
+
+
 @njit(cache=True, inline="always")
 def _token(x, positions, inv_freq, t):
-    n_heads, head_dim = x.shape[1], x.shape[2]
-    half = head_dim // 2
     p = np.float32(positions[t])
-    for i in range(half):
-        angle = p * inv_freq[i]
-        c = np.float32(math.cos(angle))
-        s = np.float32(math.sin(angle))
-        for h in range(n_heads):
-            a = x[t, h, i]
-            b = x[t, h, i + half]
-            x[t, h, i] = a * c - b * s
-            x[t, h, i + half] = b * c + a * s
+    for i in range(x.shape[2] // 2):
+        _rotate_pair(x, t, i, p * inv_freq[i])
 
 
 @njit(parallel=True, cache=True)

@@ -2,7 +2,7 @@
 
 LLVM vectorizes plain Numba loops well for floats, but it never emits the integer dot-product instructions
 (`vpdpbusd`, `vpdpwssd`) and it turns the block loops of quantized formats into gathers. So the fast
-kernels (`llamacpu.quant.fast`) hold vectors in ordinary local variables
+kernels (the `matvec_vnni` of each `llamacpu.quant` format, `llamacpu.quant.vnni`) hold vectors in ordinary local variables
 and call one tiny intrinsic per instruction:
 
     Vec(dtype, n)            the Numba type of an LLVM <n x dtype> value: lives in a register
@@ -20,8 +20,6 @@ and call one tiny intrinsic per instruction:
     dpbusd(acc, u8, s8)      VNNI: acc[i] += sum_k u8[4i + k] * s8[4i + k]  (u8 unsigned, s8 signed bytes)
     dpwssd(acc, a16, b16)    VNNI: acc[i] += a16[2i] * b16[2i] + a16[2i + 1] * b16[2i + 1]  (signed words)
     dpbf16ps(acc, a, b)      AVX512-BF16: acc[i] += a[2i] * b[2i] + a[2i + 1] * b[2i + 1]  (bf16 bits as i16)
-    prefetch(a, i)           hint: the cache line holding a[i] will be read soon
-    prefetch_nta(a, i)       the same, for data read once (streamed weights)
 
 `n` is always a literal integer (16, 32, 64): the vector width is part of the type. dpbusd / dpwssd /
 dpbf16ps exist only on CPUs with the matching features: check `HAS_AVX512_VNNI` (and `HAS_AVX512_BF16`)
@@ -63,15 +61,12 @@ HAS_AVX512_VNNI = all(_F.get(f, False) for f in ("avx512f", "avx512bw", "avx512v
 # vdpbf16ps (Zen 4, Cooper Lake, Sapphire Rapids). No kernel uses it yet: it needs x rounded to bf16,
 # which costs as much precision as int8 activations.
 HAS_AVX512_BF16 = HAS_AVX512_VNNI and _F.get("avx512bf16", False)
-# 256-bit VNNI without AVX-512 (Alder Lake and later client Intel, Zen 5 desktop). No 256-bit kernels
-# are written yet: such CPUs take the portable path. Kept so callers can report it.
-HAS_AVX_VNNI = _F.get("avxvnni", False) and _F.get("avx2", False)
 
 
 def features() -> dict:
     """The flags above, for reports and benchmarks."""
     return {"portable_forced": PORTABLE, "avx512_vnni": HAS_AVX512_VNNI, "avx512_bf16": HAS_AVX512_BF16,
-            "avx_vnni": HAS_AVX_VNNI, "cpu": llvm_binding.get_host_cpu_name()}
+            "cpu": llvm_binding.get_host_cpu_name()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,31 +170,6 @@ def store(typingctx, a, i, v):
         return context.get_dummy_value()
 
     return types.none(a, i, v), codegen
-
-
-def _prefetch(locality, doc):
-    @intrinsic
-    def pf(typingctx, a, i):
-        if not isinstance(a, types.Array):
-            return None
-
-        def codegen(context, builder, sig, args):
-            p = _data_ptr(context, builder, a, args[0], args[1], _llvm(a.dtype))
-            i8p = ir.IntType(8).as_pointer()
-            i32 = ir.IntType(32)
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
-            builder.call(fn, [builder.bitcast(p, i8p), i32(0), i32(locality), i32(1)])  # read, data
-            return context.get_dummy_value()
-
-        return types.none(a, i), codegen
-
-    pf.__doc__ = doc
-    return pf
-
-
-prefetch = _prefetch(3, "Hint that the cache line of a[i] will be read soon (prefetcht0).")
-prefetch_nta = _prefetch(0, "Hint that the cache line of a[i] will be read once (prefetchnta: little cache pollution).")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ..backends import CPUBackend
 from ..config import LlamaConfig
 from ..errors import InputError
 from ..limits import check_allocation
@@ -16,8 +17,6 @@ from .rope_scaling import RopeFrequencies
 
 class KVCache:
     def __init__(self, config: LlamaConfig, batch: int, max_len: int, backend=None):
-        from ..backends import CPUBackend
-
         backend = backend or CPUBackend()
         L, KV, hd = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
         need = 2 * L * batch * KV * max_len * hd * 4 + numba.config.NUMBA_NUM_THREADS * max_len * 4

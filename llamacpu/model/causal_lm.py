@@ -8,9 +8,14 @@ from typing import Any
 import numba
 import numpy as np
 
+from ..backends import get_backend
+from ..checkpoint.load import load
 from ..config import LlamaConfig
 from ..errors import InputError
+from ..generation.generate import generate
+from ..inspect.trace import trace, tracing
 from .cache import KVCache
+from .inputs import as_batch
 from .llama import LlamaCore, LlamaWeights
 from .weights import DenseWeight
 from ..validation import int_arg, token_ids
@@ -29,32 +34,6 @@ class ModelOutput:
         return getattr(self, key)
 
 
-def as_batch(input_ids, attention_mask, vocab_size: int):
-    """Validate ids and mask at the boundary -> (int64 [B, T], uint8 [B, T]). Kernels never see bad ids."""
-    ids = token_ids(input_ids, "input_ids")
-    if ids.ndim == 1:
-        ids = ids[None, :]
-    if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
-        raise InputError(f"input_ids: expected a non-empty [batch, seq_len] array, got shape {ids.shape}")
-    if ids.dtype.kind not in "iu":
-        raise InputError(f"input_ids: expected integers, got dtype {ids.dtype}")
-    bad = (ids < 0) | (ids >= vocab_size)
-    if bad.any():
-        raise InputError(f"input_ids: token id {int(ids[bad][0])} is out of range [0, {vocab_size})")
-    if attention_mask is None:
-        mask = np.ones(ids.shape, np.uint8)
-    else:
-        mask = token_ids(attention_mask, "attention_mask", allow_empty=True)
-        if mask.ndim == 1:
-            mask = mask[None, :]
-        if mask.shape != ids.shape:
-            raise InputError(f"attention_mask: shape {mask.shape} does not match input_ids {ids.shape}")
-        if not np.isin(mask, (0, 1)).all():
-            raise InputError("attention_mask: values must be 0 or 1")
-        mask = mask.astype(np.uint8)
-    return np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(mask)
-
-
 class LlamaPreTrainedModel(LlamaCore):
     head_kind = "none"
 
@@ -68,14 +47,10 @@ class LlamaPreTrainedModel(LlamaCore):
             "float16", "bfloat16" convert. quantization: a block format name (see llamacpu.quant).
         max_context: KV-cache length; default max_position_embeddings (x factor under dynamic RoPE).
         """
-        from ..checkpoint.load import load
-
         if kwargs.pop("torch_dtype", None) not in (None, "auto"):
             raise InputError("torch_dtype: use dtype= (llamacpu has no torch)")
         if kwargs:
             raise InputError(f"from_pretrained: unknown arguments {sorted(kwargs)}")
-        from ..backends import get_backend
-
         backend = get_backend(device)  # a missing GPU or driver fails here, before any loading
         if num_threads is not None:
             set_num_threads(num_threads)
@@ -101,14 +76,10 @@ class LlamaPreTrainedModel(LlamaCore):
 
     def trace(self, input_ids, attention_mask=None):
         """Run one forward pass recording every named intermediate (see llamacpu.inspect.trace)."""
-        from ..inspect.trace import trace
-
         return trace(self, input_ids, attention_mask)
 
     def tracing(self):
         """Context manager recording a Trace per forward chunk (prefill, then each decode step)."""
-        from ..inspect.trace import tracing
-
         return tracing(self)
 
     def num_parameters(self) -> int:
@@ -155,8 +126,6 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
 
     def generate(self, input_ids, attention_mask=None, **kwargs) -> np.ndarray:
         """transformers-style generate: -> int64 [B, T + new]. See llamacpu.generation.generate."""
-        from ..generation.generate import generate
-
         return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
 
     def resize_token_embeddings(self, new_num_tokens: int) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from ..errors import InputError
 from ..backends import CPUBackend
 from ..runtime import KERNEL_LOCK
 from .cache import KVCache
+from .names import LAYER, PROJECTIONS
 from .weights import Weight
 
 
@@ -48,6 +49,10 @@ class LayerWeights:
     b_down: np.ndarray | None = None
 
 
+# LayerWeights holds exactly the per-layer tensors of the name table (llamacpu.model.names)
+assert {f.name for f in fields(LayerWeights)} == {t.field for t in LAYER}, "LayerWeights != names.LAYER"
+
+
 @dataclass
 class LlamaWeights:
     embed: Weight  # [vocab, hidden]
@@ -59,8 +64,7 @@ class LlamaWeights:
     def matrices(self):
         """Every distinct weight matrix, each once (tied embeddings count once)."""
         seen, out = set(), []
-        for w in [self.embed, self.lm_head, self.score] + [getattr(l, n) for l in self.layers
-                                                           for n in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")]:
+        for w in [self.embed, self.lm_head, self.score] + [getattr(l, n) for l in self.layers for n in PROJECTIONS]:
             if w is not None and id(w) not in seen:
                 seen.add(id(w))
                 out.append(w)
@@ -189,14 +193,18 @@ class LlamaCore:
             # the chunk's result lives in the lent workspace: copy it out before lending it again
             with self.lend_workspace(batch * (c1 - c0)) as ws:
                 with KERNEL_LOCK:  # one thread at a time in the kernels (see llamacpu.runtime)
-                    h = self._chunk(input_ids[:, c0:c1], attention_mask[:, c0:c1], cache, ws)  # [B, Tc, D]
+                    h = self.forward_chunk(input_ids[:, c0:c1], attention_mask[:, c0:c1], cache, ws)  # [B, Tc, D]
                 if out_rows == "all":
                     result[:, c0:c1] = h
                 elif c1 == n_new:
                     result[:] = h[:, -1]
         return result
 
-    def _chunk(self, ids: np.ndarray, mask: np.ndarray, cache: KVCache, ws: Workspace | None = None) -> np.ndarray:
+    def forward_chunk(self, ids: np.ndarray, mask: np.ndarray, cache: KVCache, ws: Workspace | None = None) -> np.ndarray:
+        """The whole forward pass over one chunk of tokens ids [B, T] (mask [B, T]), appended to `cache`:
+        the equations of the module docstring, one kernel call each (named in `llamacpu.backends.Backend`).
+        Returns the final-normed hidden states float32 [B, T, hidden]. The `if trace:` lines record the
+        intermediates for llamacpu.inspect (one test of a local when not tracing)."""
         cfg, ops, trace = self.config, self.backend, self.tracer
         B, T = ids.shape
         N = B * T
@@ -215,32 +223,32 @@ class LlamaCore:
         h, q, k, v, att, proj = ws.h[:N], ws.q[:N], ws.k[:N], ws.v[:N], ws.att[:N], ws.proj[:N]
         gate, up = ws.gate[:N], ws.up[:N]
         ops.embed(self.weights.embed, ids.reshape(N), x)
-        if trace: trace.begin(ids, mask, positions, inv_freq, start, cache); trace("embed", x)
+        if trace: trace.begin(ids, mask, positions, inv_freq, start, cache, embed=x)
         for layer, lw in enumerate(self.weights.layers):
             # --- attention block -----------------------------------------------------------------
             ops.rmsnorm(x, lw.attn_norm, cfg.rms_norm_eps, h)
             ops.linear(lw.wq, h, q, lw.bq)
             ops.linear(lw.wk, h, k, lw.bk)
             ops.linear(lw.wv, h, v, lw.bv)
-            if trace: trace.layer(layer); trace("attn_norm", h); trace("q", q); trace("k", k); trace("v", v)
+            if trace: trace.record(layer, attn_norm=h, q=q, k=k, v=v)
             ops.rope(q.reshape(N, H, hd), pos, inv_freq)
             ops.rope(k.reshape(N, KV, hd), pos, inv_freq)
             ops.store_kv(cache.k[layer], cache.v[layer], k.reshape(B, T, KV, hd), v.reshape(B, T, KV, hd), start)
             ops.attention(q.reshape(B, T, H, hd), cache.k[layer], cache.v[layer], cache.valid_dev, start,
                           self.scale, att.reshape(B, T, H, hd), cache.scores)
-            if trace: trace("q_rope", q); trace("k_rope", k); trace.attention(layer, q, self.scale); trace("attn_out", att)
+            if trace: trace.record(layer, q_rope=q, k_rope=k, attn_probs=(q, self.scale), attn_out=att)
             ops.add(x, ops.linear(lw.wo, att, proj, lw.bo))
-            if trace: trace("o_proj", proj); trace("resid_attn", x)
+            if trace: trace.record(layer, o_proj=proj, resid_attn=x)
             # --- MLP block (SwiGLU) ------------------------------------------------------------
             ops.rmsnorm(x, lw.mlp_norm, cfg.rms_norm_eps, h)
             ops.linear(lw.w_gate, h, gate, lw.b_gate)
             ops.linear(lw.w_up, h, up, lw.b_up)
-            if trace: trace("mlp_norm", h); trace("gate", gate); trace("up", up)
+            if trace: trace.record(layer, mlp_norm=h, gate=gate, up=up)
             ops.swiglu(gate, up, gate)
             ops.add(x, ops.linear(lw.w_down, gate, proj, lw.b_down))
-            if trace: trace("act", gate); trace("down", proj); trace("resid_mlp", x)
+            if trace: trace.record(layer, act=gate, down=proj, resid_mlp=x)
         ops.rmsnorm(x, self.weights.norm, cfg.rms_norm_eps, h)
-        if trace: trace.layer(None); trace("final_norm", h)
+        if trace: trace.record(None, final_norm=h)
         return ops.to_host(h).reshape(B, T, cfg.hidden_size)
 
     def head(self, w: Weight, hidden: np.ndarray) -> np.ndarray:
@@ -251,5 +259,5 @@ class LlamaCore:
         with KERNEL_LOCK:
             ops.linear(w, flat, out)
         out = ops.to_host(out).reshape(hidden.shape[:-1] + (w.shape[0],))
-        if self.tracer: self.tracer.layer(None); self.tracer("logits", out)
+        if self.tracer: self.tracer.record(None, logits=out)
         return out

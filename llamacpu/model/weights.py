@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checkpoint.safetensors_mmap import bf16_to_f32, f32_to_bf16
+from ..kernels import dense
+from ..kernels.dense import matmul_tiled
+
 
 class Weight:
     """Protocol every weight format implements.
@@ -52,8 +56,6 @@ class DenseWeight(Weight):
     """
 
     def __init__(self, data: np.ndarray, dtype: str):
-        from ..kernels import dense
-
         if dtype not in ("f32", "f16", "bf16"):
             raise ValueError(f"unknown dense dtype {dtype!r}")
         want = np.float32 if dtype == "f32" else np.uint16
@@ -75,8 +77,6 @@ class DenseWeight(Weight):
         self._matvec(self.data, x, out)
 
     def matmul(self, x, out):
-        from ..kernels.dense import matmul_tiled
-
         if x.shape[0] == 1:
             self._matvec(self.data, x[0], out[0])
         elif self.dtype == "f32":
@@ -99,8 +99,6 @@ class DenseWeight(Weight):
     def from_array(cls, arr: np.ndarray, storage: str = "auto", source_dtype: str | None = None) -> "DenseWeight":
         """Wrap a checkpoint tensor. `source_dtype` names the stored type ("F32", "F16", "BF16");
         `storage` is "auto" (keep it) or one of "float32", "float16", "bfloat16" (convert)."""
-        from ..checkpoint.safetensors_mmap import bf16_to_f32, f32_to_bf16
-
         kind = {"F32": "f32", "F16": "f16", "BF16": "bf16"}[source_dtype]
         target = {"auto": kind, "float32": "f32", "float16": "f16", "bfloat16": "bf16"}[storage]
         if target == kind:

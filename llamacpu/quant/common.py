@@ -99,3 +99,47 @@ def put(dst, j, v, xb, dot):
         dst[j] += v * xb[j]
     else:
         dst[j] = v
+
+
+@njit(inline="always")
+def put_nibbles(qs, dlo, mlo, dhi, mhi, dst, xb, dot):
+    """Bytes of two 4-bit levels each: dst[j] = dlo * (qs[j] & 15) + mlo and dst[h + j] = dhi * (qs[j] >> 4)
+    + mhi for j < h = len(qs) (or += those times xb[j], xb[h + j]: see put). The nibble layout of Q4_0,
+    Q4_1, int4_g128 (one scale for both halves) and of each 32-byte chunk of Q4_K (one per half)."""
+    h = qs.shape[0]
+    lo, hi, xlo, xhi = dst[:h], dst[h:], xb[:h], xb[h:]
+    for j in range(h):
+        v = np.int32(qs[j])
+        put(lo, j, dlo * np.float32(v & 15) + mlo, xlo, dot)
+        put(hi, j, dhi * np.float32(v >> 4) + mhi, xhi, dot)
+
+
+def dequantize_affine_nibbles(blocks: np.ndarray, cols: int, block: int, type_size: int, name: str) -> np.ndarray:
+    """NumPy dequantize of the layout Q4_1 and int4_g128 share: fp16 scale d at byte 0, fp16 minimum m at 2,
+    then block / 2 bytes of nibbles (low nibbles are the first half of the block); value = q * d + m."""
+    b = as_blocks(blocks, cols, block, type_size, name)
+    d = f16_field(b, 0)
+    m = f16_field(b, 2)
+    qs = b[..., 4:]
+    q = np.concatenate([qs & np.uint8(0xF), qs >> np.uint8(4)], axis=-1).astype(np.float32)
+    return (d[..., None] * q + m[..., None]).reshape(b.shape[0], cols)
+
+
+def quantize_rows(w: np.ndarray, block: int, type_size: int, name: str, quantize_blocks) -> np.ndarray:
+    """float32 [R, C] -> uint8 [R, C // block * type_size] by `quantize_blocks` (float32 [N, block] ->
+    uint8 [N, type_size]), on L2-sized pieces of rows (the searches of the K-quants are vectorized)."""
+    w = as_matrix(w, block, name)
+    rows, cols = w.shape
+    out = np.empty((rows, cols // block * type_size), np.uint8)
+    for r0, r1 in row_chunks(rows, cols):
+        out[r0:r1] = quantize_blocks(w[r0:r1].reshape(-1, block)).reshape(r1 - r0, -1)
+    return out
+
+
+@njit(inline="always")
+def decode_affine_nibbles(row, b, type_size, dst, xb, dot):
+    """Block b of that layout (see dequantize_affine_nibbles) into dst [block] (see put)."""
+    o = b * type_size
+    d = f16_at(row, o)
+    m = f16_at(row, o + 2)
+    put_nibbles(row[o + 4: o + 4 + dst.shape[0] // 2], d, m, d, m, dst, xb, dot)

@@ -26,19 +26,19 @@ give 0.078). A group far from zero relative to its spread pays for the fp16 prec
 with a coarser s (the grid starts at fp16_down(min)).
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..errors import InputError
-from ..kernels.simd import fma, hsum, load, sitofp, splat
-from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_field, put
-from .vnni import GROUP128, centre, empty64, lanes, nibble_dot, prepare
+from ..kernels.simd import load, splat
+from .common import FASTMATH, as_matrix, decode_affine_nibbles, dequantize_affine_nibbles, f16_at
+from .vnni import GROUP128, matvec_4blocks, nibble_dot
 
 ID = 5  # this format's index in kernels.MODULES
 NAME = "int4_g128"
 GGML_TYPE = None  # our own format
 BLOCK = 128
 TYPE_SIZE = 68
-
+PREFILL = 32, 8, True  # VNNI prefill: k-block columns (a quarter group), levels centred on 8, minimums
 
 
 def _fp16_down(v: np.ndarray) -> np.ndarray:
@@ -81,27 +81,13 @@ def quantize(w: np.ndarray) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
     """uint8 groups [R, C // 128 * 68] -> float32 [R, C]."""
-    b = as_blocks(blocks, cols, BLOCK, TYPE_SIZE, NAME)
-    s = f16_field(b, 0)
-    m = f16_field(b, 2)
-    qs = b[..., 4:]
-    q = np.concatenate([qs & np.uint8(0xF), qs >> np.uint8(4)], axis=-1).astype(np.float32)
-    return (q * s[..., None] + m[..., None]).reshape(b.shape[0], cols)
+    return dequantize_affine_nibbles(blocks, cols, BLOCK, TYPE_SIZE, NAME)
 
 
 @njit(inline="always")
-def decode_block(row, k, dst, xb, dot):
-    """Group k of a row of groups (uint8 [C // 128 * 68]) into dst float32 [128] (see common.put)."""
-    h = dst.shape[0] // 2  # 64, from the shapes (see q8_0)
-    o = k * TYPE_SIZE
-    s = f16_at(row, o)
-    m = f16_at(row, o + 2)
-    qs = row[o + 4: o + 4 + h]
-    lo, hi, xlo, xhi = dst[:h], dst[h:], xb[:h], xb[h:]
-    for j in range(h):
-        v = np.int32(qs[j])
-        put(lo, j, np.float32(v & 15) * s + m, xlo, dot)
-        put(hi, j, np.float32(v >> 4) * s + m, xhi, dot)
+def decode_block(row, b, dst, xb, dot):
+    """Block b of a row (uint8 [C // 128 * 68]) into dst float32 [128] (see common.put)."""
+    decode_affine_nibbles(row, b, TYPE_SIZE, dst, xb, dot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,47 +97,24 @@ def decode_block(row, k, dst, xb, dot):
 # ---------------------------------------------------------------------------------------------
 
 
+@njit(inline="always")
+def _step(row, g, H, L):
+    """Group g (vnni.matvec_4blocks): its scale on all 16 lanes, its minimum for its 4 x-blocks."""
+    o = g * 68
+    return nibble_dot(load(row, o + 4, 64), H, L, 128 * g), splat(f16_at(row, o), 16), splat(f16_at(row, o + 2), 4)
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def matvec_vnni(blocks, x, out):
     """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 128 * 68], x float32 [C], out float32 [R]."""
-    rows = blocks.shape[0]
-    ng = x.shape[0] // 128
-    nb = 4 * ng
-    H, L, sx, r16, xe = prepare(x, GROUP128)
-    sc = empty64(8 * nb, np.float32)  # per group: 16 lanes of sx, 16 lanes of the centring term
-    xg = np.empty(ng, np.float32)  # exact sum of x over each group
-    for b in range(nb):
-        lanes(sc, 32 * (b >> 2) + 4 * (b & 3), 4, sx[b], centre(8, sx[b], r16[2 * b] + r16[2 * b + 1], xe[b], 4))
-    for g in range(ng):
-        xg[g] = xe[4 * g] + xe[4 * g + 1] + xe[4 * g + 2] + xe[4 * g + 3]
-    for r in prange(rows):
-        row = blocks[r]
-        acc = splat(np.float32(0.0), 16)
-        msum = np.float32(0.0)
-        for g in range(ng):
-            o = g * 68
-            ia = nibble_dot(load(row, o + 4, 64), H, L, 128 * g)
-            t = fma(sitofp(ia), load(sc, 32 * g, 16), load(sc, 32 * g + 16, 16))
-            acc = fma(t, splat(f16_at(row, o), 16), acc)
-            msum += f16_at(row, o + 2) * xg[g]
-        out[r] = hsum(acc) + msum
-
-
-# Prefill (kernels.matmul_vnni): k-blocks of 32 columns (a quarter group), nibbles centred on 8, minimums.
-PREFILL_KCOLS, PREFILL_OFFSET, HAS_MIN = 32, 8, True
+    matvec_4blocks(_step, True, GROUP128, decode_block, blocks, x, out)
 
 
 @njit(inline="always")
-def prefill_levels(blocks, r, kb):
-    """k-block kb = columns 32 (kb % 4) .. of group kb // 4: low nibbles of bytes 0..63, then high."""
+def prefill_block(row, kb):
+    """k-block kb = columns 32 (kb % 4) .. of group kb // 4 (low nibbles of bytes 0..63, then high ones):
+    (its 32 levels as <32 x u8>, its scale, its minimum), for the VNNI prefill."""
     j = kb & 3
-    q = load(blocks[r], (kb >> 2) * 68 + 4 + 32 * (j & 1), 32)
-    return q & np.uint8(15) if j < 2 else q >> 4
-
-
-@njit(inline="always")
-def prefill_scales(row, i, nkb, Dt, Mt):
-    """Lane i of the k-block scales (and minimums) of a repacked group: Dt[16 kb + i], Mt[16 kb + i]."""
-    for kb in range(nkb):  # a group of 128 = four k-blocks sharing a scale and a minimum
-        Dt[16 * kb + i] = f16_at(row, (kb >> 2) * 68)
-        Mt[16 * kb + i] = f16_at(row, (kb >> 2) * 68 + 2)
+    o = (kb >> 2) * 68
+    q = load(row, o + 4 + 32 * (j & 1), 32)
+    return q & np.uint8(15) if j < 2 else q >> 4, f16_at(row, o), f16_at(row, o + 2)

@@ -5,8 +5,8 @@ Each format module supplies its pieces (see the "Adding a block format" section 
 
     decode_block(row, b, dst, xb, dot)    block b of a row: dst = W (dot=False) or dst += W * xb (dot=True)
     matvec_vnni(blocks, x, out)           its AVX512-VNNI decode kernel (the step loop is the format)
-    prefill_levels / prefill_scales       its levels and scales for the VNNI prefill repack
-    PREFILL_KCOLS, PREFILL_OFFSET, HAS_MIN
+    prefill_block(row, kb)                k-block kb for the VNNI prefill: (levels, scale, minimum)
+    PREFILL = (k-block columns, level offset, has minimums)
 
 Numba cannot cache a kernel that receives a jitted function as an argument, so the drivers take the
 format's index (`fid`, its place in MODULES) and switch on it; the switch is per block or per group of
@@ -18,15 +18,13 @@ from numba import njit, prange
 
 from . import int4_g128, q4_0, q4_1, q4_k, q6_k, q8_0
 from .common import FASTMATH
-from .vnni import MM_ROWS, XB, mm_group, mm_setup, put4, put8, quad_rows, zeros
+from .vnni import MM_ROWS, mm_group, mm_setup, put4, put8, quad_rows
 
 MODULES = (q8_0, q4_0, q4_1, q4_k, q6_k, int4_g128)  # index = the format's ID
 assert all(m.ID == i for i, m in enumerate(MODULES)), "each format's ID must be its index in MODULES"
 
 TYPE_SIZES = tuple(m.TYPE_SIZE for m in MODULES)
-PREFILL_KCOLS = tuple(m.PREFILL_KCOLS for m in MODULES)
-PREFILL_OFFSET = tuple(m.PREFILL_OFFSET for m in MODULES)
-HAS_MIN = tuple(m.HAS_MIN for m in MODULES)
+PREFILL = tuple(m.PREFILL for m in MODULES)  # (k-block columns, level offset, has minimums) per format
 
 # Rows of W that one portable matmul task decodes at once (float32 [MATMUL_TILE, C] per thread: 360 KB
 # for C = 5632, inside the 1 MB L2 of a Zen 4 core), then multiplies by every token.
@@ -114,15 +112,35 @@ def matmul(fid, blocks, X, out):
 
 
 @njit(inline="always")
-def _repack(levels, scales, put, blocks, r0, rows, nkb, Wt32, Dt, Mt):
-    """Rows r0 .. r0 + 16 of W into the row-interleaved tile Wt32, their scales into Dt (minimums Mt)."""
-    for i in range(min(MM_ROWS, rows - r0)):
-        scales(blocks[r0 + i], i, nkb, Dt, Mt)
+def _repack(block, put, blocks, r0, rows, nkb, Wt32, Dt, Mt):
+    """Rows r0 .. r0 + 16 of W into the row-interleaved tile Wt32, their k-block scales and minimums into
+    Dt, Mt [16 kb + row]. `block(row, kb)` is the format's prefill_block; rows past the end repeat the
+    last row (their lanes are computed and never stored)."""
     for quad in range(4):
         ra, rb, rc, rd = quad_rows(r0, quad, rows)
         for kb in range(nkb):
-            put(Wt32, kb, quad, levels(blocks, ra, kb), levels(blocks, rb, kb), levels(blocks, rc, kb),
-                levels(blocks, rd, kb))
+            la, Dt[16 * kb + 4 * quad], Mt[16 * kb + 4 * quad] = block(blocks[ra], kb)
+            lb, Dt[16 * kb + 4 * quad + 1], Mt[16 * kb + 4 * quad + 1] = block(blocks[rb], kb)
+            lc, Dt[16 * kb + 4 * quad + 2], Mt[16 * kb + 4 * quad + 2] = block(blocks[rc], kb)
+            ld, Dt[16 * kb + 4 * quad + 3], Mt[16 * kb + 4 * quad + 3] = block(blocks[rd], kb)
+            put(Wt32, kb, quad, la, lb, lc, ld)
+
+
+@njit(inline="always")
+def _repack_format(fid, blocks, r0, rows, nkb, Wt32, Dt, Mt):
+    """_repack with format fid's prefill_block (put4 for Q6_K's 16-column k-blocks)."""
+    if fid == q8_0.ID:
+        _repack(q8_0.prefill_block, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
+    elif fid == q4_0.ID:
+        _repack(q4_0.prefill_block, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
+    elif fid == q4_1.ID:
+        _repack(q4_1.prefill_block, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
+    elif fid == q4_k.ID:
+        _repack(q4_k.prefill_block, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
+    elif fid == q6_k.ID:
+        _repack(q6_k.prefill_block, put4, blocks, r0, rows, nkb, Wt32, Dt, Mt)
+    else:
+        _repack(int4_g128.prefill_block, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -130,36 +148,24 @@ def matmul_vnni(fid, blocks, X, out):
     """out[t, r] = sum_c W[r, c] * X[t, c].  X float32 [n, C], out float32 [n, R].  Any n >= 1."""
     rows = blocks.shape[0]
     n, C = X.shape
-    kcols = PREFILL_KCOLS[fid]
+    kcols, offset, has_min = PREFILL[fid]
     nkb = C // kcols
-    XH32, XL32, sxk, cck, xek, n4 = mm_setup(X, kcols, PREFILL_OFFSET[fid], HAS_MIN[fid])
+    XH32, XL32, sxk, cck, xek, n4 = mm_setup(X, kcols, offset, has_min)
     for grp in prange((rows + MM_ROWS - 1) // MM_ROWS):
         r0 = MM_ROWS * grp
         Wt = np.empty(nkb * kcols * 16, np.uint8)
-        Wt32 = Wt.view(np.uint32)
-        Dt = zeros(nkb * 16, np.float32)
-        Mt = zeros(nkb * 16, np.float32)
+        Dt = np.empty(nkb * 16, np.float32)
+        Mt = np.empty(nkb * 16, np.float32)
         tmpf = np.empty(64, np.float32)
-        # each branch: the format's pieces, and mm_group with literal (has_min, k-groups per k-block):
-        # with a run-time k-group count the loop is not unrolled and the kernel runs 40% slower
-        if fid == q8_0.ID:
-            _repack(q8_0.prefill_levels, q8_0.prefill_scales, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
-            mm_group(Wt, Dt, Mt, False, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
-        elif fid == q4_0.ID:
-            _repack(q4_0.prefill_levels, q4_0.prefill_scales, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
-            mm_group(Wt, Dt, Mt, False, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
-        elif fid == q4_1.ID:
-            _repack(q4_1.prefill_levels, q4_1.prefill_scales, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
+        _repack_format(fid, blocks, r0, rows, nkb, Wt.view(np.uint32), Dt, Mt)
+        # mm_group with literal (minimums, k-groups per k-block): with a run-time k-group count its loop is
+        # not unrolled and the kernel runs 40% slower
+        if has_min:
             mm_group(Wt, Dt, Mt, True, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
-        elif fid == q4_k.ID:
-            _repack(q4_k.prefill_levels, q4_k.prefill_scales, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
-            mm_group(Wt, Dt, Mt, True, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
-        elif fid == q6_k.ID:
-            _repack(q6_k.prefill_levels, q6_k.prefill_scales, put4, blocks, r0, rows, nkb, Wt32, Dt, Mt)
-            mm_group(Wt, Dt, Mt, False, 4, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
+        elif kcols == 32:
+            mm_group(Wt, Dt, Mt, False, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
         else:
-            _repack(int4_g128.prefill_levels, int4_g128.prefill_scales, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
-            mm_group(Wt, Dt, Mt, True, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
+            mm_group(Wt, Dt, Mt, False, 4, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, r0, rows, tmpf)
 
 
 # ---------------------------------------------------------------------------------------------

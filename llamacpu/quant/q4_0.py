@@ -16,17 +16,18 @@ elements of the other sign than `max` with x / d in (7.5, 8] are clipped to q = 
 """
 import numpy as np
 from gguf import GGMLQuantizationType
-from numba import njit, prange
+from numba import njit
 
-from ..kernels.simd import bitcast, fma, fp16_to_f32, hsum, load, shuffle, shuffle2, sitofp, splat
-from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put
-from .vnni import CAT16, NIBBLE32, XB, add_tail, empty64, lanes, nibble_dot, prepare
+from ..kernels.simd import bitcast, fp16_to_f32, load, shuffle, shuffle2, splat
+from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put_nibbles
+from .vnni import NIBBLE32, matvec_4blocks, nibble_dot, nibble_levels
 
 ID = 1  # this format's index in kernels.MODULES
 NAME = "q4_0"
 GGML_TYPE = GGMLQuantizationType.Q4_0
 BLOCK = 32
 TYPE_SIZE = 18
+PREFILL = 32, 8, False  # VNNI prefill: k-block columns, level offset (q - 8), minimums
 
 
 
@@ -56,15 +57,9 @@ def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
 @njit(inline="always")
 def decode_block(row, b, dst, xb, dot):
     """Block b of a row of blocks (uint8 [C // 32 * 18]) into dst float32 [32] (see common.put)."""
-    h = dst.shape[0] // 2  # 16, from the shapes (see q8_0)
     o = b * TYPE_SIZE
     d = f16_at(row, o)
-    qs = row[o + 2: o + 2 + h]
-    lo, hi, xlo, xhi = dst[:h], dst[h:], xb[:h], xb[h:]
-    for j in range(h):
-        v = np.int32(qs[j])
-        put(lo, j, d * np.float32((v & 15) - 8), xlo, dot)
-        put(hi, j, d * np.float32((v >> 4) - 8), xhi, dot)
+    put_nibbles(row[o + 2: o + 2 + dst.shape[0] // 2], d, np.float32(-8.0) * d, d, np.float32(-8.0) * d, dst, xb, dot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,44 +75,21 @@ Q40_QS = shuffle2([9 * k + 1 + i for k in range(3) for i in range(8)]
 Q40_D = shuffle([9 * (i // 4) for i in range(16)])
 
 
+@njit(inline="always")
+def _step(row, s, H, L):
+    """Blocks 4s .. 4s + 3 (vnni.matvec_4blocks): A = the words at 72 s, B = the words at 72 s + 8."""
+    wa = bitcast(load(row, 72 * s, 64), np.int16)
+    q = bitcast(Q40_QS(wa, bitcast(load(row, 72 * s + 8, 64), np.int16)), np.uint8)
+    return nibble_dot(q, H, L, 128 * s), fp16_to_f32(Q40_D(wa)), splat(np.float32(0.0), 4)
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def matvec_vnni(blocks, x, out):
     """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 32 * 18], x float32 [C], out float32 [R]."""
-    rows = blocks.shape[0]
-    nb = x.shape[0] // XB
-    H, L, sx, r16, xe = prepare(x, NIBBLE32)
-    nstep = nb // 4
-    sc = empty64(32 * nstep, np.float32)  # per step: 16 lanes of sx, 16 lanes of the correction
-    for b in range(4 * nstep):
-        # levels q - 8: correct by -8 * sum(x16) * sx, spread over the block's 4 lanes
-        lanes(sc, 32 * (b >> 2) + 4 * (b & 3), 4, sx[b],
-              np.float32(-2.0) * np.float32(r16[2 * b] + r16[2 * b + 1]) * sx[b])
-    for r in prange(rows):
-        row = blocks[r]
-        acc = splat(np.float32(0.0), 16)
-        for s in range(nstep):
-            wa = bitcast(load(row, s * 72, 64), np.int16)
-            wb = bitcast(load(row, s * 72 + 8, 64), np.int16)
-            ia = nibble_dot(bitcast(Q40_QS(wa, wb), np.uint8), H, L, 128 * s)
-            t = fma(sitofp(ia), load(sc, 32 * s, 16), load(sc, 32 * s + 16, 16))
-            acc = fma(t, fp16_to_f32(Q40_D(wa)), acc)
-        out[r] = hsum(acc)
-    add_tail(decode_block, blocks, x, out, 4 * nstep, XB)  # the last 1-3 blocks (tiny matrices only)
-
-
-# Prefill (kernels.matmul_vnni): k-blocks of 32 columns, levels q = nibble (offset 8), no minimums.
-PREFILL_KCOLS, PREFILL_OFFSET, HAS_MIN = 32, 8, False
+    matvec_4blocks(_step, False, NIBBLE32, decode_block, blocks, x, out)
 
 
 @njit(inline="always")
-def prefill_levels(blocks, r, kb):
-    """The 32 levels of k-block kb of row r, as <32 x u8>."""
-    q = load(blocks[r], kb * 18 + 2, 16)
-    return CAT16(q & np.uint8(15), q >> 4)
-
-
-@njit(inline="always")
-def prefill_scales(row, i, nkb, Dt, Mt):
-    """Lane i of the k-block scales (and minimums) of a repacked group: Dt[16 kb + i], Mt[16 kb + i]."""
-    for kb in range(nkb):
-        Dt[16 * kb + i] = f16_at(row, kb * 18)
+def prefill_block(row, kb):
+    """k-block kb of a row for the VNNI prefill: (its 32 levels as <32 x u8>, its scale, its minimum)."""
+    return nibble_levels(row, kb * 18 + 2), f16_at(row, kb * 18), np.float32(0.0)

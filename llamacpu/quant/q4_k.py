@@ -33,7 +33,7 @@ from gguf import GGMLQuantizationType
 from numba import njit, prange
 
 from ..kernels.simd import bitcast, fma, hsum, load, shuffle, shuffle2, sitofp, splat, zext
-from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put, row_chunks
+from .common import FASTMATH, as_blocks, f16_at, f16_bytes, f16_field, put_nibbles, quantize_rows
 from .vnni import FIRST8, K_ORDER, LAST8, byte_dot, empty64, centre, prepare
 
 ID = 3  # this format's index in kernels.MODULES
@@ -42,6 +42,7 @@ GGML_TYPE = GGMLQuantizationType.Q4_K
 BLOCK = 256  # QK_K
 TYPE_SIZE = 144
 SUB = 32  # weights per sub-block
+PREFILL = 32, 8, True  # VNNI prefill: k-block columns (a sub-block), levels centred on 8, minimums
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,12 +130,7 @@ def _quantize_superblocks(x: np.ndarray) -> np.ndarray:
 
 def quantize(w: np.ndarray) -> np.ndarray:
     """float32 [R, C] -> uint8 blocks [R, C // 256 * 144]."""
-    w = as_matrix(w, BLOCK, NAME)
-    rows, cols = w.shape
-    out = np.empty((rows, cols // BLOCK * TYPE_SIZE), np.uint8)
-    for r0, r1 in row_chunks(rows, cols):
-        out[r0:r1] = _quantize_superblocks(w[r0:r1].reshape(-1, BLOCK)).reshape(r1 - r0, -1)
-    return out
+    return quantize_rows(w, BLOCK, TYPE_SIZE, NAME, _quantize_superblocks)
 
 
 def unpack_scales(packed: np.ndarray):
@@ -184,18 +180,9 @@ def decode_block(row, i, dst, xb, dot):
     for c in range(4):  # chunk c: sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles)
         s0, m0 = scale_min(packed, 2 * c)
         s1, m1 = scale_min(packed, 2 * c + 1)
-        d0 = d * np.float32(s0)
-        d1 = d * np.float32(s1)
-        n0 = dmin * np.float32(m0)
-        n1 = dmin * np.float32(m1)
-        qs = row[o + 16 + c * sub: o + 16 + c * sub + sub]
-        e0 = 2 * c * sub
-        y0, y1 = dst[e0: e0 + sub], dst[e0 + sub: e0 + 2 * sub]
-        x0, x1 = xb[e0: e0 + sub], xb[e0 + sub: e0 + 2 * sub]
-        for l in range(sub):
-            v = np.int32(qs[l])
-            put(y0, l, d0 * np.float32(v & 15) - n0, x0, dot)
-            put(y1, l, d1 * np.float32(v >> 4) - n1, x1, dot)
+        e = 2 * c * sub
+        put_nibbles(row[o + 16 + c * sub: o + 16 + c * sub + sub], d * np.float32(s0), -dmin * np.float32(m0),
+                    d * np.float32(s1), -dmin * np.float32(m1), dst[e: e + 2 * sub], xb[e: e + 2 * sub], dot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,27 +248,12 @@ def matvec_vnni(blocks, x, out):
         out[r] = hsum(acc0 + acc1) + hsum(acc8)
 
 
-# Prefill (kernels.matmul_vnni): k-blocks of 32 columns (a sub-block), nibbles centred on 8, minimums.
-PREFILL_KCOLS, PREFILL_OFFSET, HAS_MIN = 32, 8, True
-
-
 @njit(inline="always")
-def prefill_levels(blocks, r, kb):
-    """Sub-block kb % 8 of super-block kb // 8: chunk c = (kb % 8) // 2, low nibbles for even kb."""
+def prefill_block(row, kb):
+    """Sub-block j = kb % 8 of super-block kb // 8 (chunk j // 2, low nibbles for even j), for the VNNI
+    prefill: (its 32 levels as <32 x u8>, its scale d * sc[j], its minimum -dmin * m[j])."""
     j = kb & 7
-    q = load(blocks[r], (kb >> 3) * 144 + 16 + 32 * (j >> 1), 32)
-    return q & np.uint8(15) if (j & 1) == 0 else q >> 4
-
-
-@njit(inline="always")
-def prefill_scales(row, i, nkb, Dt, Mt):
-    """Lane i of the k-block scales (and minimums) of a repacked group: Dt[16 kb + i], Mt[16 kb + i]."""
-    for sb in range(nkb // 8):
-        o = sb * 144
-        d = f16_at(row, o)
-        dmin = f16_at(row, o + 2)
-        packed = row[o + 4: o + 16]
-        for j in range(8):
-            sc, mn = scale_min(packed, j)
-            Dt[16 * (8 * sb + j) + i] = d * np.float32(sc)
-            Mt[16 * (8 * sb + j) + i] = -dmin * np.float32(mn)
+    o = (kb >> 3) * 144
+    q = load(row, o + 16 + 32 * (j >> 1), 32)
+    sc, mn = scale_min(row[o + 4: o + 16], j)
+    return q & np.uint8(15) if (j & 1) == 0 else q >> 4, f16_at(row, o) * np.float32(sc), -f16_at(row, o + 2) * np.float32(mn)

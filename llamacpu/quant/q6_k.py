@@ -32,7 +32,7 @@ from gguf import GGMLQuantizationType
 from numba import njit, prange
 
 from ..kernels.simd import bitcast, fma, hsum, load, sext, shuffle, sitofp, splat
-from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put, row_chunks
+from .common import FASTMATH, as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
 from .vnni import CAT32, NATURAL, byte_dot, empty64, prepare
 
 ID = 4  # this format's index in kernels.MODULES
@@ -41,6 +41,7 @@ GGML_TYPE = GGMLQuantizationType.Q6_K
 BLOCK = 256
 TYPE_SIZE = 210
 SUB = 16
+PREFILL = 16, 32, False  # VNNI prefill: k-block columns (a sub-block), level offset (q - 32), minimums
 GROUP_MAX_EPS = 1e-15  # ggml: groups with a smaller largest magnitude quantize to zeros
 
 
@@ -103,12 +104,7 @@ def _quantize_superblocks(x: np.ndarray) -> np.ndarray:
 
 def quantize(w: np.ndarray) -> np.ndarray:
     """float32 [R, C] -> uint8 blocks [R, C // 256 * 210]."""
-    w = as_matrix(w, BLOCK, NAME)
-    rows, cols = w.shape
-    out = np.empty((rows, cols // BLOCK * TYPE_SIZE), np.uint8)
-    for r0, r1 in row_chunks(rows, cols):
-        out[r0:r1] = _quantize_superblocks(w[r0:r1].reshape(-1, BLOCK)).reshape(r1 - r0, -1)
-    return out
+    return quantize_rows(w, BLOCK, TYPE_SIZE, NAME, _quantize_superblocks)
 
 
 def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
@@ -204,20 +200,17 @@ def matvec_vnni(blocks, x, out):
         out[r] = hsum((acc0 + acc1) + accc)
 
 
-# Prefill (kernels.matmul_vnni): k-blocks of 16 columns (a sub-block), 6-bit levels (offset 32).
-PREFILL_KCOLS, PREFILL_OFFSET, HAS_MIN = 16, 32, False
-
-
 @njit(inline="always")
-def prefill_levels(blocks, r, kb):
-    """Sub-block s = kb % 16 (16 columns) as <16 x u8>: half h, quarter qq, part p with s = 8h + 2qq + p."""
+def prefill_block(row, kb):
+    """Sub-block s = kb % 16 (16 columns; half h, quarter qq, part p with s = 8h + 2qq + p), for the VNNI
+    prefill: (its 16 levels as <16 x u8>, its scale d * sc[s], no minimum)."""
     s = kb & 15
     h = s >> 3
     qq = (s >> 1) & 3
     p = s & 1
     o = (kb >> 4) * 210
-    a = load(blocks[r], o + 64 * h + 32 * (qq & 1) + 16 * p, 16)
-    c = load(blocks[r], o + 128 + 32 * h + 16 * p, 16)
+    a = load(row, o + 64 * h + 32 * (qq & 1) + 16 * p, 16)
+    c = load(row, o + 128 + 32 * h + 16 * p, 16)
     lo = a & np.uint8(15) if qq < 2 else a >> 4
     if qq == 0:
         hi = c << 4
@@ -227,12 +220,4 @@ def prefill_levels(blocks, r, kb):
         hi = c
     else:
         hi = c >> 2
-    return lo | (hi & np.uint8(0x30))
-
-
-@njit(inline="always")
-def prefill_scales(row, i, nkb, Dt, Mt):
-    """Lane i of the k-block scales (and minimums) of a repacked group: Dt[16 kb + i], Mt[16 kb + i]."""
-    for kb in range(nkb):
-        o = (kb >> 4) * 210
-        Dt[16 * kb + i] = f16_at(row, o + 208) * np.float32(np.int8(row[o + 192 + (kb & 15)]))
+    return lo | (hi & np.uint8(0x30)), f16_at(row, o + 208) * np.float32(np.int8(row[o + 192 + s])), np.float32(0.0)

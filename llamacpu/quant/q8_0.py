@@ -17,7 +17,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit, prange
 
-from ..kernels.simd import bitcast, dpbusd, fma, fp16_to_f32, hsum, load, shuffle, shuffle2, sitofp, splat
+from ..kernels.simd import bitcast, fma, fp16_to_f32, hsum, load, shuffle, shuffle2, sitofp, splat
 from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put, round_half_away
 from .vnni import NATURAL, XB, add_tail, byte_dot, empty64, lanes, prepare
 
@@ -26,6 +26,7 @@ NAME = "q8_0"
 GGML_TYPE = GGMLQuantizationType.Q8_0
 BLOCK = 32  # weights per block
 TYPE_SIZE = 34  # bytes per block
+PREFILL = 32, 128, False  # VNNI prefill: k-block columns, level offset (int8 + 128), minimums
 
 
 
@@ -121,18 +122,7 @@ def matvec_vnni(blocks, x, out):
     add_tail(decode_block, blocks, x, out, 2 * npair, XB)  # an odd last block (tiny matrices only)
 
 
-# Prefill (kernels.matmul_vnni): k-blocks of 32 columns, levels int8 + 128, no minimums.
-PREFILL_KCOLS, PREFILL_OFFSET, HAS_MIN = 32, 128, False
-
-
 @njit(inline="always")
-def prefill_levels(blocks, r, kb):
-    """The 32 levels of k-block kb of row r, as <32 x u8>."""
-    return load(blocks[r], kb * 34 + 2, 32) ^ np.uint8(0x80)  # int8 -> level + 128
-
-
-@njit(inline="always")
-def prefill_scales(row, i, nkb, Dt, Mt):
-    """Lane i of the k-block scales (and minimums) of a repacked group: Dt[16 kb + i], Mt[16 kb + i]."""
-    for kb in range(nkb):
-        Dt[16 * kb + i] = f16_at(row, kb * 34)
+def prefill_block(row, kb):
+    """k-block kb of a row for the VNNI prefill: (its 32 levels as <32 x u8>, its scale, its minimum)."""
+    return load(row, kb * 34 + 2, 32) ^ np.uint8(0x80), f16_at(row, kb * 34), np.float32(0.0)

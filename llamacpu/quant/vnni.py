@@ -38,7 +38,7 @@ that is not a multiple of the step: only tiny matrices) are done in scalar fp32 
 format's portable decoder, in a loop of their own.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from ..kernels.simd import (bitcast, dpbusd, fma, hmax, hsum, hsum_int, load, load_splat, round_i32, shuffle,
                             shuffle2, sitofp, splat, store, trunc, vmax)
@@ -198,9 +198,7 @@ CAT32 = shuffle2(list(range(64)))  # two <32 x u8> -> <64 x u8>
 #   while all token passes stream over them.
 # Levels are unsigned bytes with the format's offset removed in the correction: Q8_0 int8 + 128,
 # nibbles (Q4_0, Q4_1, Q4_K, int4_g128), Q6_K's 6-bit q. Scales and minimums per (row, k-block) in
-# float. Measured on this machine (n = 128): 170-187 GFLOP/s on one core for the 32-column formats, 140
-# for Q6_K, against a fp32 FMA peak of about 117 per core; OpenBLAS sgemm on dequantized fp32 tiles
-# reached 165 on two idle cores and collapses when the machine is shared (20-60).
+# float. Faster than fp32 BLAS on dequantized tiles (numbers in bench/README.md).
 
 MM_ROWS = 16  # rows per group: the 16 int32 lanes of an accumulator
 MM_TOKENS = 4  # tokens per pass over a group
@@ -409,3 +407,38 @@ def add_tail(decode_block, blocks, x, out, b0, bs):
             for b in range(b0, nb):
                 decode_block(blocks[r], b, acc, x[b * bs: b * bs + bs], True)
             out[r] += acc.sum()
+
+
+@njit(inline="always")
+def matvec_4blocks(step, has_min, layout, decode_block, blocks, x, out):
+    """out[r] = sum_c W[r, c] * x[c] for the formats whose step is 64 bytes of nibbles covering four
+    x-blocks (Q4_0, Q4_1: four blocks; int4_g128: one group): `step(row, s, H, L)` gives the int32 lanes of
+    sum q * x16 of step s (4 lanes per x-block), its 16 lanes of weight scales and, with minimums
+    (`has_min`, literal), its 4 minimums, which multiply the exact x-block sums. Levels are centred on 8
+    (Q4_0's offset; `centre` for the others)."""
+    rows = blocks.shape[0]
+    nb = x.shape[0] // XB
+    H, L, sx, r16, xe = prepare(x, layout)
+    nstep = nb // 4
+    sc = empty64(32 * nstep, np.float32)  # per step: 16 lanes of sx, 16 lanes of the centring term
+    for b in range(4 * nstep):
+        lanes(sc, 32 * (b >> 2) + 4 * (b & 3), 4, sx[b],
+              centre(8, sx[b], r16[2 * b] + r16[2 * b + 1], xe[b] if has_min else np.float32(0.0), 4))
+    for r in prange(rows):
+        row = blocks[r]
+        acc = splat(np.float32(0.0), 16)
+        macc = splat(np.float32(0.0), 4)  # sum of m * sum(x) per x-block
+        for s in range(nstep):
+            ia, d, m = step(row, s, H, L)
+            acc = fma(fma(sitofp(ia), load(sc, 32 * s, 16), load(sc, 32 * s + 16, 16)), d, acc)
+            if has_min:
+                macc = fma(m, load(xe, 4 * s, 4), macc)
+        out[r] = hsum(acc) + hsum(macc)
+    add_tail(decode_block, blocks, x, out, 4 * nstep, XB)  # the last 1-3 blocks (tiny matrices only)
+
+
+@njit(inline="always")
+def nibble_levels(row, o):
+    """The 32 levels of the 16 bytes at o (low nibbles, then high ones) as <32 x u8>: a k-block of Q4_0, Q4_1."""
+    q = load(row, o, 16)
+    return CAT16(q & np.uint8(15), q >> 4)

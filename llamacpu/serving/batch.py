@@ -5,10 +5,10 @@ pages: memory is used as slots fill). A sequence owns one slot while it runs; wh
 keeps its tokens so that a later request with the same prefix (system prompt, chat history) reuses
 them (`common_prefix`), until another sequence overwrites it.
 
-`forward_slots` is the model's forward pass (model/llama.py:LlamaCore._chunk) for the new tokens of
+`forward_slots` is the model's forward pass (model/llama.py:LlamaCore.forward_chunk) for the new tokens of
 several sequences at once, concatenated into one [N, hidden] matrix: every projection reads each
 weight once for all N tokens, RoPE takes each token's own position, and attention reads each token's
-own slot (kernels/slot_attention.py). It is a separate function, not a mode of `_chunk`, because the
+own slot (kernels/slot_attention.py). It is a separate function, not a mode of `forward_chunk`, because the
 latter's cache is a rectangular [batch, slot] array with one shared length.
 """
 from __future__ import annotations

@@ -11,12 +11,14 @@ from pathlib import Path
 
 from ..errors import TokenizerError, UnsupportedError
 from ..limits import is_present
+from ..checkpoint.gguf import read_gguf
+from ..hub import resolve_model
+from .fast import LlamaTokenizerFast
+from .gguf_vocab import fast_tokenizer_from_gguf, sentencepiece_model_proto
+from .llama import LlamaTokenizer
 
 
 def tokenizer_from_gguf_metadata(meta: dict):
-    from .gguf_vocab import fast_tokenizer_from_gguf, sentencepiece_model_proto
-    from .llama import LlamaTokenizer
-
     kind = meta.get("model")
     if kind == "llama":
         tokens = meta.get("tokens")
@@ -41,20 +43,12 @@ def tokenizer_from_gguf_metadata(meta: dict):
 class AutoTokenizer:
     @staticmethod
     def from_pretrained(path, **kwargs):
-        from ..hub import resolve_model
-
         path = Path(path) if Path(path).exists() else resolve_model(str(path))
         if path.is_file() and path.suffix == ".gguf":
-            from ..checkpoint.gguf import read_gguf
-
             return tokenizer_from_gguf_metadata(read_gguf(path).tokenizer_metadata)
         if path.is_dir():
             if is_present(path / "tokenizer.json", TokenizerError, "tokenizer.json"):
-                from .fast import LlamaTokenizerFast
-
                 return LlamaTokenizerFast.from_pretrained(path, **kwargs)
             if (path / "tokenizer.model").is_file():
-                from .llama import LlamaTokenizer
-
                 return LlamaTokenizer.from_pretrained(path, **kwargs)
         raise TokenizerError(f"{path}: no tokenizer.json, tokenizer.model or GGUF vocabulary found")

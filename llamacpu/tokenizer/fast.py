@@ -23,6 +23,7 @@ import numpy as np
 from llamacpu.errors import InputError, TokenizerError
 from llamacpu.limits import is_present, open_regular, read_json, read_text
 from llamacpu.validation import token_ids
+from llamacpu.tokenizer.chat import apply_chat_template
 
 SPECIAL_TOKENS_ATTRIBUTES = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
                              "mask_token"]
@@ -449,8 +450,6 @@ class LlamaTokenizerFast:
     def apply_chat_template(self, conversation: list[dict[str, str]], add_generation_prompt: bool = False,
                             tokenize: bool = True, chat_template: str | None = None, **kwargs: Any) -> Any:
         """transformers' apply_chat_template (see llamacpu.tokenizer.chat): ids, or text with tokenize=False."""
-        from llamacpu.tokenizer.chat import apply_chat_template
-
         return apply_chat_template(self, conversation, add_generation_prompt=add_generation_prompt,
                                    tokenize=tokenize, chat_template=chat_template, **kwargs)
 

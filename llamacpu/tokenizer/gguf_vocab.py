@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from llamacpu.errors import TokenizerError, UnsupportedError
+from llamacpu.tokenizer.fast import LlamaTokenizerFast
 
 # gguf.TokenType; the numbering is SentencePiece's ModelProto.SentencePiece.Type, which llama.cpp copied.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -312,8 +313,6 @@ def gpt2_tokenizer(meta: dict):
 def fast_tokenizer_from_gguf(meta: dict):
     """LlamaTokenizerFast for a byte-level BPE GGUF vocabulary, with its special tokens, add_bos/eos
     (GGUF flags, else llama.cpp's per-pre defaults) and chat template."""
-    from llamacpu.tokenizer.fast import LlamaTokenizerFast
-
     tok = gpt2_tokenizer(meta)
     pre = bpe_pre(meta)
     tokens = meta["tokens"]

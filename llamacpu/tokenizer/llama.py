@@ -28,6 +28,7 @@ import sentencepiece as spm
 from llamacpu.errors import InputError, TokenizerError, UnsupportedError
 from llamacpu.limits import is_present, read_bytes, read_text
 from llamacpu.validation import token_ids
+from llamacpu.tokenizer.chat import apply_chat_template
 
 SPIECE_UNDERLINE = "▁"
 VOCAB_FILE = "tokenizer.model"
@@ -585,8 +586,6 @@ class LlamaTokenizer:
                             **kwargs):
         """transformers' apply_chat_template: ids, or the prompt text with tokenize=False. The rendering
         lives in llamacpu.tokenizer.chat."""
-        from llamacpu.tokenizer.chat import apply_chat_template
-
         return apply_chat_template(self, conversation, add_generation_prompt=add_generation_prompt,
                                    tokenize=tokenize, chat_template=chat_template, **kwargs)
 

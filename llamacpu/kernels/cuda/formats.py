@@ -20,6 +20,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from ...model.weights import DenseWeight
+from ...quant import get_format
 from .common import bf16_to_f32, device, f16_at, f16_to_f32
 
 
@@ -248,9 +250,5 @@ FORMATS = {f.name: f for f in (
 def reference_dequantize(name: str, data: np.ndarray, cols: int) -> np.ndarray:
     """The NumPy reference every `at`/`dot` above must match: the host format's dequantize."""
     if name in ("f32", "f16", "bf16"):
-        from ...model.weights import DenseWeight
-
         return DenseWeight(data, name).dequantize()
-    from ...quant import get_format
-
     return get_format(name).dequantize(data, cols)

@@ -6,30 +6,26 @@ and the CPU kernel do, then the pair is rotated in every head. Reference: `llama
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import cuda
 
 from ..rope import rope_ref as reference  # noqa: F401  (the NumPy function this must match)
+from ..rope import rotate_pair
+from .common import device
+
+_rotate_pair = device(rotate_pair)  # the CPU kernel's rotation, compiled for the GPU
 
 
 @cuda.jit
 def rope(x, positions, inv_freq):
     """Rotate in place. x: float32 [N, n_heads, head_dim], positions: int64 [N], inv_freq: float32 [head_dim/2]."""
-    n, n_heads, head_dim = x.shape
+    n, _, head_dim = x.shape
     half = head_dim // 2
     for item in range(cuda.grid(1), n * half, cuda.gridsize(1)):
         t = item // half
         i = item % half
-        angle = np.float32(positions[t]) * inv_freq[i]
-        c = np.float32(math.cos(angle))
-        s = np.float32(math.sin(angle))
-        for h in range(n_heads):
-            a = x[t, h, i]
-            b = x[t, h, i + half]
-            x[t, h, i] = a * c - b * s
-            x[t, h, i + half] = b * c + a * s
+        _rotate_pair(x, t, i, np.float32(positions[t]) * inv_freq[i])
 
 
 def launch(geometry, x, positions, inv_freq) -> None:
