@@ -41,8 +41,12 @@ class LlamaConfig:
     pad_token_id: int | None = None
     torch_dtype: str | None = None  # dtype the checkpoint was stored in ("float32", "bfloat16", ...)
     num_labels: int = 2  # LlamaForSequenceClassification
-    architectures: list[str] = field(default_factory=lambda: ["LlamaForCausalLM"])
+    architectures: list[str] | None = None  # None: LlamaForCausalLM
     model_type: str = "llama"
+    # transformers' documented arguments with no effect on inference, kept for round-trips
+    initializer_range: float = 0.02  # std of the random init of a model built from this config
+    use_cache: bool = True  # the KV cache is always used
+    attention_dropout: float = 0.0  # training only
 
     def __post_init__(self):
         if self.num_key_value_heads is None:
@@ -110,6 +114,12 @@ class LlamaConfig:
             if e is not None and (not isinstance(e, int) or isinstance(e, bool) or not -1 <= e < 1 << 63):
                 raise ConfigError(f"eos_token_id: expected token ids (integers in [-1, 2**63)), "
                                   f"found {self.eos_token_id!r}")
+        if not _positive_number(self.initializer_range):
+            raise ConfigError(f"initializer_range: expected a positive number, found {self.initializer_range!r}")
+        if not isinstance(self.use_cache, bool):
+            raise ConfigError(f"use_cache: expected true or false, found {self.use_cache!r}")
+        if not isinstance(self.attention_dropout, (int, float)) or not 0 <= self.attention_dropout < 1:
+            raise ConfigError(f"attention_dropout: expected a number in [0, 1), found {self.attention_dropout!r}")
         if self.torch_dtype is not None and self.torch_dtype not in DTYPES:
             raise ConfigError(f"torch_dtype/dtype: expected one of {DTYPES}, found {self.torch_dtype!r}")
         self._validate_rope_scaling()
@@ -159,7 +169,7 @@ class LlamaConfig:
         if isinstance(d.get("rope_scaling"), dict) and "type" in d["rope_scaling"]:
             d["rope_scaling"] = dict(d["rope_scaling"])
             d["rope_scaling"].setdefault("rope_type", d["rope_scaling"].pop("type"))
-        known = set(cls.__dataclass_fields__)
+        known = set(cls.__dataclass_fields__) | {"id2label", "label2id"}
         kwargs = {k: v for k, v in d.items() if k in known}
         try:
             return cls(**kwargs)
@@ -178,8 +188,92 @@ class LlamaConfig:
 
         return cls.from_dict(read_json(file, ConfigError, "config.json", expect=None))
 
+    # ---- transformers 5 surface: rope_parameters, dtype, to_dict / to_json_string / save_pretrained ---
+    @property
+    def rope_parameters(self) -> dict:
+        """transformers 5's form of rope_theta + rope_scaling."""
+        return {**(self.rope_scaling or {"rope_type": "default"}), "rope_theta": self.rope_theta}
+
+    @property
+    def dtype(self) -> str | None:
+        return self.torch_dtype
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """transformers 5's keys (rope_parameters, dtype, id2label, ...), as LlamaConfig.to_dict()."""
+        return config_v5_dict(self)
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        d = self.to_dict()
+        if use_diff:
+            d = {k: v for k, v in d.items() if k not in _BASE_DEFAULTS or _BASE_DEFAULTS[k] != v}
+        return json.dumps(d, indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory, **overrides) -> str:
+        """Write config.json (transformers 5 layout); returns its path."""
+        from .checkpoint.write import atomic_write_text
+
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        d = json.loads(self.to_json_string())
+        d.update(overrides)
+        return atomic_write_text(folder / "config.json", json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+
+_V5_EXTRA_ARGS = ("rope_parameters", "dtype", "id2label", "label2id", "output_hidden_states", "output_attentions",
+                  "return_dict")
+_dataclass_init = LlamaConfig.__init__
+
+
+def _init(self, *args, rope_parameters=None, dtype=None, id2label=None, label2id=None,
+          output_hidden_states=False, output_attentions=False, return_dict=True, **kwargs):
+    """transformers 5's constructor arguments on top of the dataclass fields."""
+    if rope_parameters is not None:
+        if not isinstance(rope_parameters, dict):
+            raise ConfigError(f"rope_parameters: expected a dict, found {rope_parameters!r}")
+        rp = dict(rope_parameters)
+        if "rope_theta" in rp:
+            kwargs["rope_theta"] = rp.pop("rope_theta")
+        kind = rp.get("rope_type", rp.get("type", "default"))
+        kwargs["rope_scaling"] = None if kind == "default" else rp
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    if id2label is not None:
+        kwargs["num_labels"] = len(id2label)
+    self.output_hidden_states, self.output_attentions, self.return_dict = (output_hidden_states, output_attentions,
+                                                                            return_dict)
+    _dataclass_init(self, *args, **kwargs)
+    self.id2label = {int(k): v for k, v in id2label.items()} if id2label else \
+        {i: f"LABEL_{i}" for i in range(self.num_labels)}
+    self.label2id = dict(label2id) if label2id else {v: k for k, v in self.id2label.items()}
+
+
+LlamaConfig.__init__ = _init
+
+# PretrainedConfig's defaults: to_json_string(use_diff=True) leaves out the keys still equal to them
+_BASE_DEFAULTS = {"output_hidden_states": False, "return_dict": True, "dtype": None, "chunk_size_feed_forward": 0,
+                  "is_encoder_decoder": False, "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
+                  "label2id": {"LABEL_0": 0, "LABEL_1": 1}, "problem_type": None, "architectures": None,
+                  "_name_or_path": "", "output_attentions": False}
+
+
+def config_v5_dict(c: LlamaConfig) -> dict:
+    return {
+        "transformers_version": "5.24.0",  # the transformers release whose layout this is
+        "architectures": c.architectures,
+        "output_hidden_states": c.output_hidden_states, "return_dict": c.return_dict, "dtype": c.torch_dtype,
+        "chunk_size_feed_forward": 0, "is_encoder_decoder": False,
+        "id2label": {str(k): v for k, v in c.id2label.items()}, "label2id": dict(c.label2id), "problem_type": None,
+        "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads, "hidden_act": c.hidden_act,
+        "max_position_embeddings": c.max_position_embeddings, "initializer_range": c.initializer_range,
+        "rms_norm_eps": c.rms_norm_eps, "use_cache": c.use_cache, "pad_token_id": c.pad_token_id,
+        "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pretraining_tp": c.pretraining_tp,
+        "tie_word_embeddings": c.tie_word_embeddings, "rope_parameters": c.rope_parameters,
+        "attention_bias": c.attention_bias, "attention_dropout": c.attention_dropout, "mlp_bias": c.mlp_bias,
+        "head_dim": c.head_dim, "_name_or_path": getattr(c, "name_or_path", ""), "model_type": c.model_type,
+        "output_attentions": c.output_attentions,
+    }
 
 
 def _positive_int(v) -> bool:

@@ -18,7 +18,8 @@ from .stopping import StopStrings
 
 
 def resolve_config(model, kwargs) -> GenerationConfig:
-    kwargs = dict(kwargs)
+    """Call arguments over the model's generation_config (its generation_config.json) over defaults."""
+    kwargs = {**model_defaults(model), **kwargs}
     if kwargs.get("eos_token_id") is None:
         kwargs["eos_token_id"] = model.config.eos_token_ids
     config = GenerationConfig.from_kwargs(**kwargs)
@@ -30,8 +31,14 @@ def resolve_config(model, kwargs) -> GenerationConfig:
     return config
 
 
+def model_defaults(model) -> dict:
+    """The fields of `model.generation_config` that differ from GenerationConfig's defaults."""
+    gc = getattr(model, "generation_config", None)
+    return gc.to_diff_dict() if gc is not None else {}
+
+
 def generate_tokens(model, input_ids, attention_mask, config: GenerationConfig, cache=None,
-                    tokenizer=None, history=None) -> Iterator[np.ndarray]:
+                    tokenizer=None, history=None, sampler=None) -> Iterator[np.ndarray]:
     """Yield the next token of every row, int64 [B], until max_new_tokens, all rows at EOS, or a stop
     string. Finished rows get pad_token_id. `cache` defaults to an empty one lent for this call; a
     cache that already holds a prefix gets input_ids appended (chat reuses the shared history so),
@@ -58,7 +65,7 @@ def _decode(model, ids, mask, config, cache, tokenizer, history):
     earlier = history if history is not None else [[]] * batch  # per row: ids before input_ids
     history = [np.concatenate([np.asarray(h, np.int64).reshape(-1), row[m.astype(bool)]])
                for h, row, m in zip(earlier, ids, mask)]
-    sampler = Sampler(config)
+    sampler = sampler or Sampler(config)
     eos = np.array(config.eos_token_id or [], np.int64)
     done = np.zeros(batch, bool)
     logits = model.next_token_logits(ids, mask, cache)

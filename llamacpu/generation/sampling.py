@@ -28,8 +28,19 @@ class GenerationConfig:
     pad_token_id: int | None = None
     stop_strings: list[str] = field(default_factory=list)
     seed: int | None = None
+    # transformers' names for length, beams and what generate returns (llamacpu.generation.api)
+    max_length: int | None = None  # prompt + new tokens; max_new_tokens wins when both are given
+    num_beams: int = 1
+    num_return_sequences: int = 1
+    length_penalty: float = 1.0  # beam scores are sum(log p) / new_tokens ** length_penalty
+    early_stopping: bool | str = False  # beam search: False (heuristic), True, or "never"
+    return_dict_in_generate: bool = False
+    output_scores: bool = False
+    output_logits: bool = False
+    bos_token_id: int | None = None  # read from generation_config.json; informational
 
     def __post_init__(self):
+        self.extra: dict = {}  # generation_config.json keys llamacpu does not use
         self.validate()
 
     @property
@@ -69,14 +80,92 @@ class GenerationConfig:
             self.stop_strings = []
         if not isinstance(self.stop_strings, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop_strings):
             bad("stop_strings", "a non-empty string or a list of them")
+        if self.max_length is not None and (not _is_int(self.max_length) or self.max_length < 1):
+            bad("max_length", "an integer >= 1")
+        for name in ("num_beams", "num_return_sequences"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                bad(name, "an integer >= 1")
+        if not _is_real(self.length_penalty):
+            bad("length_penalty", "a number")
+        if self.early_stopping not in (True, False, "never"):
+            bad("early_stopping", "True, False or 'never'")
+        for name in ("return_dict_in_generate", "output_scores", "output_logits"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                bad(name, "True or False")
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "GenerationConfig":
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
+        unknown = sorted(set(kwargs) - known - set(GENERATE_NO_OPS))
         if unknown:
-            raise InputError(f"generate: unknown arguments {unknown} (known: {sorted(known)})")
-        return cls(**{k: v for k, v in kwargs.items() if v is not None or k in ("seed", "eos_token_id", "pad_token_id")})
+            raise InputError(f"generate: unknown arguments {unknown} (known: {sorted(known | set(GENERATE_NO_OPS))})")
+        return cls(**{k: v for k, v in kwargs.items() if k in known and (v is not None or k in _NONE_OK)})
+
+    # ---- transformers' GenerationConfig surface ---------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict) -> "GenerationConfig":
+        """From a generation_config.json dict: known fields are taken, the rest (transformers_version,
+        _from_model_config, fields of decoding methods llamacpu lacks) are kept in `extra` unused."""
+        if not isinstance(d, dict):
+            raise InputError(f"generation config: expected a JSON object, found {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        config = cls(**{k: v for k, v in d.items() if k in known and (v is not None or k in _NONE_OK)})
+        config.extra = {k: v for k, v in d.items() if k not in known}
+        return config
+
+    @classmethod
+    def from_pretrained(cls, path) -> "GenerationConfig":
+        """generation_config.json of a checkpoint folder (a missing file gives the defaults)."""
+        import json
+        from pathlib import Path
+
+        from ..errors import ConfigError
+
+        file = Path(path) / "generation_config.json" if Path(path).is_dir() else Path(path)
+        if not file.is_file():
+            return cls()
+        try:
+            d = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"{file}: not valid JSON ({e})") from None
+        try:
+            return cls.from_dict(d)
+        except InputError as e:
+            raise ConfigError(f"{file}: {e}") from None
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def to_diff_dict(self) -> dict:
+        """Only the values that differ from the defaults (what save_pretrained writes)."""
+        default = type(self)()
+        return {k: v for k, v in self.to_dict().items() if v != getattr(default, k)}
+
+    def update(self, **kwargs) -> dict:
+        """Set known fields (validated); returns the unknown ones, as transformers does."""
+        known = {f.name for f in fields(self)}
+        for k, v in kwargs.items():
+            if k in known:
+                setattr(self, k, v)
+        self.validate()
+        return {k: v for k, v in kwargs.items() if k not in known}
+
+    def save_pretrained(self, save_directory) -> str:
+        import json
+        from pathlib import Path
+
+        from ..checkpoint.write import atomic_write_text
+
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        d = self.to_diff_dict()
+        return atomic_write_text(folder / "generation_config.json", json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+
+# Accepted by generate() and ignored, because llamacpu already behaves that way: the KV cache is always
+# preallocated ("static") and always used; outputs are NumPy whether or not a dict is asked for.
+GENERATE_NO_OPS = ("cache_implementation", "use_cache", "synced_gpus")
+_NONE_OK = ("seed", "eos_token_id", "pad_token_id", "max_length", "bos_token_id")
 
 
 def _is_int(v) -> bool:
@@ -147,11 +236,14 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
         c = self.config
+        self.last_logits = logits  # raw, for output_logits
         z = repetition_penalty(logits.astype(np.float64), history, c.repetition_penalty)
         if c.greedy:
+            self.last_scores = z  # what transformers' output_scores returns for this step
             return z.argmax(axis=-1)
         z = z / c.temperature
         z = min_p_filter(top_p_filter(top_k_filter(z, c.top_k), c.top_p), c.min_p)
+        self.last_scores = z
         probs = softmax(z)
         # inverse-CDF draw, one uniform per row: reproducible and independent of the BLAS/thread setup
         u = self.rng.random(probs.shape[0])
