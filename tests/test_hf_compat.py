@@ -256,3 +256,143 @@ def test_quantization_config_classes_map_to_block_formats():
     b = LlamaForCausalLM.from_pretrained(PARITY / "gqa_f16", quantization="q4_1")
     assert a.weights.layers[0].wq.dtype == "q4_1"
     np.testing.assert_array_equal(a(r["input_ids"]).logits, b(r["input_ids"]).logits)
+
+
+# ---- tokenizers --------------------------------------------------------------------------------------------
+
+TEXTS = ["Once upon a time", "Hello world", " leading space", "Tim said, \"Hi!\"\nThe end.", "ünïcødé 😀 x",
+         "two  spaces", "<s> inside", ""]
+
+
+@needs_shared
+@pytest.mark.parametrize("name", ["stories260K", "llama2-tokenizer"])
+def test_fast_tokenizer_converted_from_tokenizer_model_only(name, tmp_path):
+    rec = REF["tokenizers"][name]
+    shutil.copy(SHARED / name / "tokenizer.model", tmp_path)
+    tok = llamacpu.LlamaTokenizerFast.from_pretrained(tmp_path)
+    assert (len(tok), tok.vocab_size, tok.padding_side) == (rec["len"], rec["vocab_size"], rec["padding_side"])
+    assert (tok.bos_token, tok.eos_token, tok.unk_token, tok.pad_token) == (rec["bos"], rec["eos"], rec["unk"], rec["pad"])
+    assert [tok.encode(t) for t in TEXTS] == rec["encode"]
+    assert [tok.tokenize(t) for t in TEXTS] == rec["tokenize"]
+    assert [tok.decode(tok.encode(t)) for t in TEXTS] == rec["decode"]
+    assert [tok.decode(tok.encode(t), skip_special_tokens=True) for t in TEXTS] == rec["decode_skip"]
+    out = tmp_path / "saved"
+    out.mkdir()
+    assert [Path(p).name for p in tok.save_vocabulary(out)] == rec["save_vocabulary"]
+    assert (out / "tokenizer.model").read_bytes() == (SHARED / name / "tokenizer.model").read_bytes()
+
+
+@needs_shared
+def test_fast_tokenizer_4x_helpers_agree_with_the_slow_tokenizer():
+    # transformers 5 dropped these from LlamaTokenizerFast; llamacpu keeps them with 4.x semantics,
+    # which are the slow LlamaTokenizer's (add_bos_token=True, add_eos_token=False here)
+    slow = llamacpu.LlamaTokenizer.from_pretrained(STORIES)
+    fast = llamacpu.LlamaTokenizerFast.from_pretrained(STORIES)
+    assert fast.add_bos_token and not fast.add_eos_token
+    for tok in (slow, fast):
+        assert tok.build_inputs_with_special_tokens([5, 6, 7]) == [1, 5, 6, 7]
+        assert tok.build_inputs_with_special_tokens([5, 6], [7]) == [1, 5, 6, 1, 7]
+        assert tok.get_special_tokens_mask([5, 6], [7]) == [1, 0, 0, 1, 0]
+        assert tok.get_special_tokens_mask([1, 5, 2], already_has_special_tokens=True) == [1, 0, 1]
+        assert tok.create_token_type_ids_from_sequences([5, 6], [7]) == [0, 0, 0, 1, 1]
+    assert fast.encode("Once upon a time") == slow.encode("Once upon a time")
+
+
+@needs_shared
+def test_tokenizer_left_padding_to_and_pt_error():
+    rec = REF["stories"]
+    tok = llamacpu.AutoTokenizer.from_pretrained(STORIES)
+    assert type(tok).__name__ == rec["tokenizer_class"] and tok.padding_side == rec["padding_side"]
+    tok.pad_token = tok.eos_token
+    enc = tok(["Once upon a time", "Hi"], padding=True, return_tensors="np")
+    assert enc["input_ids"].tolist() == rec["padded"]["input_ids"]
+    assert enc["attention_mask"].tolist() == rec["padded"]["attention_mask"]
+    inputs = tok("Once upon a time", return_tensors="np").to("cuda")
+    assert type(inputs).__name__ == rec["to_type"] and inputs.to(0) is inputs
+    for t in (tok, llamacpu.LlamaTokenizerFast.from_pretrained(STORIES)):
+        with pytest.raises(llamacpu.LlamacpuError, match="return_tensors='pt'.*no torch.*return_tensors='np'"):
+            t("Hi", return_tensors="pt")
+
+
+@needs_shared
+def test_apply_chat_template_return_dict_and_np():
+    from llamacpu.tokenizer.chat import LLAMA2_CHAT_TEMPLATE
+
+    rec = REF["stories"]["chat_template"]
+    tok = llamacpu.AutoTokenizer.from_pretrained(STORIES)
+    out = tok.apply_chat_template(rec["messages"], chat_template=LLAMA2_CHAT_TEMPLATE, add_generation_prompt=True,
+                                  tokenize=True, return_dict=True, return_tensors="np")
+    assert type(out).__name__ == rec["type"] and list(out.keys()) == rec["keys"]
+    assert isinstance(out["input_ids"], np.ndarray) and out["input_ids"].tolist() == rec["input_ids"]
+    assert out["attention_mask"].tolist() == rec["attention_mask"]
+    ids = tok.apply_chat_template(rec["messages"], chat_template=LLAMA2_CHAT_TEMPLATE, add_generation_prompt=True)
+    assert ids == rec["input_ids"][0]  # the default stays 4.x's list of ids (README: a deliberate difference)
+
+
+# ---- the documentation page's usages on stories260K ----------------------------------------------------------
+
+@needs_shared
+def test_automodel_usage_from_the_documentation_page():
+    rec = REF["stories"]["automodel"]
+    tok = llamacpu.AutoTokenizer.from_pretrained(STORIES)
+    model = AutoModelForCausalLM.from_pretrained(STORIES, torch_dtype="float32", device_map="auto",
+                                                 attn_implementation="sdpa")
+    inputs = tok("Once upon a time", return_tensors="np").to(model.device)
+    out = model.generate(**inputs, max_new_tokens=30, cache_implementation="static", do_sample=False)
+    assert out[0].tolist() == rec["ids"]
+    assert tok.decode(out[0], skip_special_tokens=True) == rec["text"]
+    half = AutoModelForCausalLM.from_pretrained(STORIES, torch_dtype="float16")  # the page's dtype
+    out = half.generate(**tok("Once upon a time", return_tensors="np"), max_new_tokens=30, do_sample=False)
+    assert tok.decode(out[0], skip_special_tokens=True) == REF["stories"]["automodel_fp16_text"]
+    assert (model.generation_config.bos_token_id, model.generation_config.eos_token_id) == (
+        rec["generation_config"]["bos_token_id"], [rec["generation_config"]["eos_token_id"]])
+
+
+@needs_shared
+def test_pipeline_usage_and_generation_config_defaults(tmp_path):
+    rec = REF["stories"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # device=0 on a machine without a GPU: "running on the CPU"
+        pipe = llamacpu.pipeline(task="text-generation", model=str(STORIES), torch_dtype="float32", device=0)
+    assert pipe("Once upon a time", do_sample=False, max_new_tokens=30) == rec["pipeline"]
+    shutil.copytree(STORIES, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": 1, "eos_token_id": 2, "max_new_tokens": 5, "do_sample": False}))
+    pipe = llamacpu.pipeline(task="text-generation", model=str(tmp_path), torch_dtype="float32")
+    assert pipe("Once upon a time") == rec["pipeline_generation_config"]
+
+
+@needs_shared
+@pytest.mark.parametrize("name", sorted(REF.get("stories", {}).get("beams", {})))
+def test_beam_search_on_stories_matches_transformers(name):
+    rec = REF["stories"]["beams"][name]
+    tok = llamacpu.AutoTokenizer.from_pretrained(STORIES)
+    model = AutoModelForCausalLM.from_pretrained(STORIES)
+    o = model.generate(**tok("Once upon a time", return_tensors="np"), max_new_tokens=24, do_sample=False,
+                       eos_token_id=rec["eos_token_id"], pad_token_id=0, return_dict_in_generate=True,
+                       output_scores=True, **rec["kwargs"])
+    assert o.sequences.tolist() == rec["sequences"]
+    close(o.sequences_scores, rec["sequences_scores"])
+    assert tok.batch_decode(o.sequences, skip_special_tokens=True) == rec["texts"]
+
+
+@needs_shared
+def test_greedy_scores_on_stories_match_transformers():
+    tok = llamacpu.AutoTokenizer.from_pretrained(STORIES)
+    model = AutoModelForCausalLM.from_pretrained(STORIES)
+    o = model.generate(**tok("Once upon a time", return_tensors="np"), max_new_tokens=8, do_sample=False,
+                       return_dict_in_generate=True, output_scores=True)
+    np.testing.assert_array_equal(o.sequences, ARR["stories.greedy.sequences"])
+    close(np.stack(o.scores), ARR["stories.greedy.scores"])
+
+
+@needs_shared
+def test_attention_mask_visualizer_prints_transformers_rows(capsys):
+    from llamacpu.utils.attention_visualizer import AttentionMaskVisualizer
+
+    rec = REF["stories"]["visualizer"]
+    AttentionMaskVisualizer(str(STORIES))(rec["text"])
+    ours = capsys.readouterr().out.splitlines()
+    theirs = rec["stdout"].splitlines()
+    assert ours[4:-1] == theirs[4:-1]  # legend, title and one row per token; the box width names the class
+    assert f"llama:{STORIES}" in ours[2] and len(ours) == len(theirs)

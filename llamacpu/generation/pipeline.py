@@ -4,6 +4,10 @@
     pipe("Once upon a time", max_new_tokens=40, do_sample=True, seed=0, stop_strings=["."])
     -> [{"generated_text": "Once upon a time ... ."}]
 
+Defaults as transformers': the call's arguments, then the checkpoint's generation_config.json, then
+the pipeline's own (256 new tokens, sampling at temperature 0.7). Sampled text differs from
+transformers' (its draws come from torch's generator; ours from a seeded NumPy one: pass seed=).
+
 A list of chat messages as input is rendered with the chat template and the reply comes back as the
 conversation with the assistant's message appended, as transformers does.
 """
@@ -14,6 +18,10 @@ from ..hub import resolve_model
 from ..model.causal_lm import LlamaForCausalLM
 from ..tokenizer.auto import AutoTokenizer
 from .stream import TextGeneration
+
+# transformers' text-generation pipeline defaults (TextGenerationPipeline._default_generation_config):
+# used for what neither the call nor the checkpoint's generation_config.json sets
+PIPELINE_DEFAULTS = {"max_new_tokens": 256, "do_sample": True, "temperature": 0.7}
 
 
 class TextGenerationPipeline:
@@ -35,6 +43,12 @@ class TextGenerationPipeline:
             ids = tok.encode(prompt) or [tok.bos_token_id]
         else:
             raise InputError(f"text-generation input: expected a string, got {type(prompt).__name__}")
+        from .generate import model_defaults
+
+        kwargs = {**{k: v for k, v in PIPELINE_DEFAULTS.items() if k not in model_defaults(self.model)}, **kwargs}
+        if kwargs.get("max_length") is not None and "max_new_tokens" not in kwargs:
+            kwargs["max_new_tokens"] = max(0, kwargs["max_length"] - len(ids))
+        kwargs.pop("max_length", None)
         text = "".join(TextGeneration(self.model, tok).stream(ids, **kwargs))
         if _is_chat(prompt):
             return [{"generated_text": list(prompt) + [{"role": "assistant", "content": text}]}]

@@ -278,9 +278,12 @@ def render_chat(template: str | None, messages, add_generation_prompt: bool = Fa
 
 
 def apply_chat_template(tokenizer, messages, add_generation_prompt: bool = False, tokenize: bool = True,
-                        chat_template: str | None = None, **extra):
+                        chat_template: str | None = None, return_dict: bool = False,
+                        return_tensors: str | None = None, **extra):
     """transformers' apply_chat_template: -> ids (tokenize=True) or the prompt text. The template
-    writes special tokens (BOS, <|im_start|>) itself, so the text is encoded without adding them."""
+    writes special tokens (BOS, <|im_start|>) itself, so the text is encoded without adding them.
+    return_dict=True gives a BatchEncoding (input_ids, attention_mask), return_tensors="np" arrays
+    [1, T] (transformers 5 returns the BatchEncoding by default; llamacpu keeps 4.x's list of ids)."""
     own = getattr(tokenizer, "chat_template", None)
     if isinstance(chat_template, str) and not isinstance(own, (str, type(None))) and "{" not in chat_template:
         template = resolve_template(own, chat_template)  # a template's name, as transformers allows
@@ -292,4 +295,7 @@ def apply_chat_template(tokenizer, messages, add_generation_prompt: bool = False
     text = render_chat(template, messages, add_generation_prompt=add_generation_prompt, **specials)
     if not tokenize:
         return text
-    return tokenizer.encode(text, add_special_tokens=False)
+    if return_tensors is None and not return_dict:
+        return tokenizer.encode(text, add_special_tokens=False)
+    enc = tokenizer([text] if return_tensors else text, add_special_tokens=False, return_tensors=return_tensors)
+    return enc if return_dict else enc["input_ids"]

@@ -28,6 +28,7 @@ from llamacpu.tokenizer.chat import apply_chat_template
 SPECIAL_TOKENS_ATTRIBUTES = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
                              "mask_token"]
 TOKENIZER_FILE = "tokenizer.json"
+SPM_FILE = "tokenizer.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -44,6 +45,11 @@ class BatchEncoding(dict):
         except KeyError:
             raise AttributeError(key) from None
 
+    def to(self, device=None, *args, **kwargs) -> "BatchEncoding":
+        """transformers moves its tensors to `device`; NumPy arrays live in host memory, where llamacpu
+        reads them on every backend, so this returns the encoding unchanged (`.to(model.device)` works)."""
+        return self
+
 
 def _token_content(value: Any) -> str | None:
     """A special token from tokenizer_config.json: a string, an AddedToken dict, or None."""
@@ -55,6 +61,11 @@ def _token_content(value: Any) -> str | None:
     if isinstance(content, str):
         return content
     raise TokenizerError(f"special token {value!r} is neither a string nor an AddedToken")
+
+
+def tensors_error(return_tensors) -> str:
+    return (f"return_tensors={return_tensors!r}: llamacpu has no torch/TensorFlow/JAX tensors; use "
+            f"return_tensors='np' (NumPy int64 arrays, accepted wherever transformers takes tensors)")
 
 
 def clean_up_tokenization(text: str) -> str:
@@ -130,8 +141,13 @@ class LlamaTokenizerFast:
         """Load from a local folder holding tokenizer.json and (optionally) tokenizer_config.json,
         special_tokens_map.json and chat_template.jinja. Keyword arguments override the config."""
         folder = Path(pretrained_model_name_or_path)
+        converted = None
         if not is_present(folder / TOKENIZER_FILE, TokenizerError, TOKENIZER_FILE):
-            raise TokenizerError(f"{folder}: no {TOKENIZER_FILE} (a fast tokenizer needs one)")
+            if not is_present(folder / SPM_FILE, TokenizerError, SPM_FILE):
+                raise TokenizerError(f"{folder}: no {TOKENIZER_FILE} or {SPM_FILE} (a fast tokenizer needs one)")
+            from .convert import tokenizer_from_sentencepiece
+
+            converted = tokenizer_from_sentencepiece(folder / SPM_FILE)  # as transformers converts it
         config: dict[str, Any] = {}
         for name in (SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE):  # the config wins over the map
             p = folder / name
@@ -158,7 +174,16 @@ class LlamaTokenizerFast:
             if config.get(key) is not None:
                 args[key] = config[key]
         args.update(kwargs)
-        return cls(folder / TOKENIZER_FILE, name_or_path=str(folder), **args)
+        if converted is None:
+            return cls(folder / TOKENIZER_FILE, name_or_path=str(folder), **args)
+        tokenizer_object, names = converted
+        for key, value in names.items():
+            args.setdefault(key, value)
+        # without add_bos_token in a tokenizer_config.json, transformers 5's converted tokenizer adds
+        # no BOS (no post-processor): the same here, so ids agree
+        tok = cls(tokenizer_object=tokenizer_object, name_or_path=str(folder), **args)
+        tok.vocab_file = str(folder / SPM_FILE)
+        return tok
 
     def save_pretrained(self, save_directory: str | Path, **_: Any) -> tuple[str, ...]:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json; return their paths."""
@@ -185,6 +210,59 @@ class LlamaTokenizerFast:
         paths[0].write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         paths[1].write_text(json.dumps(special_map, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return tuple(str(p) for p in paths)
+
+    def save_vocabulary(self, save_directory: str | Path, filename_prefix: str | None = None) -> tuple[str, ...]:
+        """The SentencePiece tokenizer.model this tokenizer was converted from (as transformers writes),
+        else tokenizer.json; returns the path written."""
+        import shutil
+
+        folder = Path(save_directory)
+        if not folder.is_dir():
+            raise InputError(f"save_vocabulary needs an existing directory, got {save_directory}")
+        prefix = filename_prefix + "-" if filename_prefix else ""
+        source = getattr(self, "vocab_file", None)
+        if source and Path(source).is_file():
+            out = folder / (prefix + SPM_FILE)
+            if Path(source).resolve() != out.resolve():
+                shutil.copyfile(source, out)
+        else:
+            out = folder / (prefix + TOKENIZER_FILE)
+            self._tokenizer.save(str(out))
+        return (str(out),)
+
+    # --- transformers 4.x helpers (transformers 5 removed them from LlamaTokenizerFast; kept here) -
+
+    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+        """[BOS] ids0 [EOS] ([BOS] ids1 [EOS]), each as add_bos_token / add_eos_token say."""
+        bos = [self.bos_token_id] if self.add_bos_token and self.bos_token_id is not None else []
+        eos = [self.eos_token_id] if self.add_eos_token and self.eos_token_id is not None else []
+        out = bos + list(token_ids_0) + eos
+        if token_ids_1 is not None:
+            out += bos + list(token_ids_1) + eos
+        return out
+
+    def get_special_tokens_mask(self, token_ids_0: list[int], token_ids_1: list[int] | None = None,
+                                already_has_special_tokens: bool = False) -> list[int]:
+        """1 where build_inputs_with_special_tokens puts (or already put) a special token, else 0."""
+        if already_has_special_tokens:
+            if token_ids_1 is not None:
+                raise InputError("token_ids_1 must be None when the ids already contain special tokens")
+            special = set(self.all_special_ids)
+            return [1 if i in special else 0 for i in token_ids_0]
+        bos, eos = [1] * self.add_bos_token, [1] * self.add_eos_token
+        mask = bos + [0] * len(token_ids_0) + eos
+        if token_ids_1 is not None:
+            mask += bos + [0] * len(token_ids_1) + eos
+        return mask
+
+    def create_token_type_ids_from_sequences(self, token_ids_0: list[int],
+                                             token_ids_1: list[int] | None = None) -> list[int]:
+        """0 over the first sequence (with its special tokens), 1 over the second."""
+        n_special = len(self.build_inputs_with_special_tokens([]))
+        types = [0] * (len(token_ids_0) + n_special)
+        if token_ids_1 is not None:
+            types += [1] * (len(token_ids_1) + n_special)
+        return types
 
     # --- special tokens ---------------------------------------------------------------------------
 
@@ -439,7 +517,7 @@ class LlamaTokenizerFast:
                 out["attention_mask"] = masks[0] if single else masks
             return out
         if return_tensors != "np":
-            raise InputError(f"return_tensors={return_tensors!r}: only 'np' is supported (no torch here)")
+            raise InputError(tensors_error(return_tensors))
         if len({len(x) for x in ids}) > 1:
             raise InputError("Unable to create a tensor from sequences of different lengths: use padding=True")
         out["input_ids"] = np.array(ids, dtype=np.int64).reshape(len(ids), -1)

@@ -65,6 +65,11 @@ class BatchEncoding(dict):
         except KeyError:
             raise AttributeError(name) from None
 
+    def to(self, device=None, *args, **kwargs) -> "BatchEncoding":
+        """transformers moves its tensors to `device`; NumPy arrays live in host memory, where llamacpu
+        reads them on every backend, so this returns the encoding unchanged (`.to(model.device)` works)."""
+        return self
+
     @property
     def data(self):
         return dict(self)
@@ -159,7 +164,7 @@ class LlamaTokenizer:
     def __init__(self, vocab_file=None, *, model_proto=None, unk_token="<unk>", bos_token="<s>",
                  eos_token="</s>", pad_token=None, additional_special_tokens=None, add_bos_token=True,
                  add_eos_token=False, legacy=None, add_prefix_space=True, model_max_length=VERY_LARGE_INTEGER,
-                 padding_side="right", clean_up_tokenization_spaces=False, chat_template=None,
+                 padding_side="left", clean_up_tokenization_spaces=False, chat_template=None,
                  added_tokens_decoder=None, **kwargs):
         if (vocab_file is None) == (model_proto is None):
             raise InputError("LlamaTokenizer needs exactly one of vocab_file and model_proto")
@@ -485,7 +490,9 @@ class LlamaTokenizer:
         if padding not in (False, None, "do_not_pad", "longest", "max_length"):
             raise InputError(f"padding must be False, True, 'longest' or 'max_length', got {padding!r}")
         if return_tensors not in (None, "np"):
-            raise UnsupportedError(f"return_tensors={return_tensors!r}: only None and 'np' are supported")
+            from llamacpu.tokenizer.fast import tensors_error
+
+            raise UnsupportedError(tensors_error(return_tensors))
         side = padding_side or self.padding_side
         if side not in ("left", "right"):
             raise InputError(f"padding_side must be 'left' or 'right', got {side!r}")

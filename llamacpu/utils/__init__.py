@@ -1,0 +1,1 @@
+"""transformers-compatible import paths (`from llamacpu.utils.attention_visualizer import ...`)."""
