@@ -41,6 +41,7 @@ class GenerationConfig:
 
     def __post_init__(self):
         self.extra: dict = {}  # generation_config.json keys llamacpu does not use
+        self.explicit: set = set()  # keys the file set, even to a default value (they beat pipeline defaults)
         self.validate()
 
     @property
@@ -111,6 +112,7 @@ class GenerationConfig:
         known = {f.name for f in fields(cls)}
         config = cls(**{k: v for k, v in d.items() if k in known and (v is not None or k in _NONE_OK)})
         config.extra = {k: v for k, v in d.items() if k not in known}
+        config.explicit = {k for k in d if k in known and (d[k] is not None or k in _NONE_OK)}
         return config
 
     @classmethod
@@ -137,9 +139,9 @@ class GenerationConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def to_diff_dict(self) -> dict:
-        """Only the values that differ from the defaults (what save_pretrained writes)."""
+        """The values that differ from the defaults or that the file set (what save_pretrained writes)."""
         default = type(self)()
-        return {k: v for k, v in self.to_dict().items() if v != getattr(default, k)}
+        return {k: v for k, v in self.to_dict().items() if v != getattr(default, k) or k in self.explicit}
 
     def update(self, **kwargs) -> dict:
         """Set known fields (validated); returns the unknown ones, as transformers does."""
