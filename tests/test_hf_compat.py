@@ -396,3 +396,47 @@ def test_attention_mask_visualizer_prints_transformers_rows(capsys):
     theirs = rec["stdout"].splitlines()
     assert ours[4:-1] == theirs[4:-1]  # legend, title and one row per token; the box width names the class
     assert f"llama:{STORIES}" in ours[2] and len(ours) == len(theirs)
+
+
+@needs_shared
+def test_chat_cli_accepts_transformers_flag_names():
+    import subprocess
+    import sys
+
+    def run(*flags):
+        return subprocess.run([sys.executable, "-m", "llamacpu.cli", "chat", *flags, "--temp", "0", "-n", "8",
+                               "--quiet"], input="Hello\n/exit\n", capture_output=True, text=True, timeout=300)
+
+    theirs = run("--model_name_or_path", str(STORIES), "--torch_dtype", "auto", "--attn_implementation", "sdpa")
+    ours = run(str(STORIES))
+    assert theirs.returncode == 0, theirs.stderr
+    assert theirs.stdout == ours.stdout and theirs.stdout.strip()
+
+
+def test_from_pretrained_takes_a_hub_id(tmp_path):
+    """AutoModelForCausalLM.from_pretrained("org/name") reads the standard Hub cache (offline here)."""
+    import os
+    import subprocess
+    import sys
+
+    from test_hub import COMMIT, build_cache
+
+    build_cache(tmp_path / "hub", "llamacpu-test/tiny")
+    script = ("import numpy as np, llamacpu\n"
+              "m = llamacpu.AutoModelForCausalLM.from_pretrained('llamacpu-test/tiny', revision='main')\n"
+              "print(m.name_or_path, m(np.array([[1, 2, 3]])).logits.shape)\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "home"))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "llamacpu-test/tiny (1, 3, 128)" in out.stdout
+
+
+@needs_shared
+def test_pipeline_beam_search_returns_transformers_sequences():
+    rec = REF["stories"]["beams"]["b4r2"]
+    pipe = llamacpu.pipeline("text-generation", model=str(STORIES))
+    out = pipe("Once upon a time", max_new_tokens=24, do_sample=False, eos_token_id=rec["eos_token_id"],
+               pad_token_id=0, **rec["kwargs"])
+    assert [o["generated_text"] for o in out] == rec["texts"]
+    with pytest.raises(UnsupportedError, match="num_beams.*model.generate"):
+        list(llamacpu.stream(pipe.model, pipe.tokenizer, "Hi", num_beams=2))

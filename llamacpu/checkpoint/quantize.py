@@ -37,14 +37,25 @@ def choose_format(fmt: str, cols: int) -> str | None:
 
 
 def quantize_weight(w, fmt: str):
-    if not isinstance(w, DenseWeight):
-        raise InputError(f"quantization= applies to float weights; this one is already {w.dtype}")
     chosen = choose_format(fmt, w.shape[1])
-    if chosen is None:
-        return w, None
+    if chosen is None or chosen == w.dtype:
+        return w, chosen
+    if not isinstance(w, DenseWeight):
+        # already quantized (a GGUF file): as transformers loads GGUF, go through float, then quantize;
+        # the two roundings add up, so say so once
+        _warn_requantize(w.dtype, chosen)
     with KERNEL_LOCK:  # dequantize may launch a parallel kernel (see llamacpu.runtime)
         dense = w.dequantize()
     return QuantizedWeight.quantize(chosen, dense), chosen
+
+
+def _warn_requantize(stored: str, target: str, _seen=set()) -> None:
+    import warnings
+
+    if (stored, target) not in _seen:
+        _seen.add((stored, target))
+        warnings.warn(f"re-quantizing {stored} blocks to {target}: the weights were already quantized, so both "
+                      f"roundings add up (load a float checkpoint for the best {target} model)", stacklevel=4)
 
 
 def quantize_weights(weights: LlamaWeights, fmt: str, progress: bool = False) -> tuple[LlamaWeights, dict]:

@@ -87,7 +87,7 @@ def add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
     if positional:
         p.add_argument("model_pos", nargs="?", metavar="MODEL",
                        help="folder, .gguf file or Hugging Face repo id (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("-m", "--model", help="same as MODEL")
+    p.add_argument("-m", "--model", "--model_name_or_path", help="same as MODEL")
     p.add_argument("-hf", "--hf-repo", dest="hf_repo", metavar="ORG/NAME",
                    help="a Hugging Face repo id, as llama.cpp's -hf (same as MODEL)")
     p.add_argument("--revision", help="Hub revision (branch, tag or commit) for a repo id")
@@ -97,8 +97,10 @@ def add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
                         "with a warning on as many threads as there are cores")
     p.add_argument("-c", "--ctx-size", "--max-context", dest="ctx_size", type=int,
                    help="KV-cache length in tokens (default: the model's context)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+    p.add_argument("--dtype", "--torch_dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="weight precision in memory (auto: as stored)")
+    p.add_argument("--attn_implementation", choices=["eager", "sdpa", "flash_attention_2", "flex_attention"],
+                   help="accepted as in transformers' chat command; no effect (one exact attention kernel)")
     p.add_argument("-q", "--quantization", metavar="FORMAT",
                    help=f"quantize at load: {', '.join(quant_formats())}")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (cuda: numba.cuda)")

@@ -40,6 +40,8 @@ def generation_settings(model, input_len: int, generation_config=None, kwargs=No
     if config.pad_token_id is None:
         pad = model.config.pad_token_id
         config.pad_token_id = pad if pad is not None else (config.eos_token_id[0] if config.eos_token_id else 0)
+    if not 0 <= config.pad_token_id < model.config.vocab_size:  # finished rows feed it back
+        raise InputError(f"pad_token_id: {config.pad_token_id} is outside the vocabulary [0, {model.config.vocab_size})")
     if config.num_return_sequences > 1 and config.num_beams == 1 and not config.do_sample:
         raise InputError("num_return_sequences > 1 needs do_sample=True or num_beams >= num_return_sequences "
                          "(greedy decoding gives one sequence per prompt, as in transformers)")

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, UnsupportedError
 from ..model.inputs import as_batch
 from ..validation import token_ids
 from .sampling import GenerationConfig, Sampler
@@ -18,8 +18,14 @@ from .stopping import StopStrings
 
 
 def resolve_config(model, kwargs) -> GenerationConfig:
-    """Call arguments over the model's generation_config (its generation_config.json) over defaults."""
-    kwargs = {**model_defaults(model), **kwargs}
+    """Call arguments over the model's generation_config (its generation_config.json) over defaults.
+    For the token-by-token paths (streaming, pipeline, chat): what needs model.generate is refused."""
+    whole = [k for k in ("max_length", "num_beams", "num_return_sequences", "return_dict_in_generate",
+                         "output_scores", "output_logits") if kwargs.get(k) not in (None, False, 1)]
+    if whole:
+        raise UnsupportedError(f"{whole}: streaming generates one sequence per prompt token by token; use "
+                               f"model.generate(...) for these (and max_new_tokens for the length)")
+    kwargs = {**{k: v for k, v in model_defaults(model).items() if k not in _WHOLE_CALL}, **kwargs}
     if kwargs.get("eos_token_id") is None:
         kwargs["eos_token_id"] = model.config.eos_token_ids
     config = GenerationConfig.from_kwargs(**kwargs)
@@ -29,6 +35,10 @@ def resolve_config(model, kwargs) -> GenerationConfig:
     if not 0 <= config.pad_token_id < model.config.vocab_size:  # finished rows feed it back
         raise InputError(f"pad_token_id: {config.pad_token_id} is outside the vocabulary [0, {model.config.vocab_size})")
     return config
+
+
+_WHOLE_CALL = ("max_length", "num_beams", "num_return_sequences", "return_dict_in_generate", "output_scores",
+               "output_logits", "length_penalty", "early_stopping")
 
 
 def model_defaults(model) -> dict:
@@ -53,13 +63,13 @@ def generate_tokens(model, input_ids, attention_mask, config: GenerationConfig, 
         cache.check_room(ids.shape[1] + max(config.max_new_tokens - 1, 0))
         if config.max_new_tokens == 0:
             return
-        yield from _decode(model, ids, mask, config, cache, tokenizer, history)
+        yield from _decode(model, ids, mask, config, cache, tokenizer, history, sampler)
     finally:
         if own:
             model.give_back_cache(cache)
 
 
-def _decode(model, ids, mask, config, cache, tokenizer, history):
+def _decode(model, ids, mask, config, cache, tokenizer, history, sampler=None):
     batch = ids.shape[0]
     stops = StopStrings(config.stop_strings, tokenizer, batch) if config.stop_strings else None
     earlier = history if history is not None else [[]] * batch  # per row: ids before input_ids
@@ -79,6 +89,7 @@ def _decode(model, ids, mask, config, cache, tokenizer, history):
             return
         history = [np.append(h, t) for h, t in zip(history, nxt)]
         logits = model.next_token_logits(nxt[:, None], np.ones((batch, 1), np.uint8), cache)
+
 
 def generate(model, input_ids, attention_mask=None, streamer=None, tokenizer=None, **kwargs) -> np.ndarray:
     """transformers-style: max_new_tokens, do_sample, temperature, top_k, top_p, min_p,

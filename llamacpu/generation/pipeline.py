@@ -49,10 +49,16 @@ class TextGenerationPipeline:
         if kwargs.get("max_length") is not None and "max_new_tokens" not in kwargs:
             kwargs["max_new_tokens"] = max(0, kwargs["max_length"] - len(ids))
         kwargs.pop("max_length", None)
-        text = "".join(TextGeneration(self.model, tok).stream(ids, **kwargs))
+        if kwargs.get("num_beams", 1) > 1 or kwargs.get("num_return_sequences", 1) > 1:
+            from .api import generate  # several sequences per prompt: one generate() call, not a stream
+
+            rows = generate(self.model, [ids], tokenizer=tok, **kwargs)
+            texts = [tok.decode(row[len(ids):], skip_special_tokens=True) for row in rows]
+        else:
+            texts = ["".join(TextGeneration(self.model, tok).stream(ids, **kwargs))]
         if _is_chat(prompt):
-            return [{"generated_text": list(prompt) + [{"role": "assistant", "content": text}]}]
-        return [{"generated_text": (prompt + text) if return_full_text else text}]
+            return [{"generated_text": list(prompt) + [{"role": "assistant", "content": t}]} for t in texts]
+        return [{"generated_text": (prompt + t) if return_full_text else t} for t in texts]
 
 
 def _is_chat(x) -> bool:

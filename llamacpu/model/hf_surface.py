@@ -45,7 +45,9 @@ def _cuda_available() -> bool:
 
 def device_name(device, device_map=None) -> str:
     """transformers' device / device_map values -> "cpu" or "cuda"."""
+    asked = f"device={device!r}"
     if device_map is not None:
+        asked = f"device_map={device_map!r}"
         if isinstance(device_map, dict):
             targets = set(device_map.values())
             if len(targets) != 1:
@@ -61,7 +63,7 @@ def device_name(device, device_map=None) -> str:
             return "cpu"
         if _cuda_available():
             return "cuda"
-        warnings.warn(f"device={device}: no CUDA GPU is usable here (numba.cuda), running on the CPU", stacklevel=3)
+        warnings.warn(f"{asked}: no CUDA GPU is usable here (numba.cuda), running on the CPU", stacklevel=4)
         return "cpu"
     name = str(device)
     if name.startswith("cuda:"):
