@@ -8,7 +8,7 @@ Anything we cannot run is refused here, naming the field, before a byte of weigh
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError

@@ -419,7 +419,7 @@ def test_from_pretrained_takes_a_hub_id(tmp_path):
     import subprocess
     import sys
 
-    from test_hub import COMMIT, build_cache
+    from test_hub import build_cache
 
     build_cache(tmp_path / "hub", "llamacpu-test/tiny")
     script = ("import numpy as np, llamacpu\n"

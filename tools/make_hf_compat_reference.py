@@ -1,7 +1,8 @@
 """Record what transformers returns for the usages of issue 14 (the transformers drop-in surface), so
 tests/test_hf_compat.py can check llamacpu returns the same without importing torch.
 
-Run from the repository root with a venv that has torch and transformers (never llamacpu's .venv):
+Run from the repository root with a venv that has torch, transformers, sentencepiece and protobuf
+(the last two for converting a lone tokenizer.model; never llamacpu's .venv):
 
     /work/benchenv/bin/python tools/make_hf_compat_reference.py [--shared ../shared/models]
 
@@ -31,9 +32,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig,  # noqa: E402
-                          LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel, LlamaTokenizer,
-                          LlamaTokenizerFast, pipeline)
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,  # noqa: E402
+                          LlamaForSequenceClassification, LlamaModel, LlamaTokenizerFast, pipeline)
 
 REPO = Path(__file__).resolve().parent.parent
 PARITY = REPO / "tests" / "fixtures" / "parity"

@@ -22,7 +22,6 @@ from ..errors import InputError, UnsupportedError
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", None)
 LOAD_NO_OPS = ("attn_implementation", "low_cpu_mem_usage", "use_safetensors", "trust_remote_code")
-LOAD_HF_KEYWORDS = ("torch_dtype", "device_map", "quantization_config", "revision") + LOAD_NO_OPS
 
 
 def dtype_name(dtype) -> str:
@@ -212,9 +211,14 @@ class PreTrainedModelSurface:
         w = getattr(self.weights, "lm_head", None)
         return None if w is None else Embedding(w)
 
-    def save_pretrained(self, save_directory, **_) -> None:
+    def save_pretrained(self, save_directory, safe_serialization: bool = True, max_shard_size=None,
+                        push_to_hub: bool = False) -> None:
         """config.json, model.safetensors (weights as they are in memory: 16-bit stays 16-bit,
-        quantized blocks in llamacpu's quantized format) and generation_config.json."""
+        quantized blocks in llamacpu's quantized format) and generation_config.json. One file,
+        whatever max_shard_size says; safetensors only; never pushed."""
         from .save import save_model
 
+        if not safe_serialization or push_to_hub:
+            raise UnsupportedError("save_pretrained writes safetensors locally only (safe_serialization=True, "
+                                   "push_to_hub=False)")
         save_model(self, save_directory)
