@@ -440,3 +440,12 @@ def test_pipeline_beam_search_returns_transformers_sequences():
     assert [o["generated_text"] for o in out] == rec["texts"]
     with pytest.raises(UnsupportedError, match="num_beams.*model.generate"):
         list(llamacpu.stream(pipe.model, pipe.tokenizer, "Hi", num_beams=2))
+
+
+def test_oversized_config_is_refused_before_allocating():
+    import os
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    layers = int(ram // (4 * 202_000_000)) + 2  # Llama 2 7B layers (202M parameters each) past this RAM
+    with pytest.raises(InputError, match="B parameters .* GiB in float32.*smaller sizes"):
+        LlamaModel(LlamaConfig(pad_token_id=0, num_hidden_layers=layers))

@@ -14,6 +14,7 @@ What each transformers keyword does here (README "Coming from transformers" list
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -123,6 +124,16 @@ def init_weights(config, head: str, seed: int | None = None):
     def bias(n, on):
         return np.zeros(n, np.float32) if on else None
 
+    n_params = config.vocab_size * D * (1 if config.tie_word_embeddings or head != "lm" else 2) + \
+        config.num_hidden_layers * (D * (2 * Q + 2 * KV) + 3 * D * I)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 1 << 62
+    if 4 * n_params > ram // 2:  # refuse rather than be killed: the default LlamaConfig is Llama 2 7B
+        raise InputError(f"a randomly initialised model of this config has {n_params / 1e9:.1f}B parameters "
+                         f"({4 * n_params / 2**30:.1f} GiB in float32), more than half this machine's "
+                         f"{ram / 2**30:.1f} GiB: pass smaller sizes to LlamaConfig")
     ab, mb = config.attention_bias, config.mlp_bias
     layers = [LayerWeights(attn_norm=np.ones(D, np.float32), wq=mat(Q, D), wk=mat(KV, D), wv=mat(KV, D), wo=mat(D, Q),
                            mlp_norm=np.ones(D, np.float32), w_gate=mat(I, D), w_up=mat(I, D), w_down=mat(D, I),
