@@ -7,6 +7,7 @@ Anything we cannot run is refused here, naming the field, before a byte of weigh
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path

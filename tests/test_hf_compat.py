@@ -157,7 +157,6 @@ def test_default_length_is_transformers_max_length_20():
     assert model.generate(r["input_ids"], eos_token_id=[]).shape[1] == 20
 
 
-@pytest.mark.xfail(strict=True, reason="the model's shared static cache: fixed by the serving work (#13)")
 def test_returned_past_key_values_stay_valid_after_another_call():
     r = case("mha_f32")
     model = LlamaForCausalLM.from_pretrained(PARITY / "mha_f32")

@@ -55,7 +55,7 @@ def generate(model, input_ids, attention_mask=None, streamer=None, tokenizer=Non
              **kwargs):
     """transformers' generate(): -> int64 [B * num_return_sequences, T + new], or a
     GenerateDecoderOnlyOutput / GenerateBeamDecoderOnlyOutput with return_dict_in_generate=True."""
-    from ..model.causal_lm import as_batch
+    from ..model.inputs import as_batch
 
     ids, mask = as_batch(input_ids, attention_mask, model.config.vocab_size)
     config = generation_settings(model, ids.shape[1], generation_config, kwargs)

@@ -13,7 +13,7 @@ from ..errors import UnsupportedError
 
 
 def _entries(model):
-    from ..checkpoint.load import LAYER_NAMES
+    from .names import LAYER
     from ..quant import QuantizedWeight
 
     w = model.weights
@@ -23,9 +23,9 @@ def _entries(model):
     if w.score is not None:
         named.append(("score.weight", w.score))
     for i, layer in enumerate(w.layers):
-        for attr, name in LAYER_NAMES.items():
-            if getattr(layer, attr) is not None:
-                named.append((f"model.layers.{i}.{name}", getattr(layer, attr)))
+        for t in LAYER:  # the one checkpoint name table (checkpoint/names.py)
+            if getattr(layer, t.field) is not None:
+                named.append((t.hf.format(i=i), getattr(layer, t.field)))
     entries, meta, formats = [], {}, set()
     for name, t in named:
         if isinstance(t, np.ndarray):
@@ -42,7 +42,7 @@ def _entries(model):
 
 
 def save_model(model, save_directory) -> None:
-    from ..checkpoint.quantized import FORMAT_VERSION
+    from ..checkpoint.quantize import FORMAT_VERSION
     from ..checkpoint.writer import write_safetensors
 
     folder = Path(save_directory)
