@@ -126,7 +126,7 @@ class Request:
     def _emit(self, ev: Event) -> None:
         if ev.finish_reason is not None:
             self.finished = True
-            self.engine.finished[ev.finish_reason] += 1
+            self.engine.finish_counts[ev.finish_reason] += 1
         if self._loop is None:
             self._q.put(ev)
             return
@@ -164,19 +164,18 @@ class Engine:
         self._cv = threading.Condition()
         self._closed = False
         self.steps = 0  # forward passes run (for tests and stats)
-        self.finished = collections.Counter()  # requests ended, by finish reason
+        self.finish_counts = collections.Counter()  # requests ended, by finish reason
         self._thread = threading.Thread(target=self._loop, name="llamacpu-engine", daemon=True)
         self._thread.start()
 
     # ---- submitting ------------------------------------------------------------------------------------
-    def submit(self, prompt_ids, logprobs: int | None = None, constraint=None, asynchronous: bool = False,
-               **generation_kwargs) -> Request:
+    def submit(self, prompt_ids, logprobs: int | None = None, constraint=None,
+               loop: asyncio.AbstractEventLoop | None = None, **generation_kwargs) -> Request:
         """Queue a generation of `prompt_ids` (a list of ids). generation_kwargs: as generate()
         (max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, stop_strings,
         eos_token_id, seed). Raises InputError for bad values or a prompt that does not fit the context,
-        EngineBusy when the queue is full. asynchronous=True (called inside a running event loop): the
-        request is read with `async for`, its events delivered through that loop."""
-        loop = asyncio.get_running_loop() if asynchronous else None
+        EngineBusy when the queue is full. With `loop` (an asyncio event loop; submit may be called from
+        another thread) the request is read with `async for` in that loop, its events delivered through it."""
         config = resolve_config(self.model, generation_kwargs)
         ids = list(prompt_ids)
         if not ids or not all(isinstance(t, (int, np.integer)) and 0 <= t < self.model.config.vocab_size for t in ids):
@@ -203,7 +202,7 @@ class Engine:
     def stats(self) -> dict:
         with self._cv:
             return {"slots": self.cache.n_slots, "slots_free": len(self._free), "waiting": len(self._waiting),
-                    "context": self.context, "steps": self.steps, "finished": dict(self.finished)}
+                    "context": self.context, "steps": self.steps, "finished": dict(self.finish_counts)}
 
     def close(self) -> None:
         """Stop the loop; waiting and running requests end with finish_reason "cancelled"."""

@@ -128,9 +128,9 @@ class Service:
                                               self.model.config.eos_token_ids)
         return self._ll_tokenizer
 
-    def start(self, kind: str, body: dict, asynchronous: bool = False) -> "Job":
+    def start(self, kind: str, body: dict, loop=None) -> "Job":
         """Validate an OpenAI request body and submit its sequences. kind: "completion" | "chat.completion".
-        asynchronous=True inside an event loop (the server): read the Job with `achunks` / `aresponse`."""
+        With `loop` (an asyncio event loop, as the server does) read the Job in it with `achunks` / `aresponse`."""
         if not isinstance(body, dict):
             raise ParamError("body", "expected a JSON object")
         body = dict(body)
@@ -202,7 +202,7 @@ class Service:
                         constraint = Constraint(self.ll_tokenizer(), **constraint_args)
                     s = None if seed is None else (seed + k) % 2**63
                     job.add(self.engine.submit(prompt, logprobs=logprobs, constraint=constraint, seed=s,
-                                               asynchronous=asynchronous, **gen),
+                                               loop=loop, **gen),
                             len(prompt), first_of_prompt=k == 0)
         except BaseException:
             job.cancel()
