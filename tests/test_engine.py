@@ -1,5 +1,6 @@
 """The generation engine (llamacpu.serving): continuous batching gives each request what it gets alone."""
 import json
+import re
 import threading
 import time
 
@@ -162,21 +163,22 @@ def test_threads_share_one_engine(stories, engine):
 
 def test_json_schema_constraint(stories, engine):
     jsonschema = pytest.importorskip("jsonschema")
-    from llamacpu.serving.structured import Constraint, ll_tokenizer
+    from llamacpu.serving.structured import Constraint
 
     model, tok = stories
     schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10},
                                                "age": {"type": "integer", "minimum": 0, "maximum": 99},
                                                "mood": {"enum": ["happy", "sad"]}},
               "required": ["name", "age", "mood"], "additionalProperties": False}
-    lt = ll_tokenizer(tok, model.config.vocab_size, model.config.eos_token_ids)
+    lt = engine.ll_tokenizer()
     for seed in range(4):
-        r = engine.generate(tok.encode(PROMPTS[seed]), max_new_tokens=80, do_sample=True, seed=seed,
-                            constraint=Constraint(lt, json_schema=schema))
+        r = engine.generate(tok.encode(PROMPTS[seed]), max_new_tokens=80, do_sample=True, seed=seed, json_schema=schema)
         jsonschema.validate(json.loads(r["text"]), schema)
         assert r["finish_reason"] == "stop"
     with pytest.raises(InputError):
         Constraint(lt, json_schema={"type": "object", "properties": {"a": {"type": "no-such-type"}}})
+    r = engine.generate(tok.encode("The cat"), max_new_tokens=20, regex=r"(yes|no), [0-9]{2}")
+    assert r["finish_reason"] == "stop" and re.fullmatch(r"(yes|no), [0-9]{2}", r["text"])
 
 
 def test_create_chat_completion_in_process(stories):

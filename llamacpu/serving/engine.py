@@ -126,7 +126,7 @@ class Request:
     def _emit(self, ev: Event) -> None:
         if ev.finish_reason is not None:
             self.finished = True
-            self.engine.finished[ev.finish_reason] += 1
+            self.engine.finish_counts[ev.finish_reason] += 1
         if self._loop is None:
             self._q.put(ev)
             return
@@ -163,20 +163,22 @@ class Engine:
         self._running: list[Request] = []  # touched by the loop thread only
         self._cv = threading.Condition()
         self._closed = False
+        self._ll_tokenizer = None
         self.steps = 0  # forward passes run (for tests and stats)
-        self.finished = collections.Counter()  # requests ended, by finish reason
+        self.finish_counts = collections.Counter()  # requests ended, by finish reason
         self._thread = threading.Thread(target=self._loop, name="llamacpu-engine", daemon=True)
         self._thread.start()
 
     # ---- submitting ------------------------------------------------------------------------------------
-    def submit(self, prompt_ids, logprobs: int | None = None, constraint=None, asynchronous: bool = False,
+    def submit(self, prompt_ids, logprobs: int | None = None, constraint=None, json_schema=None,
+               regex: str | None = None, lark: str | None = None, loop: asyncio.AbstractEventLoop | None = None,
                **generation_kwargs) -> Request:
         """Queue a generation of `prompt_ids` (a list of ids). generation_kwargs: as generate()
         (max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, stop_strings,
-        eos_token_id, seed). Raises InputError for bad values or a prompt that does not fit the context,
-        EngineBusy when the queue is full. asynchronous=True (called inside a running event loop): the
-        request is read with `async for`, its events delivered through that loop."""
-        loop = asyncio.get_running_loop() if asynchronous else None
+        eos_token_id, seed). json_schema (a dict) / regex / lark: constrain the output to it (llguidance).
+        Raises InputError for bad values or a prompt that does not fit the context,
+        EngineBusy when the queue is full. With `loop` (an asyncio event loop; submit may be called from
+        another thread) the request is read with `async for` in that loop, its events delivered through it."""
         config = resolve_config(self.model, generation_kwargs)
         ids = list(prompt_ids)
         if not ids or not all(isinstance(t, (int, np.integer)) and 0 <= t < self.model.config.vocab_size for t in ids):
@@ -186,6 +188,10 @@ class Engine:
                              f"context of {self.context} tokens")
         if logprobs is not None and (not isinstance(logprobs, int) or not 0 <= logprobs <= 20):
             raise InputError(f"logprobs: expected an integer in [0, 20], got {logprobs!r}")
+        if constraint is None and (json_schema is not None or regex is not None or lark is not None):
+            from .structured import Constraint
+
+            constraint = Constraint(self.ll_tokenizer(), json_schema=json_schema, regex=regex, lark=lark)
         req = Request(self, ids, config, logprobs, constraint, loop)
         with self._cv:
             if self._closed:
@@ -196,6 +202,16 @@ class Engine:
             self._cv.notify()
         return req
 
+    def ll_tokenizer(self):
+        """llguidance's view of the vocabulary, built once (about a second for a 50k vocabulary)."""
+        with self._cv:
+            if self._ll_tokenizer is None:
+                from .structured import ll_tokenizer
+
+                self._ll_tokenizer = ll_tokenizer(self.tokenizer, self.model.config.vocab_size,
+                                                  self.model.config.eos_token_ids)
+            return self._ll_tokenizer
+
     def generate(self, prompt_ids, **kwargs) -> dict:
         """Submit and wait (blocking): see `Request.result`."""
         return self.submit(prompt_ids, **kwargs).result()
@@ -203,7 +219,7 @@ class Engine:
     def stats(self) -> dict:
         with self._cv:
             return {"slots": self.cache.n_slots, "slots_free": len(self._free), "waiting": len(self._waiting),
-                    "context": self.context, "steps": self.steps, "finished": dict(self.finished)}
+                    "context": self.context, "steps": self.steps, "finished": dict(self.finish_counts)}
 
     def close(self) -> None:
         """Stop the loop; waiting and running requests end with finish_reason "cancelled"."""
@@ -304,7 +320,22 @@ class Engine:
         z = logits[None].astype(np.float32)  # [1, vocab]
         if r.constraint is not None:
             z[0, ~r.constraint.allowed(len(logits))] = -np.inf
-        tok = int(r.sampler(z, [r.history])[0])
+        tok = int(r.sampler(z.copy(), [r.history])[0])
+        for _ in range(16):  # the mask may allow a token the grammar then refuses: draw again without it
+            if r.constraint is None or r.constraint.accepts(tok):
+                break
+            z[0, tok] = -np.inf
+            if not np.isfinite(z).any():
+                break
+            tok = int(r.sampler(z.copy(), [r.history])[0])
+        else:
+            z[0] = -np.inf  # to the exact mask below
+        if r.constraint is not None and not r.constraint.accepts(tok):
+            z = logits[None].astype(np.float32)
+            z[0, ~r.constraint.allowed_exact(len(logits))] = -np.inf
+            if not np.isfinite(z).any():
+                raise InputError("structured output: no token satisfies the grammar here")
+            tok = int(r.sampler(z, [r.history])[0])
         ev = Event(token=tok)
         if r.logprobs is not None:
             lp = logits.astype(np.float64) - logits.max()

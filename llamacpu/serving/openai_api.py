@@ -49,7 +49,6 @@ class Service:
         self.name = name or getattr(model, "name_or_path", "llamacpu")
         self.engine = Engine(model, tokenizer, **engine_kwargs)
         self.created = int(time.time())
-        self._ll_tokenizer = None
 
     @classmethod
     def from_pretrained(cls, path, name: str | None = None, slots: int = 8, context: int | None = None,
@@ -120,17 +119,9 @@ class Service:
         base, both = tok.decode([anchor]), tok.decode([anchor, token])
         return both[len(base):] if both.startswith(base) else tok.decode([token])
 
-    def ll_tokenizer(self):
-        if self._ll_tokenizer is None:
-            from .structured import ll_tokenizer
-
-            self._ll_tokenizer = ll_tokenizer(self.tokenizer, self.model.config.vocab_size,
-                                              self.model.config.eos_token_ids)
-        return self._ll_tokenizer
-
-    def start(self, kind: str, body: dict, asynchronous: bool = False) -> "Job":
+    def start(self, kind: str, body: dict, loop=None) -> "Job":
         """Validate an OpenAI request body and submit its sequences. kind: "completion" | "chat.completion".
-        asynchronous=True inside an event loop (the server): read the Job with `achunks` / `aresponse`."""
+        With `loop` (an asyncio event loop, as the server does) read the Job in it with `achunks` / `aresponse`."""
         if not isinstance(body, dict):
             raise ParamError("body", "expected a JSON object")
         body = dict(body)
@@ -195,14 +186,9 @@ class Service:
         try:
             for p_i, prompt in enumerate(prompts):
                 for k in range(n):
-                    constraint = None
-                    if constraint_args is not None:
-                        from .structured import Constraint
-
-                        constraint = Constraint(self.ll_tokenizer(), **constraint_args)
                     s = None if seed is None else (seed + k) % 2**63
-                    job.add(self.engine.submit(prompt, logprobs=logprobs, constraint=constraint, seed=s,
-                                               asynchronous=asynchronous, **gen),
+                    job.add(self.engine.submit(prompt, logprobs=logprobs, seed=s, **(constraint_args or {}),
+                                               loop=loop, **gen),
                             len(prompt), first_of_prompt=k == 0)
         except BaseException:
             job.cancel()

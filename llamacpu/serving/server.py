@@ -13,6 +13,7 @@ queue place taken. A client that disconnects mid-stream cancels its sequences, w
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -106,7 +107,9 @@ def create_app(service: Service, api_key: str | None = None, max_body: int = MAX
 
     def generation(kind):
         async def handler(request):
-            job = service.start(kind, await read_json(request), asynchronous=True)
+            body, loop = await read_json(request), asyncio.get_running_loop()
+            # tokenizing, the chat template and a schema's grammar are CPU work: off the event loop
+            job = await anyio.to_thread.run_sync(lambda: service.start(kind, body, loop=loop))
             if not job.stream:
                 try:
                     return JSONResponse(await job.aresponse())

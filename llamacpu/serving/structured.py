@@ -117,6 +117,18 @@ class Constraint:
             raise InputError(f"structured output: the grammar allows no token ({self.matcher.get_error()})")
         return mask
 
+    def accepts(self, token: int) -> bool:
+        """Whether the grammar takes `token` now. The mask can be wider than this after bytes the grammar
+        forces (seen with a forced space before a digit under a SentencePiece vocabulary), so the engine
+        checks the sampled token and draws again without it when it is refused."""
+        return self.matcher.validate_tokens([int(token)]) == 1
+
+    def allowed_exact(self, vocab: int) -> np.ndarray:
+        """bool [vocab] by asking the grammar about every token: slow (a few us a token), used only when
+        `allowed` admitted nothing the grammar takes (a forced space under SentencePiece, where
+        llguidance's mask leaves out the lone space piece)."""
+        return np.array([self.accepts(t) for t in range(vocab)], bool)
+
     def advance(self, token: int) -> None:
         self.matcher.consume_token(int(token))
 
