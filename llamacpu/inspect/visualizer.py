@@ -103,7 +103,7 @@ def save_heatmaps(trace, tokens: list, out_dir, row: int = 0) -> list:
     cmap = plt.get_cmap("viridis")
     side = max(2.4, min(5.5, 0.16 * T + 1.0))  # inches per head: room for one label per token
     fig, ax = plt.subplots(figsize=(side * cols + 2.2, side * rows + 1.0), dpi=100, layout="constrained")
-    canvas = np.ones((rows * step - 1, cols * step - 1, 4))
+    canvas = np.full((rows * step - 1, cols * step - 1, 4), 255, np.uint8)  # RGBA bytes: nothing to convert
     image = ax.imshow(canvas, interpolation="nearest")
     ax.set_xticks([c * step + t for c in range(cols) for t in range(T)], labels * cols, rotation=90, fontsize=6)
     ax.set_yticks([r * step + t for r in range(rows) for t in range(T)], labels * rows, fontsize=6)
@@ -133,8 +133,8 @@ def save_heatmaps(trace, tokens: list, out_dir, row: int = 0) -> list:
         probs = trace[f"layers.{i}.attn_probs"][row]  # [H, T, S]
         for h in range(H):
             r, c = divmod(h, cols)
-            block = cmap(np.nan_to_num(probs[h]))
-            block[masked | ~np.isfinite(probs[h])] = (0.9, 0.9, 0.9, 1.0)
+            block = cmap(np.nan_to_num(probs[h]), bytes=True)
+            block[masked | ~np.isfinite(probs[h])] = (230, 230, 230, 255)
             canvas[r * step:r * step + T, c * step:c * step + T] = block
         image.set_data(canvas)
         title.set_text(f"attention probabilities, layer {i}: query tokens down, key tokens across")
