@@ -71,6 +71,9 @@ class LlamaPreTrainedModel(LlamaCore):
         max_context: KV-cache length; default max_position_embeddings (x factor under dynamic RoPE).
         """
         from ..checkpoint.load import load
+        from ..hub import check_model_type
+
+        check_model_type(path, f"{cls.__name__}.from_pretrained")
 
         if kwargs.pop("torch_dtype", None) not in (None, "auto"):
             raise InputError("torch_dtype: use dtype= (llamacpu has no torch)")

@@ -38,8 +38,9 @@ def tokenizer_from_gguf_metadata(meta: dict):
 class AutoTokenizer:
     @staticmethod
     def from_pretrained(path, **kwargs):
-        from ..hub import resolve_model
+        from ..hub import check_model_type, resolve_model
 
+        check_model_type(path, "AutoTokenizer.from_pretrained")
         path = Path(path) if Path(path).exists() else resolve_model(str(path))
         if path.is_file() and path.suffix == ".gguf":
             from ..checkpoint.gguf import read_gguf
