@@ -33,6 +33,14 @@ def default_model() -> Path:
     return path
 
 
+def check_model_type(model, who: str = "from_pretrained") -> None:
+    """A model argument must be a path or a string: anything else is a mistake named here, not a
+    TypeError from deep inside pathlib."""
+    if not isinstance(model, (str, os.PathLike)):
+        raise CheckpointError(f"{who}: expected a folder, a .gguf file or a Hugging Face repo id, got "
+                              f"{type(model).__name__} {model!r} (llamacpu.default_model() is the embedded model)")
+
+
 def resolve_model(model: str | os.PathLike | None, revision: str | None = None, gguf_file: str | None = None) -> Path:
     """-> a local path (folder or .gguf file) for MODEL."""
     if model is None or model == "":

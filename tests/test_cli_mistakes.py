@@ -147,3 +147,12 @@ def test_the_library_never_sends_a_local_path_to_the_hub(name, monkeypatch):
     with pytest.raises(CheckpointError, match="no such file or folder"):
         hub.resolve_model(name)
     assert hub.could_be_repo_id("HuggingFaceTB/SmolLM2-135M-Instruct") and hub.could_be_repo_id("org/model.v2")
+
+
+@pytest.mark.parametrize("bad", [None, 3, ["a"]])
+def test_from_pretrained_of_a_non_path_is_a_llamacpu_error(bad):
+    from llamacpu import AutoTokenizer, LlamacpuError, LlamaForCausalLM
+
+    for load in (LlamaForCausalLM.from_pretrained, AutoTokenizer.from_pretrained):
+        with pytest.raises(LlamacpuError, match="default_model"):
+            load(bad)

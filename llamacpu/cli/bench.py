@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..runtime import threading_layer
-from .common import add_model_args, first_run_note
+from .common import add_model_args, first_run_note, progress_wanted
 
 WARMUP_PROMPT = [1, 2, 3, 4]
 
@@ -81,7 +81,7 @@ def load_model(args, say):
     max_context = args.ctx_size or (args.prompt_tokens + args.new_tokens + len(WARMUP_PROMPT))
     model = LlamaForCausalLM.from_pretrained(path, dtype=args.dtype, max_context=max_context,
                                              quantization=args.quantization, device=args.device,
-                                             progress=not args.json)
+                                             progress=progress_wanted() and not args.json)
     return model, path
 
 

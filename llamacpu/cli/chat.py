@@ -44,7 +44,7 @@ FENCE = '"""'
 
 def add_parser(sub) -> None:
     p = sub.add_parser("chat", help="interactive multi-turn chat (/help inside lists the commands)",
-                       epilog=EXAMPLES, description="Chat with a model. The KV cache is reused across turns; "
+                       epilog=EXAMPLES, description="Chat with a model. The KV cache is reused across turns;\n"
                        "when the context fills, the oldest turns are dropped and the system prompt kept.")
     add_model_args(p)
     add_sampling_args(p)

@@ -90,12 +90,12 @@ def add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
     p.add_argument("-m", "--model", "--model_name_or_path", help="same as MODEL")
     p.add_argument("-hf", "--hf-repo", dest="hf_repo", metavar="ORG/NAME",
                    help="a Hugging Face repo id, as llama.cpp's -hf (same as MODEL)")
-    p.add_argument("--revision", help="Hub revision (branch, tag or commit) for a repo id")
-    p.add_argument("--hf-file", help="the .gguf file to fetch from a Hub repo")
-    p.add_argument("-t", "--threads", type=int,
+    p.add_argument("--revision", metavar="REV", help="Hub revision (branch, tag or commit) for a repo id")
+    p.add_argument("--hf-file", metavar="FILE", help="the .gguf file to fetch from a Hub repo")
+    p.add_argument("-t", "--threads", type=int, metavar="N",
                    help="Numba threads (default: all cores, or NUMBA_NUM_THREADS); more than the cores runs "
                         "with a warning on as many threads as there are cores")
-    p.add_argument("-c", "--ctx-size", "--max-context", dest="ctx_size", type=int,
+    p.add_argument("-c", "--ctx-size", "--max-context", dest="ctx_size", type=int, metavar="N",
                    help="KV-cache length in tokens (default: the model's context)")
     p.add_argument("--dtype", "--torch_dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="weight precision in memory (auto: as stored)")
@@ -107,19 +107,19 @@ def add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
-    p.add_argument("-n", "--max-new-tokens", "--n-predict", dest="max_new_tokens", type=int, default=max_new_tokens,
+    p.add_argument("-n", "--max-new-tokens", "--n-predict", dest="max_new_tokens", type=int, default=max_new_tokens, metavar="N",
                    help="most tokens to generate; -1: until end of text or the context is full")
-    p.add_argument("--temp", "--temperature", dest="temperature", type=float, default=0.8,
+    p.add_argument("--temp", "--temperature", dest="temperature", type=float, default=0.8, metavar="T",
                    help="sampling temperature; 0 = greedy")
-    p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens; 0 = all")
-    p.add_argument("--top-p", type=float, default=0.95,
+    p.add_argument("--top-k", type=int, default=40, metavar="K", help="sample among the k most likely tokens; 0 = all")
+    p.add_argument("--top-p", type=float, default=0.95, metavar="P",
                    help="nucleus sampling: the smallest set of tokens whose probabilities sum to p (0 < p <= 1)")
-    p.add_argument("--min-p", type=float, default=0.05,
+    p.add_argument("--min-p", type=float, default=0.05, metavar="P",
                    help="drop tokens less likely than min-p x the most likely one (0 <= p <= 1)")
-    p.add_argument("--repeat-penalty", "--repetition-penalty", dest="repetition_penalty", type=float, default=1.0,
+    p.add_argument("--repeat-penalty", "--repetition-penalty", dest="repetition_penalty", type=float, default=1.0, metavar="R",
                    help="divide the logits of tokens already seen by this (> 0; 1 = off)")
-    p.add_argument("--seed", type=int, help="sampling seed (default: random)")
-    p.add_argument("--stop", action="append", default=[], help="stop after this text (repeatable)")
+    p.add_argument("--seed", type=int, metavar="N", help="sampling seed (default: random)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop after this text (repeatable)")
     p.add_argument("--ignore-eos", action="store_true", help="go on past the end-of-text token (as llama.cpp)")
 
 

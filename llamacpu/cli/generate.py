@@ -19,7 +19,7 @@ EXAMPLES = """examples:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="continue a prompt (streams the text)", epilog=EXAMPLES,
-                       description="Continue a prompt, or answer it as a chat message with --chat. The prompt "
+                       description="Continue a prompt, or answer it as a chat message with --chat.\nThe prompt "
                                    "comes from -p, from -f FILE, or from stdin when it is not a terminal.")
     add_model_args(p)
     add_sampling_args(p)

@@ -58,8 +58,9 @@ class LlamaPreTrainedModel(PreTrainedModelSurface, LlamaCore):
         from pathlib import Path
 
         from ..generation.sampling import GenerationConfig
-        from ..hub import resolve_model
+        from ..hub import check_model_type, resolve_model
 
+        check_model_type(path, f"{cls.__name__}.from_pretrained")
         dtype, device, from_config, revision = load_arguments(dtype, device, kwargs)
         if kwargs:
             raise InputError(f"from_pretrained: unknown arguments {sorted(kwargs)} (known: dtype, max_context, "

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import TokenizerError, UnsupportedError
 from ..limits import is_present
 from ..checkpoint.gguf import read_gguf
-from ..hub import resolve_model
+from ..hub import check_model_type, resolve_model
 from .fast import LlamaTokenizerFast
 from .gguf_vocab import fast_tokenizer_from_gguf, sentencepiece_model_proto
 from .llama import LlamaTokenizer
@@ -43,6 +43,7 @@ def tokenizer_from_gguf_metadata(meta: dict):
 class AutoTokenizer:
     @staticmethod
     def from_pretrained(path, **kwargs):
+        check_model_type(path, "AutoTokenizer.from_pretrained")
         path = Path(path) if Path(path).exists() else resolve_model(str(path))
         if path.is_file() and path.suffix == ".gguf":
             return tokenizer_from_gguf_metadata(read_gguf(path).tokenizer_metadata)
