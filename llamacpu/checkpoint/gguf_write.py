@@ -252,6 +252,11 @@ def quantize_to_gguf(src, dst, mix: str, progress: bool = False) -> Path:
     if weights.lm_head is not None and weights.lm_head is not weights.embed:
         tensors["lm_head.weight"] = weights.lm_head
     factors = getattr(config, "rope_freq_factors", None)
+    if factors is None and config.rope_type == "llama3":
+        # as llama.cpp's converter: the llama3 scaling becomes per-frequency divisors (rope_freqs.weight)
+        from ..model.rope_scaling import default_inv_freq, inv_freq
+
+        factors = (default_inv_freq(config.rope_theta, config.head_dim) / inv_freq(config)).astype(np.float32)
     if factors is not None:
         tensors["rope_freqs.weight"] = factors
     stored = {type(t).__name__ for t in tensors.values() if not isinstance(t, (np.ndarray, DenseWeight))}
