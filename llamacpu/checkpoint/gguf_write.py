@@ -233,8 +233,9 @@ def write_gguf(dst, config: LlamaConfig, shapes: dict[str, tuple[int, ...]],
 def quantize_to_gguf(src, dst, mix: str, progress: bool = False) -> Path:
     """Read SRC with llamacpu's loader and write DST in `mix`. A quantized source is dequantized and
     requantized (with a warning: the errors of both quantizations add up)."""
+    from ..model.names import LAYER
     from ..model.weights import DenseWeight
-    from .load import LAYER_NAMES, load
+    from .load import load
 
     src, dst = Path(src), Path(dst)
     if mix.upper() not in MIXES:
@@ -242,12 +243,13 @@ def quantize_to_gguf(src, dst, mix: str, progress: bool = False) -> Path:
     config, weights, source = load(src, check_finite=False)
     tensors: dict[str, object] = {"model.embed_tokens.weight": weights.embed}
     for i, layer in enumerate(weights.layers):
-        for attr, nm in LAYER_NAMES.items():
-            v = getattr(layer, attr)
+        for t in LAYER:
+            v = getattr(layer, t.field)
             if v is not None:
-                if attr.startswith("b"):
-                    raise InputError(f"{src}: biases (model.layers.{i}.{nm}) have no place in a llama GGUF")
-                tensors[f"model.layers.{i}.{nm}"] = v
+                if t.gguf is None:
+                    raise InputError(f"{src}: {t.hf.format(i=i)} has no place in a llama GGUF (llama.cpp has no "
+                                     "such tensor)")
+                tensors[t.hf.format(i=i)] = v
     tensors["model.norm.weight"] = weights.norm
     if weights.lm_head is not None and weights.lm_head is not weights.embed:
         tensors["lm_head.weight"] = weights.lm_head

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -54,6 +55,10 @@ class LlamaPreTrainedModel(LlamaCore):
         backend = get_backend(device)  # a missing GPU or driver fails here, before any loading
         if num_threads is not None:
             set_num_threads(num_threads)
+        if isinstance(path, str) and not Path(path).expanduser().exists():  # org/name[@rev][:Q4_K_M] on the Hub
+            from ..hub import resolve_model
+
+            path = resolve_model(path)
         config, weights, _ = load(path, dtype=dtype, quantization=quantization, head=cls.head_kind,
                                   check_finite=check_finite, progress=progress)
         model = cls(config, weights, max_context=max_context, backend=backend)
