@@ -34,7 +34,9 @@ except ImportError:  # pragma: no cover - the fast dense kernels are optional
     dense_fast = None
 
 # byte offsets of the fp16 fields of each block: random bytes there could be inf/NaN
-F16_FIELDS = {"q8_0": (0,), "q4_0": (0,), "q4_1": (0, 2), "q4_k": (0, 2), "q6_k": (208,), "int4_g128": (0, 2)}
+F16_FIELDS = {"q8_0": (0,), "q4_0": (0,), "q4_1": (0, 2), "q4_k": (0, 2), "q6_k": (208,), "int4_g128": (0, 2),
+              "q5_0": (0,), "q5_1": (0, 2), "q5_k": (0, 2), "q2_k": (80, 82), "q3_k": (108,), "iq4_nl": (0,),
+              "iq4_xs": (0,)}
 
 
 @njit(parallel=True, fastmath=True, cache=True)

@@ -49,11 +49,42 @@ def resolve_model(model: str | os.PathLike | None, revision: str | None = None, 
     if path.exists():
         return path
     name = str(model)
+    quant = None
+    if ":" in name and "/" in name.split(":", 1)[0]:  # org/name:Q4_K_M, as llama.cpp's -hf
+        name, quant = name.split(":", 1)
     if "@" in name and revision is None:
         name, revision = name.split("@", 1)
     if not could_be_repo_id(name):
         raise CheckpointError(f"{model}: no such file or folder (and not a Hugging Face repo id 'org/name')")
+    if quant and not gguf_file:
+        return download_quant(name, revision, quant)
     return download(name, revision, gguf_file)
+
+
+def pick_gguf(names: list[str], quant: str) -> str | None:
+    """The GGUF file of a repository listing for a quantization name (case-insensitive, as llama.cpp's
+    -hf repo:quant): the name must appear as a whole word-ish part (Q4_K_M matches model-Q4_K_M.gguf and
+    model.q4_k_m.gguf, not Q4_K_M_L); of a split model, its first part."""
+    import re
+
+    pat = re.compile(r"(^|[-._/])" + re.escape(quant.lower()) + r"([-.]|$)")
+    hits = sorted(n for n in names if n.lower().endswith(".gguf") and pat.search(n.lower()[:-5] + "."))
+    if not hits:
+        return None
+    firsts = [n for n in hits if "-of-" not in n or "-00001-of-" in n]
+    return (firsts or hits)[0]
+
+
+def download_quant(repo_id: str, revision: str | None, quant: str) -> Path:
+    """repo:QUANT: only the .gguf files whose name carries QUANT are downloaded (all parts of a split)."""
+    folder = download(repo_id, revision, gguf_file=[f"*{quant.upper()}*.gguf", f"*{quant.lower()}*.gguf",
+                                                    f"*/*{quant.upper()}*.gguf", f"*/*{quant.lower()}*.gguf"])
+    names = [str(p.relative_to(folder)) for p in folder.rglob("*.gguf")]
+    pick = pick_gguf(names, quant)
+    if pick is None:
+        raise CheckpointError(f"{repo_id}: no GGUF file for quantization {quant!r}"
+                              + (f" (found: {', '.join(sorted(names))})" if names else ""))
+    return folder / pick
 
 
 LOCAL_SUFFIXES = (".gguf", ".safetensors", ".bin", ".json", ".model")
@@ -73,7 +104,7 @@ def download(repo_id: str, revision: str | None = None, gguf_file: str | None = 
                                         RevisionNotFoundError)
     from huggingface_hub.utils import HFValidationError
 
-    patterns = [gguf_file] if gguf_file else NEEDED
+    patterns = (list(gguf_file) if isinstance(gguf_file, list) else [gguf_file]) if gguf_file else NEEDED
     where = f"{repo_id}" + (f"@{revision}" if revision else "")
     try:
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
@@ -88,6 +119,8 @@ def download(repo_id: str, revision: str | None = None, gguf_file: str | None = 
         raise CheckpointError(f"{where}: {type(e).__name__} ({str(e).splitlines()[0]})") from None
     except OSError as e:  # network errors surface as requests/httpx exceptions deriving from OSError
         raise CheckpointError(f"{where}: download failed ({e})") from None
+    if isinstance(gguf_file, list):  # patterns: the caller picks
+        return folder
     if gguf_file:
         return folder / gguf_file
     if not (folder / "config.json").is_file():

@@ -63,3 +63,37 @@ def test_revision_suffix_and_cli_message(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert cli.returncode == 1
     assert "nobody/nothing" in cli.stderr and "Traceback" not in cli.stderr
+
+
+def test_repo_colon_quant_picks_the_matching_gguf(tmp_path):
+    """org/name:Q4_K_M (llama.cpp's -hf form) picks that file of a GGUF repository, case-insensitively;
+    a split model's first part; a missing quantization is one clear error listing what is there."""
+    from llamacpu.hub import pick_gguf
+
+    names = ["m-Q4_K_M.gguf", "m-Q4_K_S.gguf", "m.q8_0.gguf", "big/m-Q5_K_M-00002-of-00002.gguf",
+             "big/m-Q5_K_M-00001-of-00002.gguf"]
+    assert pick_gguf(names, "Q4_K_M") == "m-Q4_K_M.gguf"
+    assert pick_gguf(names, "q8_0") == "m.q8_0.gguf"
+    assert pick_gguf(names, "Q5_K_M") == "big/m-Q5_K_M-00001-of-00002.gguf"
+    assert pick_gguf(names, "Q4_K") is None and pick_gguf(names, "Q6_K") is None
+
+    folder = tmp_path / "hub" / "models--llamacpu-test--gguf"
+    snap = folder / "snapshots" / COMMIT
+    snap.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(COMMIT)
+    llama3 = Path(__file__).parent / "fixtures" / "llama3" / "tiny-llama3.gguf"
+    shutil.copy(llama3, snap / "tiny-Q8_0.gguf")
+    shutil.copy(llama3, snap / "tiny-F32.gguf")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "home"))
+    code = ("from llamacpu.hub import resolve_model; from llamacpu import CheckpointError\n"
+            "print(resolve_model('llamacpu-test/gguf:q8_0').name)\n"
+            "from llamacpu import LlamaForCausalLM\n"
+            "print(LlamaForCausalLM.from_pretrained('llamacpu-test/gguf:Q8_0').name_or_path.endswith('tiny-Q8_0.gguf'))\n"
+            "try:\n    resolve_model('llamacpu-test/gguf:Q2_K')\nexcept CheckpointError as e:\n    print('error', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "tiny-Q8_0.gguf"
+    assert lines[1] == "True"  # from_pretrained takes the same form
+    assert lines[2].startswith("error") and "Q2_K" in lines[2]

@@ -21,7 +21,9 @@ from llamacpu.quant import FORMATS, QuantizedWeight, dequantize, get_format, ker
 NAMES = list(FORMATS)
 GGML_NAMES = [n for n in NAMES if FORMATS[n].ggml_type is not None]
 # Byte offsets of the fp16 fields of each block (random bytes there could be inf/NaN).
-F16_FIELDS = {"q8_0": (0,), "q4_0": (0,), "q4_1": (0, 2), "q4_k": (0, 2), "q6_k": (208,), "int4_g128": (0, 2)}
+F16_FIELDS = {"q8_0": (0,), "q4_0": (0,), "q4_1": (0, 2), "q4_k": (0, 2), "q6_k": (208,), "int4_g128": (0, 2),
+              "q5_0": (0,), "q5_1": (0, 2), "q5_k": (0, 2), "q2_k": (80, 82), "q3_k": (108,), "iq4_nl": (0,),
+              "iq4_xs": (0,)}
 
 
 def module(name):
@@ -52,7 +54,8 @@ def random_blocks(name, rows, nblocks, rng, scale=0.01):
 
 
 def test_registry_sizes_match_ggml():
-    assert set(NAMES) == {"q8_0", "q4_0", "q4_1", "q4_k", "q6_k", "int4_g128"}
+    assert set(NAMES) == {"q8_0", "q4_0", "q4_1", "q4_k", "q6_k", "int4_g128", "q5_0", "q5_1", "q5_k", "q2_k",
+                          "q3_k", "iq4_nl", "iq4_xs"}
     for name in GGML_NAMES:
         fmt = FORMATS[name]
         assert GGML_QUANT_SIZES[fmt.ggml_type] == (fmt.block_size, fmt.type_size)
@@ -65,8 +68,8 @@ def test_registry_sizes_match_ggml():
 def test_unknown_formats_are_unsupported():
     with pytest.raises(UnsupportedError, match="q8_0.*int4_g128"):
         get_format("q3_xs")
-    for t in (GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q5_1, GGMLQuantizationType.Q5_K,
-              GGMLQuantizationType.Q2_K, GGMLQuantizationType.Q3_K, GGMLQuantizationType.IQ4_XS):
+    for t in (GGMLQuantizationType.IQ2_XXS, GGMLQuantizationType.IQ3_S, GGMLQuantizationType.TQ1_0,
+              GGMLQuantizationType.Q8_1, GGMLQuantizationType.F16):
         with pytest.raises(UnsupportedError, match=t.name):
             get_format(t)
     with pytest.raises(UnsupportedError):
@@ -110,7 +113,7 @@ def edge_rows(cols, rng):
     return np.array(rows, np.float32)
 
 
-@pytest.mark.parametrize("name", ["q8_0", "q4_0", "q4_1"])
+@pytest.mark.parametrize("name", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"])
 def test_quantize_is_byte_identical_to_gguf(name):
     rng = np.random.default_rng(1)
     w = np.concatenate([rng.standard_normal((40, 256)).astype(np.float32) * 0.03, edge_rows(256, rng)])
@@ -166,6 +169,49 @@ def error_bound(name, w, blocks):
         xs = x * np.where(sign == 0, 1, sign)  # in units where the grid is [-32 ds, 31 ds]
         outside = np.maximum(0, np.maximum(-32 * ds - xs, xs - 31 * ds))
         return ds / 2 + outside + tiny
+    if name == "q5_0":
+        big = np.take_along_axis(x, np.abs(x).argmax(axis=-1)[..., None], axis=-1)[..., 0]
+        d = big / np.float32(-16)
+        t = np.divide(x, d[..., None], out=np.zeros_like(x), where=d[..., None] != 0)
+        within = np.where(t <= 15.5, np.abs(d)[..., None] / 2, np.abs(d)[..., None] * (t - 15))
+        return within + (16 * np.abs(f16(b3, 0) - d))[..., None] + tiny
+    if name == "q5_1":
+        lo, hi = x.min(axis=-1), x.max(axis=-1)
+        d = (hi - lo) / np.float32(31)
+        return (d / 2 + 31 * np.abs(f16(b3, 0) - d) + np.abs(f16(b3, 2) - lo))[..., None] + tiny
+    if name == "q5_k":
+        sc, m = module("q4_k").unpack_scales(b3[..., 4:16])
+        ds = (f16(b3, 0)[..., None] * sc).repeat(32, axis=-1)
+        ms = (f16(b3, 2)[..., None] * m).repeat(32, axis=-1)
+        outside = np.maximum(0, np.maximum(-ms - x, x - (31 * ds - ms)))
+        return ds / 2 + outside + tiny
+    if name == "q2_k":
+        sc = b3[..., 0:16]
+        ds = (f16(b3, 80)[..., None] * (sc & 15)).repeat(16, axis=-1)
+        ms = (f16(b3, 82)[..., None] * (sc >> 4)).repeat(16, axis=-1)
+        outside = np.maximum(0, np.maximum(-ms - x, x - (3 * ds - ms)))
+        return ds / 2 + outside + tiny
+    if name == "q3_k":
+        s = f16(b3, 108)[..., None] * module("q3_k").unpack_scales(b3[..., 96:108]).astype(np.float32)
+        ds = np.abs(s).repeat(16, axis=-1)
+        sign = np.sign(s).repeat(16, axis=-1)
+        xs = x * np.where(sign == 0, 1, sign)
+        outside = np.maximum(0, np.maximum(-4 * ds - xs, xs - 3 * ds))
+        return ds / 2 + outside + tiny
+    if name in ("iq4_nl", "iq4_xs"):
+        kv = module("iq4_nl").KVALUES.astype(np.float32)
+        if name == "iq4_nl":
+            s = f16(b3, 0)[..., None]
+        else:
+            s = f16(b3, 0)[..., None] * module("iq4_xs").unpack_scales(b3).astype(np.float32)
+        ds = np.abs(s).repeat(fmt.block_size // s.shape[-1], axis=-1)
+        sign = np.sign(s).repeat(fmt.block_size // s.shape[-1], axis=-1)
+        xs = x * np.where(sign == 0, 1, sign)  # in units where the table is [-127 ds, 113 ds]
+        outside = np.maximum(0, np.maximum(kv[0] * ds - xs, xs - kv[-1] * ds))
+        # nearest table value for the fp32 scale; the stored scale is that rounded to fp16 (2**-11 relative,
+        # 2**-25 absolute in fp16's subnormal range, times the 6-bit sub-block scale of IQ4_XS)
+        fp16_err = ds * 2.0 ** -10 + 2.0 ** -24 * (1 if name == "iq4_nl" else 32)
+        return ds * np.diff(kv).max() / 2 + 127 * fp16_err + outside + tiny
     raise AssertionError(name)
 
 
@@ -183,7 +229,9 @@ def test_roundtrip_within_error_bound(name):
 
 
 # Relative rms error on Gaussian weights: Q4_K's scale search must beat Q4_0's plain rounding.
-RMSE_LIMITS = {"q8_0": 0.006, "q4_0": 0.09, "q4_1": 0.082, "q4_k": 0.075, "q6_k": 0.019, "int4_g128": 0.105}
+RMSE_LIMITS = {"q8_0": 0.006, "q4_0": 0.09, "q4_1": 0.082, "q4_k": 0.075, "q6_k": 0.019, "int4_g128": 0.105,
+               "q5_0": 0.045, "q5_1": 0.041, "q5_k": 0.039, "q2_k": 0.31, "q3_k": 0.16, "iq4_nl": 0.08,
+               "iq4_xs": 0.08}
 
 
 def test_rms_error_on_gaussian_weights():
@@ -194,6 +242,8 @@ def test_rms_error_on_gaussian_weights():
         assert rel[n] < RMSE_LIMITS[n], rel
     assert rel["q4_k"] < rel["q4_1"] < rel["q4_0"]
     assert rel["q6_k"] < rel["q4_k"] / 3
+    assert rel["q6_k"] < rel["q5_k"] < rel["q4_k"] < rel["q3_k"] < rel["q2_k"]
+    assert rel["iq4_nl"] < rel["q4_0"] and rel["q5_1"] < rel["q5_0"] < rel["q4_1"]
 
 
 def test_int4_g128_covers_offset_groups():
@@ -284,7 +334,7 @@ def test_from_blocks_rejects_mismatched_bytes():
         with pytest.raises(CheckpointError):
             QuantizedWeight.from_blocks("q8_0", b, shape)
     with pytest.raises(UnsupportedError):
-        QuantizedWeight.from_blocks("q5_k", blocks, (4, 64))
+        QuantizedWeight.from_blocks("iq2_xxs", blocks, (4, 64))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from llamacpu.kernels import simd
-from llamacpu.quant import FORMATS
+from llamacpu.quant import FORMATS, kernels
 from llamacpu.quant import registry as fast  # FAST_MATVEC, FAST_MATMUL: the VNNI kernels in use
 
-NAMES = list(FORMATS)
+NAMES = [m.NAME for m in kernels.VNNI_MODULES]  # the formats with VNNI kernels (the others: portable everywhere)
 needs_vnni = pytest.mark.skipif(
     not simd.HAS_AVX512_VNNI,
     reason="LLAMACPU_PORTABLE=1 forces the portable kernels" if simd.PORTABLE else

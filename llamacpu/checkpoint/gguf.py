@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,17 +123,25 @@ def read_gguf(path: str | Path) -> GGUFCheckpoint:
     UnsupportedError for another architecture or an unknown tensor type, ConfigError for missing or
     inconsistent hyperparameters."""
     path = Path(path)
+    parts = split_parts(path)
+    if parts[0] != path:  # a later part of a split model: its metadata is in the first
+        path = parts[0]
     version, fields, raw_tensors = _parse(path)
+    split_count = fields.get("split.count", 1)
+    if isinstance(split_count, int) and split_count > 1:
+        if len(parts) != split_count:
+            raise CheckpointError(f"{path}: split GGUF of {split_count} files, but its name does not follow "
+                                  "llama.cpp's NAME-00001-of-0000N.gguf pattern")
+        for part in parts[1:]:  # each part: its own header and tensors, memory-mapped
+            if not part.is_file():
+                raise CheckpointError(f"{path}: part {part.name} of this split GGUF is missing")
+            raw_tensors += _parse(part)[2]
 
     arch = fields.get("general.architecture")
     if arch is None:
         raise CheckpointError(f"{path}: GGUF metadata has no general.architecture key")
     if arch != "llama":
         raise UnsupportedError(f"{path}: GGUF architecture {arch!r} is not supported (only 'llama')")
-    split_count = fields.get("split.count", 1)
-    if isinstance(split_count, int) and split_count > 1:
-        raise UnsupportedError(f"{path}: split GGUF ({split_count} files) is not supported; merge it with "
-                               "llama-gguf-split --merge first")
 
     tokenizer_metadata = {}
     metadata = {}
@@ -152,6 +161,19 @@ def read_gguf(path: str | Path) -> GGUFCheckpoint:
             t = tensors[f"model.layers.{i}.self_attn.{proj}.weight"]
             t.data = unpermute_qk(t.data, heads)
     return GGUFCheckpoint(path, version, config, tensors, tokenizer_metadata, metadata)
+
+
+_SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def split_parts(path: Path) -> list[Path]:
+    """All parts of a split GGUF named as llama.cpp's gguf-split names them (PREFIX-00001-of-00003.gguf),
+    in order; [path] for any other name."""
+    m = _SPLIT_NAME.match(path.name)
+    if not m or not 1 <= int(m["no"]) <= int(m["count"]) or int(m["count"]) > 9999:
+        return [path]
+    n = int(m["count"])
+    return [path.with_name(f"{m['prefix']}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
 
 
 def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -551,9 +573,29 @@ def _config(fields: dict, tensors: dict, tok: dict, path: Path) -> dict[str, Any
         "mlp_bias": False,
         "tie_word_embeddings": "lm_head.weight" not in tensors,
         "bos_token_id": token_id("bos_token_id", default_bos),
-        "eos_token_id": token_id("eos_token_id", default_eos),
+        "eos_token_id": _end_tokens(tok, token_id("eos_token_id", default_eos)),
         "pad_token_id": token_id("padding_token_id", None),
     }
+
+
+# Chat models end a turn with a token other than eos (Llama 3's <|eot_id|>): llama.cpp stops on any of
+# its end-of-generation set, which holds eos, tokenizer.ggml.eot_token_id / eom_token_id and these texts.
+END_OF_TURN_TEXTS = ("<|eot_id|>", "<|eom_id|>")
+
+
+def _end_tokens(tok: dict, eos):
+    """eos_token_id as an int, or a list [eos, eot, ...] when the vocabulary has end-of-turn tokens."""
+    ends = [eos] if eos is not None else []
+    for key in ("eot_token_id", "eom_token_id"):
+        v = tok.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0 and v not in ends:
+            ends.append(v)
+    tokens = tok.get("tokens")
+    if isinstance(tokens, list) and len(ends) <= 1:
+        for i, t in enumerate(tokens):
+            if t in END_OF_TURN_TEXTS and i not in ends:
+                ends.append(i)
+    return ends[0] if len(ends) == 1 else (ends or None)
 
 
 def _rope_scaling(fields: dict, path: Path) -> dict[str, Any] | None:

@@ -6,12 +6,14 @@ quantized checkpoint) or a GGUF file. Weights stay memory-mapped in their stored
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
+from gguf import GGMLQuantizationType
 
 from ..config import LlamaConfig
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, UnsupportedError
 from ..model.names import GLOBAL, LAYER, MATRIX
 from ..model.llama import LayerWeights, LlamaWeights
 from ..model.weights import DenseWeight
@@ -70,12 +72,20 @@ def load_gguf(path: Path, dtype: str, head: str):
     config = LlamaConfig.from_dict(ckpt.config)
     _check_conversion_memory(path, dtype, [(t.dtype, t.shape) for t in ckpt.tensors.values()
                                            if t.dtype.upper() in ("F32", "F16", "BF16") and len(t.shape) == 2])
+    if "rope_freqs.weight" in ckpt.tensors:
+        config.rope_freq_factors = rope_freq_factors(ckpt.tensors["rope_freqs.weight"], config, path)
+    fallback = {t.ggml_type.name for t in ckpt.tensors.values() if t.ggml_type not in KERNEL_TYPES}
+    if fallback:
+        print(f"llamacpu: {', '.join(sorted(fallback))} tensors have no llamacpu kernel: dequantized to F16 "
+              "at load (correct, slower, more memory)", file=sys.stderr)
 
     def matrix(name):
         t = ckpt.tensors[name]
         kind = t.dtype.upper()
         if kind in ("F32", "F16", "BF16"):
             return DenseWeight.from_array(t.data, dtype, kind)
+        if t.ggml_type not in KERNEL_TYPES:
+            return DenseWeight.from_array(dequantize_rows(t, path), dtype, "F16")
         return QuantizedWeight.from_blocks(get_format(int(t.ggml_type)).name, t.data, t.shape)
 
     def vector(name):
@@ -89,6 +99,42 @@ def load_gguf(path: Path, dtype: str, head: str):
 
     weights = _build(config, matrix, vector, set(ckpt.tensors), head)
     return config, weights, ckpt
+
+
+def _kernel_types():
+    from ..quant import FORMATS
+
+    return {f.ggml_type for f in FORMATS.values() if f.ggml_type is not None} | {
+        GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
+
+
+KERNEL_TYPES = _kernel_types()  # ggml types read as stored; any other that gguf.quants decodes: F16 at load
+
+
+def dequantize_rows(t, path, rows_per_chunk: int = 256) -> np.ndarray:
+    """A tensor of a ggml type with no llamacpu kernel, dequantized by gguf.quants into float16
+    [rows, cols], a chunk of rows at a time (the float32 temporaries stay small)."""
+    import gguf.quants
+
+    rows, cols = t.shape
+    out = np.empty((rows, cols), np.float16)
+    try:
+        for r0 in range(0, rows, rows_per_chunk):
+            out[r0:r0 + rows_per_chunk] = gguf.quants.dequantize(t.data[r0:r0 + rows_per_chunk], t.ggml_type)
+    except (NotImplementedError, ValueError) as e:
+        raise UnsupportedError(f"{path}: tensors of type {t.ggml_type.name} cannot be decoded ({e})") from None
+    return out
+
+
+def rope_freq_factors(t, config: LlamaConfig, path) -> np.ndarray:
+    """rope_freqs.weight [head_dim / 2] as float32, checked (positive and finite)."""
+    if t.dtype.upper() not in ("F32", "F16", "BF16") or t.data.size != config.head_dim // 2:
+        raise CheckpointError(f"{path}: rope_freqs.weight must be a float vector of head_dim / 2 = "
+                              f"{config.head_dim // 2} values, found {t.ggml_type.name} {t.shape}")
+    f = (bf16_to_f32(t.data) if t.dtype.upper() == "BF16" else np.asarray(t.data, np.float32)).reshape(-1)
+    if not (np.isfinite(f).all() and (f > 0).all()):
+        raise CheckpointError(f"{path}: rope_freqs.weight holds values that are not positive and finite")
+    return f.astype(np.float32)
 
 
 def build_weights(config: LlamaConfig, tensors: "hf.CheckpointTensors", names: dict[str, str],

@@ -5,6 +5,8 @@ Follows transformers' `modeling_rope_utils` so that logits match:
   linear   positions interpolated: theta_i / factor                [arXiv:2306.15595]
   dynamic  NTK-aware: base grows with the sequence length          (transformers `_compute_dynamic_ntk_parameters`)
   llama3   low frequencies / factor, high kept, smooth in between  (Llama 3.1 release)
+  factors  a GGUF's rope_freqs.weight: theta_i / factors[i], as llama.cpp applies it (the file's
+           precomputed llama3 factors; set as `config.rope_freq_factors` by the GGUF loader)
 All arithmetic in float32, as transformers does it.
 """
 import math
@@ -22,6 +24,9 @@ def default_inv_freq(base: float, dim: int) -> np.ndarray:
 def inv_freq(config: LlamaConfig, seq_len: int | None = None) -> np.ndarray:
     """float32 [head_dim / 2]. `seq_len` matters only for dynamic scaling: the longest sequence seen."""
     dim, base, rs = config.head_dim, config.rope_theta, config.rope_scaling or {}
+    factors = getattr(config, "rope_freq_factors", None)
+    if factors is not None:  # a GGUF's rope_freqs.weight (Llama 3.1+): llama.cpp divides by it as stored
+        return (default_inv_freq(base, dim) / factors).astype(np.float32)
     kind = config.rope_type
     if kind == "linear":
         return (default_inv_freq(base, dim) / np.float32(rs["factor"])).astype(np.float32)

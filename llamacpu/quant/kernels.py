@@ -16,15 +16,19 @@ literal arguments, so they are specialized as when each format had its own copy.
 import numpy as np
 from numba import njit, prange
 
-from . import int4_g128, q4_0, q4_1, q4_k, q6_k, q8_0
+from . import int4_g128, iq4_nl, iq4_xs, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0
 from .common import FASTMATH
 from .vnni import MM_ROWS, mm_group, mm_setup, put4, put8, quad_rows
 
-MODULES = (q8_0, q4_0, q4_1, q4_k, q6_k, int4_g128)  # index = the format's ID
+MODULES = (q8_0, q4_0, q4_1, q4_k, q6_k, int4_g128,  # index = the format's ID
+           q5_0, q5_1, q5_k, q2_k, q3_k, iq4_nl, iq4_xs)
 assert all(m.ID == i for i, m in enumerate(MODULES)), "each format's ID must be its index in MODULES"
+# The formats with AVX512-VNNI kernels (matvec_vnni and the prefill pieces); the others use their
+# portable kernels on every CPU.
+VNNI_MODULES = tuple(m for m in MODULES if hasattr(m, "matvec_vnni"))
 
 TYPE_SIZES = tuple(m.TYPE_SIZE for m in MODULES)
-PREFILL = tuple(m.PREFILL for m in MODULES)  # (k-block columns, level offset, has minimums) per format
+PREFILL = tuple(getattr(m, "PREFILL", (32, 0, False)) for m in MODULES)  # (k-block columns, level offset, has minimums)
 
 # Rows of W that one portable matmul task decodes at once (float32 [MATMUL_TILE, C] per thread: 360 KB
 # for C = 5632, inside the 1 MB L2 of a Zen 4 core), then multiplies by every token.
@@ -46,8 +50,22 @@ def decode_block(fid, row, b, dst, xb, dot):
         q4_k.decode_block(row, b, dst, xb, dot)
     elif fid == q6_k.ID:
         q6_k.decode_block(row, b, dst, xb, dot)
-    else:
+    elif fid == int4_g128.ID:
         int4_g128.decode_block(row, b, dst, xb, dot)
+    elif fid == q5_0.ID:
+        q5_0.decode_block(row, b, dst, xb, dot)
+    elif fid == q5_1.ID:
+        q5_1.decode_block(row, b, dst, xb, dot)
+    elif fid == q5_k.ID:
+        q5_k.decode_block(row, b, dst, xb, dot)
+    elif fid == q2_k.ID:
+        q2_k.decode_block(row, b, dst, xb, dot)
+    elif fid == q3_k.ID:
+        q3_k.decode_block(row, b, dst, xb, dot)
+    elif fid == iq4_nl.ID:
+        iq4_nl.decode_block(row, b, dst, xb, dot)
+    else:
+        iq4_xs.decode_block(row, b, dst, xb, dot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +157,7 @@ def _repack_format(fid, blocks, r0, rows, nkb, Wt32, Dt, Mt):
         _repack(q4_k.prefill_block, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
     elif fid == q6_k.ID:
         _repack(q6_k.prefill_block, put4, blocks, r0, rows, nkb, Wt32, Dt, Mt)
-    else:
+    elif fid == int4_g128.ID:
         _repack(int4_g128.prefill_block, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
 
 

@@ -49,9 +49,10 @@ PREFILL = 32, 8, True  # VNNI prefill: k-block columns (a sub-block), levels cen
 # NumPy reference
 # ---------------------------------------------------------------------------------------------
 
-def _make_qkx2(x: np.ndarray, w: np.ndarray, nmax: int = 15, rmin: float = -1.0, rdelta: float = 0.1,
-               nstep: int = 20):
-    """ggml's make_qkx2_quants on every row of x [N, n] with weights w [N, n] (squared error).
+def make_qkx2(x: np.ndarray, w: np.ndarray, nmax: int = 15, rmin: float = -1.0, rdelta: float = 0.1,
+              nstep: int = 20, mad: bool = False):
+    """ggml's make_qkx2_quants on every row of x [N, n] with weights w [N, n] (squared error, or the
+    absolute error with `mad` as Q2_K asks). Shared by Q5_K and Q2_K.
 
     Returns (scale [N], the_min [N] >= 0) such that x ~ scale * L - the_min, L in 0..nmax."""
     f32 = np.float32
@@ -68,7 +69,7 @@ def _make_qkx2(x: np.ndarray, w: np.ndarray, nmax: int = 15, rmin: float = -1.0,
     best_scale = f32(1) / iscale
     best_min = lo
     diff = best_scale[:, None] * L + lo[:, None] - x
-    best_err = (w * diff * diff).sum(axis=1)
+    best_err = (w * (np.abs(diff) if mad else diff * diff)).sum(axis=1)
 
     for i in range(nstep + 1):
         iscale = (f32(rmin) + f32(rdelta) * f32(i) + f32(nmax)) / span
@@ -86,7 +87,7 @@ def _make_qkx2(x: np.ndarray, w: np.ndarray, nmax: int = 15, rmin: float = -1.0,
         offset = np.where(positive, f32(0), offset)
         scale = np.where(positive, sum_xl / np.where(sum_l2 > 0, sum_l2, f32(1)), scale)
         diff = scale[:, None] * L + offset[:, None] - x
-        err = (w * diff * diff).sum(axis=1)
+        err = (w * (np.abs(diff) if mad else diff * diff)).sum(axis=1)
         better = ok & (err < best_err)
         best_err = np.where(better, err, best_err)
         best_scale = np.where(better, scale, best_scale)
@@ -102,7 +103,7 @@ def _quantize_superblocks(x: np.ndarray) -> np.ndarray:
     n = x.shape[0]
     xs = x.reshape(n * 8, SUB)
     av = np.sqrt((xs * xs).sum(axis=1) / f32(SUB))
-    scales, mins = _make_qkx2(xs, av[:, None] + np.abs(xs))
+    scales, mins = make_qkx2(xs, av[:, None] + np.abs(xs))
     scales = scales.reshape(n, 8)
     mins = mins.reshape(n, 8)
 

@@ -63,8 +63,8 @@ PORTABLE: dict[str, QuantFormat] = {
                         partial(kernels.matvec, m.ID), partial(kernels.matmul, m.ID))
     for m in kernels.MODULES}
 # The VNNI kernels (same results within their documented 16-bit activation bound), or none.
-FAST_MATVEC = {m.NAME: m.matvec_vnni for m in kernels.MODULES} if HAS_AVX512_VNNI else {}
-FAST_MATMUL = {m.NAME: _vnni_matmul(m) for m in kernels.MODULES} if HAS_AVX512_VNNI else {}
+FAST_MATVEC = {m.NAME: m.matvec_vnni for m in kernels.VNNI_MODULES} if HAS_AVX512_VNNI else {}
+FAST_MATMUL = {m.NAME: _vnni_matmul(m) for m in kernels.VNNI_MODULES} if HAS_AVX512_VNNI else {}
 
 FORMATS: dict[str, QuantFormat] = {
     name: replace(f, matvec=FAST_MATVEC[name], matmul=FAST_MATMUL[name]) if name in FAST_MATVEC else f

@@ -1,0 +1,111 @@
+"""IQ4_NL: 4-bit indices into a fixed non-linear table of 16 int8 values, in blocks of 32 with one fp16
+scale (ggml's GGML_TYPE_IQ4_NL, 4.5 bits/weight).
+
+Block layout (18 bytes, identical to ggml's `block_iq4_nl`):
+
+    offset  size  field
+    0       2     d      fp16 scale, little-endian
+    2       16    qs     indices: qs[j] & 0xF is element j, qs[j] >> 4 is element j + 16 (j < 16)
+
+    value = d * KVALUES[index]
+
+Quantization follows ggml's `quantize_iq4_nl_impl` without an importance matrix (weights x^2): start
+from d = -max / 127 (max = the element of largest magnitude), map every element to its nearest table
+value, take the weighted least-squares scale; try 14 more starting scales (itry - 127) / max and keep
+the fit with the largest sumqx^2 / sumq2; d stored as fp16, indices chosen against the fp32 d.
+Error bound: |x - value| <= |d| * (largest gap between neighbouring table values) / 2 for elements
+inside the table's range, plus |fp16(d) - d| * 127; outside it, their distance to the range on top.
+"""
+import numpy as np
+from gguf import GGMLQuantizationType
+from numba import njit
+
+from .common import as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put
+
+ID = 11  # this format's index in kernels.MODULES
+NAME = "iq4_nl"
+GGML_TYPE = GGMLQuantizationType.IQ4_NL
+BLOCK = 32
+TYPE_SIZE = 18
+KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
+NTRY = 7
+GROUP_MAX_EPS = 1e-15
+_KV = KVALUES.astype(np.float32)
+_MID = (_KV[1:] + _KV[:-1]) / np.float32(2)  # decision boundaries of best_index_int8
+
+
+def best_index(v: np.ndarray) -> np.ndarray:
+    """ggml's best_index_int8 for every element: the index of the nearest table value (ties up)."""
+    # ggml returns mu - 1 when x - val[mu-1] < val[mu] - x: the upper neighbour on a tie
+    return np.searchsorted(_MID, v, side="right").astype(np.uint8)
+
+
+def search(x: np.ndarray, w: np.ndarray, ntry: int = NTRY):
+    """The scale search of quantize_iq4_nl_impl on every row of x [N, n] with weights w: scale d [N]
+    (0 for an all-zero row)."""
+    f32 = np.float32
+    imax = np.abs(x).argmax(axis=1)[:, None]
+    big = np.take_along_axis(x, imax, axis=1)[:, 0]
+    zero = np.abs(big) < GROUP_MAX_EPS
+    big = np.where(zero, f32(1), big)
+
+    def fit(inv):
+        q = _KV[best_index(inv[:, None] * x)]
+        return (w * q * x).sum(axis=1), (w * q * q).sum(axis=1)
+
+    d0 = -big / _KV[0]
+    sumqx, sumq2 = fit(f32(1) / d0)
+    d = np.divide(sumqx, sumq2, out=np.zeros_like(sumqx), where=sumq2 > 0)
+    best = d * sumqx
+    for itry in range(-ntry, ntry + 1):
+        sumqx, sumq2 = fit((f32(itry) + _KV[0]) / big)
+        better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+        nd = np.divide(sumqx, sumq2, out=np.zeros_like(sumqx), where=sumq2 > 0)
+        d = np.where(better, nd, d)
+        best = np.where(better, nd * sumqx, best)
+    return np.where(zero, f32(0), d).astype(f32)
+
+
+def pack4(idx: np.ndarray) -> np.ndarray:
+    """Indices uint8 [..., 32] -> qs [..., 16]."""
+    return idx[..., :16] | (idx[..., 16:] << np.uint8(4))
+
+
+def unpack4(qs: np.ndarray) -> np.ndarray:
+    """qs uint8 [..., 16] -> table values float32 [..., 32]."""
+    return _KV[np.concatenate([qs & np.uint8(0xF), qs >> np.uint8(4)], axis=-1)]
+
+
+def quantize(w: np.ndarray) -> np.ndarray:
+    """float32 [R, C] -> uint8 blocks [R, C // 32 * 18]."""
+    w = as_matrix(w, BLOCK, NAME)
+    rows, cols = w.shape
+    x = w.reshape(-1, BLOCK)
+    d = search(x, x * x)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    idx = best_index(inv[:, None] * x)
+    return np.concatenate([f16_bytes(d), pack4(idx)], axis=-1).reshape(rows, -1)
+
+
+def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
+    """uint8 blocks [R, C // 32 * 18] -> float32 [R, C]."""
+    b = as_blocks(blocks, cols, BLOCK, TYPE_SIZE, NAME)
+    d = f16_field(b, 0)
+    return (d[..., None] * unpack4(b[..., 2:])).reshape(b.shape[0], cols)
+
+
+KV = KVALUES.astype(np.int32)  # a global array: Numba freezes it into the compiled kernels
+
+
+@njit(inline="always")
+def decode_block(row, b, dst, xb, dot):
+    """Block b of a row of blocks (uint8 [C // 32 * 18]) into dst float32 [32] (see common.put)."""
+    h = dst.shape[0] // 2  # 16, from the shapes (see q8_0)
+    o = b * TYPE_SIZE
+    d = f16_at(row, o)
+    qs = row[o + 2: o + 2 + h]
+    lo, hi, xlo, xhi = dst[:h], dst[h:], xb[:h], xb[h:]
+    for j in range(h):
+        v = np.int32(qs[j])
+        put(lo, j, d * np.float32(KV[v & 15]), xlo, dot)
+        put(hi, j, d * np.float32(KV[v >> 4]), xhi, dot)

@@ -1,0 +1,112 @@
+"""Q2_K: 2-bit weights in super-blocks of 256 = 16 sub-blocks of 16, each sub-block with a 4-bit scale and
+a 4-bit minimum, and two fp16 super-scales (ggml's GGML_TYPE_Q2_K, 2.625 bits/weight).
+
+Super-block layout (84 bytes, identical to ggml's `block_q2_K`):
+
+    offset  size  field
+    0       16    scales   sub-block k: scale sc[k] = scales[k] & 0xF, minimum m[k] = scales[k] >> 4
+    16      64    qs       2-bit levels in 2 chunks of 32 bytes: element 128c + 32s + l (s < 4, l < 32)
+                           is (qs[32c + l] >> 2s) & 3
+    80      2     d        fp16 super-scale of the scales
+    82      2     dmin     fp16 super-scale of the minimums
+
+    value = (d * sc[k]) * q - (dmin * m[k]),  q in 0..3, k = element // 16
+
+Quantization follows ggml's `quantize_row_q2_K_ref` (llama.cpp's choice without an importance matrix),
+vectorized: per sub-block `make_qkx2_quants` with nmax 3, weights |x|, absolute error, 16 grids; the
+scales and minimums quantized to 4 bits against the largest; every element re-rounded.
+Error bound: with d_k = d * sc[k], m_k = dmin * m[k], elements inside [-m_k, 3 d_k - m_k] are within
+d_k / 2; clipped ones are off by their distance to that range plus d_k / 2.
+"""
+import numpy as np
+from gguf import GGMLQuantizationType
+from numba import njit
+
+from .common import as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put, row_chunks
+from .q4_k import make_qkx2
+
+ID = 9  # this format's index in kernels.MODULES
+NAME = "q2_k"
+GGML_TYPE = GGMLQuantizationType.Q2_K
+BLOCK = 256
+TYPE_SIZE = 84
+SUB = 16
+
+
+def pack2(L: np.ndarray) -> np.ndarray:
+    """2-bit levels uint8 [N, 256] -> qs [N, 64] (ggml's order, see the layout)."""
+    L = L.reshape(-1, 2, 4, 32)
+    return (L[:, :, 0] | (L[:, :, 1] << 2) | (L[:, :, 2] << 4) | (L[:, :, 3] << 6)).reshape(-1, 64)
+
+
+def unpack2(qs: np.ndarray) -> np.ndarray:
+    """qs uint8 [..., 64] -> 2-bit levels [..., 256]."""
+    q = qs.reshape(*qs.shape[:-1], 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)
+    return (q & np.uint8(3)).reshape(*qs.shape[:-1], 256)
+
+
+def _quantize_superblocks(x: np.ndarray) -> np.ndarray:
+    """x float32 [N, 256] -> uint8 [N, 84]."""
+    f32 = np.float32
+    n = x.shape[0]
+    xs = x.reshape(n * 16, SUB)
+    scales, mins = make_qkx2(xs, np.abs(xs), nmax=3, rmin=-0.5, rdelta=0.1, nstep=15, mad=True)
+    scales = scales.reshape(n, 16)
+    mins = mins.reshape(n, 16)
+    max_scale = np.maximum(scales.max(axis=1), 0)
+    max_min = np.maximum(mins.max(axis=1), 0)
+    inv_scale = np.divide(f32(15), max_scale, out=np.zeros_like(max_scale), where=max_scale > 0)
+    inv_min = np.divide(f32(15), max_min, out=np.zeros_like(max_min), where=max_min > 0)
+    ls = np.clip(np.rint(inv_scale[:, None] * scales), 0, 15).astype(np.uint8)
+    lm = np.clip(np.rint(inv_min[:, None] * mins), 0, 15).astype(np.uint8)
+    d = (max_scale / f32(15)).astype(np.float16).astype(f32)
+    dmin = (max_min / f32(15)).astype(np.float16).astype(f32)
+    d_sub = (d[:, None] * ls).reshape(n * 16, 1)
+    m_sub = (dmin[:, None] * lm).reshape(n * 16, 1)
+    t = np.divide(xs + m_sub, d_sub, out=np.zeros_like(xs), where=d_sub != 0)
+    L = np.clip(np.rint(t), 0, 3).astype(np.uint8).reshape(n, 256)
+    return np.concatenate([ls | (lm << np.uint8(4)), pack2(L), f16_bytes(d), f16_bytes(dmin)], axis=1)
+
+
+def quantize(w: np.ndarray) -> np.ndarray:
+    """float32 [R, C] -> uint8 blocks [R, C // 256 * 84]."""
+    w = as_matrix(w, BLOCK, NAME)
+    rows, cols = w.shape
+    out = np.empty((rows, cols // BLOCK * TYPE_SIZE), np.uint8)
+    for r0, r1 in row_chunks(rows, cols):
+        out[r0:r1] = _quantize_superblocks(w[r0:r1].reshape(-1, BLOCK)).reshape(r1 - r0, -1)
+    return out
+
+
+def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
+    """uint8 blocks [R, C // 256 * 84] -> float32 [R, C]."""
+    b = as_blocks(blocks, cols, BLOCK, TYPE_SIZE, NAME)
+    rows, nsb = b.shape[:2]
+    d = f16_field(b, 80)[..., None]
+    dmin = f16_field(b, 82)[..., None]
+    sc = b[..., 0:16]
+    dl = (d * (sc & np.uint8(0xF)).astype(np.float32))[..., None]
+    ml = (dmin * (sc >> np.uint8(4)).astype(np.float32))[..., None]
+    q = unpack2(b[..., 16:80]).reshape(rows, nsb, 16, SUB).astype(np.float32)
+    return (dl * q - ml).reshape(rows, cols)
+
+
+@njit(inline="always")
+def decode_block(row, i, dst, xb, dot):
+    """Super-block i of a row (uint8 [C // 256 * 84]) into dst float32 [256] (see common.put)."""
+    sub = dst.shape[0] // 16  # 16, from the shapes (see q8_0)
+    o = i * TYPE_SIZE
+    d = f16_at(row, o + 80)
+    dmin = f16_at(row, o + 82)
+    for c in range(2):
+        for s in range(4):
+            for half in range(2):  # the two sub-blocks of this run of 32
+                k = 8 * c + 2 * s + half
+                sc = np.int32(row[o + k])
+                dl = d * np.float32(sc & 15)
+                ml = dmin * np.float32(sc >> 4)
+                qs = row[o + 16 + 32 * c + sub * half: o + 16 + 32 * c + sub * half + sub]
+                e = 16 * k
+                y, xk = dst[e: e + sub], xb[e: e + sub]
+                for l in range(sub):
+                    put(y, l, dl * np.float32((np.int32(qs[l]) >> (2 * s)) & 3) - ml, xk, dot)
