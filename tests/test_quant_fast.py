@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from llamacpu.kernels import simd
-from llamacpu.quant import FORMATS, kernels
+from llamacpu.quant import FORMATS, kernels, vnni
 from llamacpu.quant import registry as fast  # FAST_MATVEC, FAST_MATMUL: the VNNI kernels in use
 
 NAMES = [m.NAME for m in kernels.VNNI_MODULES]  # the formats with VNNI kernels (the others: portable everywhere)
@@ -117,16 +117,79 @@ def test_matmul_fast_matches_reference(name):
     rng = np.random.default_rng(11)
     bs = fmt.block_size
     # partial groups of 16 rows and of 4 tokens, the smallest width, a few k-blocks
-    for rows, cols, n in [(5, bs, 1), (70, 2 * bs if bs > 32 else 96, 7), (300, 1024, 9), (32, 512, 8), (17, bs, 6)]:
+    for rows, cols, n in [(5, bs, 1), (70, 2 * bs if bs > 32 else 96, 7), (300, 1024, 9), (32, 512, 8), (17, bs, 6), (40, 512, 16)]:
         W = rng.standard_normal((rows, cols)).astype(np.float32)
         blocks = readonly(fmt.quantize(W))
         X = rng.standard_normal((n, cols)).astype(np.float32)
         out = np.full((n, rows), np.nan, np.float32)
-        fast.FAST_MATMUL[name](blocks, X, out)  # n < MM_MIN_TOKENS: matvecs; else the VNNI kernel
+        fast.FAST_MATMUL[name](blocks, X, out)  # n <= DECODE_MAX_TOKENS: the decode kernel; else the prefill one
         W64 = fmt.dequantize(blocks, cols).astype(np.float64)
         ref = X.astype(np.float64) @ W64.T
         bound = np.stack([x16_bound(W64, X[t]) for t in range(n)])
         assert np.all(np.abs(out - ref) <= bound), (name, rows, cols, n)
+
+
+@needs_vnni
+@pytest.mark.parametrize("name", NAMES)
+def test_decode_kernel_batched_matches_reference(name):
+    """The decode kernel for n tokens at once (batched decode: each row read once for every token) on
+    random shapes and activations: within the int16 bound of every token's own reference, and equal
+    to the same kernel run on each token alone (the rows of a batch do not interact)."""
+    fmt = FORMATS[name]
+    module = next(m for m in kernels.MODULES if m.NAME == name)
+    rng = np.random.default_rng(sum(map(ord, name)) + 3)
+    bs = fmt.block_size
+    for _ in range(6):
+        rows = int(rng.integers(1, 70))
+        cols = bs * int(rng.integers(1, max(2, 1024 // bs) + 1))
+        n = int(rng.integers(1, kernels.DECODE_MAX_TOKENS + 1))
+        W = rng.standard_normal((rows, cols)).astype(np.float32) * rng.uniform(0.01, 1, (rows, 1)).astype(np.float32)
+        blocks = readonly(fmt.quantize(W))
+        W64 = fmt.dequantize(blocks, cols).astype(np.float64)
+        X = np.stack([activations(("gauss", "heavy")[t % 2], cols, rng) for t in range(n)])
+        out = np.full((n, rows), np.nan, np.float32)
+        module.decode_vnni(blocks, vnni.NO_ROWS, vnni.NO_ROWS, X, out, vnni.NO_OUT, vnni.NO_OUT)
+        ref = X.astype(np.float64) @ W64.T
+        bound = np.stack([x16_bound(W64, X[t]) for t in range(n)])
+        assert np.all(np.abs(out - ref) <= bound), (name, rows, cols, n)
+        for t in range(n):
+            one = np.empty(rows, np.float32)
+            fast.FAST_MATVEC[name](blocks, X[t], one)
+            if name == "int4_g128":  # its scalar sum of minimums is reassociated per copy of the token loop
+                np.testing.assert_allclose(out[t], one, rtol=1e-5, atol=1e-6 * np.abs(one).max())
+            else:
+                np.testing.assert_array_equal(out[t], one)
+
+
+@needs_vnni
+@pytest.mark.parametrize("name", NAMES)
+def test_fused_projections_equal_separate_calls(name):
+    """q/k/v (three matrices) and gate/up (two) sharing one input in one call give exactly what one
+    call per matrix gives; mixed formats, other widths or prefill-sized inputs are declined untouched."""
+    from llamacpu.quant import QuantizedWeight
+
+    fmt = FORMATS[name]
+    rng = np.random.default_rng(sum(map(ord, name)) + 5)
+    cols = 2 * max(fmt.block_size, 128) + (fmt.block_size if fmt.block_size == 32 else 0)  # a tail for 32-blocks
+    for count in (2, 3):
+        weights = [QuantizedWeight.quantize(name, rng.standard_normal((int(rng.integers(1, 50)), cols)))
+                   for _ in range(count)]
+        for n in (1, 3, kernels.DECODE_MAX_TOKENS):
+            X = rng.standard_normal((n, cols)).astype(np.float32)
+            outs = [np.full((n, w.shape[0]), np.nan, np.float32) for w in weights]
+            assert QuantizedWeight.matmul_shared(weights, X, outs)
+            for w, out in zip(weights, outs):
+                alone = np.empty_like(out)
+                w.matmul(X, alone)
+                np.testing.assert_array_equal(out, alone)
+    X = rng.standard_normal((kernels.DECODE_MAX_TOKENS + 1, cols)).astype(np.float32)
+    outs = [np.zeros((X.shape[0], w.shape[0]), np.float32) for w in weights]
+    assert not QuantizedWeight.matmul_shared(weights, X, outs)  # prefill: one matmul each
+    other = "q8_0" if name != "q8_0" else "q4_0"
+    mixed = weights[:2] + [QuantizedWeight.quantize(other, rng.standard_normal((4, cols)))]
+    outs = [np.zeros((1, w.shape[0]), np.float32) for w in mixed]
+    assert not QuantizedWeight.matmul_shared(mixed, X[:1], outs)
+    assert all(np.all(o == 0) for o in outs)
 
 
 @needs_vnni

@@ -76,3 +76,18 @@ class Backend(Protocol):
         if bias is not None:
             self.add_bias(out, bias)
         return out
+
+    def linears(self, weights, x, outs, biases):
+        """outs[i] [N, R_i] = x [N, C] @ weights[i].T (+ biases[i]) for matrices that share their input
+        (q/k/v, gate/up): ONE kernel call where the weights' class offers `matmul_shared` and accepts them
+        (same quantized format, decode-sized N: the activations prepared once, one launch), else one
+        `linear` each (mixed formats, prefill, dense weights). Returns outs."""
+        shared = getattr(type(weights[0]), "matmul_shared", None)
+        if shared is None or not shared(weights, x, outs):
+            for w, out, bias in zip(weights, outs, biases):
+                self.linear(w, x, out, bias)
+            return outs
+        for out, bias in zip(outs, biases):
+            if bias is not None:
+                self.add_bias(out, bias)
+        return outs

@@ -227,9 +227,7 @@ class LlamaCore:
         for layer, lw in enumerate(self.weights.layers):
             # --- attention block -----------------------------------------------------------------
             ops.rmsnorm(x, lw.attn_norm, cfg.rms_norm_eps, h)
-            ops.linear(lw.wq, h, q, lw.bq)
-            ops.linear(lw.wk, h, k, lw.bk)
-            ops.linear(lw.wv, h, v, lw.bv)
+            ops.linears((lw.wq, lw.wk, lw.wv), h, (q, k, v), (lw.bq, lw.bk, lw.bv))  # one call where fusable
             if trace: trace.record(layer, attn_norm=h, q=q, k=k, v=v)
             ops.rope(q.reshape(N, H, hd), pos, inv_freq)
             ops.rope(k.reshape(N, KV, hd), pos, inv_freq)
@@ -241,8 +239,7 @@ class LlamaCore:
             if trace: trace.record(layer, o_proj=proj, resid_attn=x)
             # --- MLP block (SwiGLU) ------------------------------------------------------------
             ops.rmsnorm(x, lw.mlp_norm, cfg.rms_norm_eps, h)
-            ops.linear(lw.w_gate, h, gate, lw.b_gate)
-            ops.linear(lw.w_up, h, up, lw.b_up)
+            ops.linears((lw.w_gate, lw.w_up), h, (gate, up), (lw.b_gate, lw.b_up))
             if trace: trace.record(layer, mlp_norm=h, gate=gate, up=up)
             ops.swiglu(gate, up, gate)
             ops.add(x, ops.linear(lw.w_down, gate, proj, lw.b_down))

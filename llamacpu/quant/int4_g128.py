@@ -31,7 +31,7 @@ from numba import njit
 from ..errors import InputError
 from ..kernels.simd import load, splat
 from .common import FASTMATH, as_matrix, decode_affine_nibbles, dequantize_affine_nibbles, f16_at
-from .vnni import GROUP128, matvec_4blocks, nibble_dot
+from .vnni import GROUP128, NO_OUT, NO_ROWS, decode_rows, dot_4blocks, nibble_dot, setup_4blocks
 
 ID = 5  # this format's index in kernels.MODULES
 NAME = "int4_g128"
@@ -99,15 +99,33 @@ def decode_block(row, b, dst, xb, dot):
 
 @njit(inline="always")
 def _step(row, g, H, L):
-    """Group g (vnni.matvec_4blocks): its scale on all 16 lanes, its minimum for its 4 x-blocks."""
+    """Group g (vnni.dot_4blocks): its scale on all 16 lanes, its minimum for its 4 x-blocks."""
     o = g * 68
     return nibble_dot(load(row, o + 4, 64), H, L, 128 * g), splat(f16_at(row, o), 16), splat(f16_at(row, o + 2), 4)
 
 
+@njit(inline="always")
+def vnni_setup(X):
+    """Per call: the activations of every token (vnni.setup_4blocks)."""
+    return setup_4blocks(X, True, GROUP128)
+
+
+@njit(inline="always")
+def vnni_dot(row, ctx, t):
+    """Row . token t, step by step (vnni.dot_4blocks)."""
+    return dot_4blocks(_step, True, row, ctx, t)
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
+def decode_vnni(a, b, c, X, oa, ob, oc):
+    """oa[t, r] = sum_i A[r, i] * X[t, i] (and B into ob, C into oc) for a few tokens, each row read once
+    (vnni.decode_rows). a, b, c uint8 [R, C // 128 * 68] (0 rows: unused), X float32 [n, C], oa float32 [n, Ra]."""
+    decode_rows(vnni_setup, vnni_dot, a, b, c, X, oa, ob, oc)
+
+
 def matvec_vnni(blocks, x, out):
     """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 128 * 68], x float32 [C], out float32 [R]."""
-    matvec_4blocks(_step, True, GROUP128, decode_block, blocks, x, out)
+    decode_vnni(blocks, NO_ROWS, NO_ROWS, x.reshape(1, -1), out.reshape(1, -1), NO_OUT, NO_OUT)
 
 
 @njit(inline="always")

@@ -4,7 +4,11 @@ the VNNI prefill driver, and the NumPy references the tests compare them with.
 Each format module supplies its pieces (see the "Adding a block format" section of docs/ARCHITECTURE.md):
 
     decode_block(row, b, dst, xb, dot)    block b of a row: dst = W (dot=False) or dst += W * xb (dot=True)
-    matvec_vnni(blocks, x, out)           its AVX512-VNNI decode kernel (the step loop is the format)
+    vnni_setup(X), vnni_dot(row, ctx, t)  its AVX512-VNNI decode pieces: per-call activation set-up for n
+                                          tokens, and one row times token t (the step loop is the format)
+    decode_vnni(a, b, c, X, oa, ob, oc)   its decode kernel: vnni.decode_rows over those pieces, for up to
+                                          three matrices sharing X (0-row blocks for the unused ones)
+    matvec_vnni(blocks, x, out)           one token (decode_vnni, or a kernel of its own)
     prefill_block(row, kb)                k-block kb for the VNNI prefill: (levels, scale, minimum)
     PREFILL = (k-block columns, level offset, has minimums)
 
@@ -33,8 +37,11 @@ PREFILL = tuple(getattr(m, "PREFILL", (32, 0, False)) for m in MODULES)  # (k-bl
 # Rows of W that one portable matmul task decodes at once (float32 [MATMUL_TILE, C] per thread: 360 KB
 # for C = 5632, inside the 1 MB L2 of a Zen 4 core), then multiplies by every token.
 MATMUL_TILE = 16
-# Fewer tokens than this: the VNNI prefill does one matvec per token (faster than repacking the rows).
-MM_MIN_TOKENS = 6
+# Up to this many tokens the VNNI matmul runs the format's decode kernel (each row read once and
+# multiplied by every token: batched decode); more go to the prefill kernel, whose per-call repack of
+# the rows pays off from about this many tokens (bench/README.md, "Batched decode").
+DECODE_MAX_TOKENS = 8
+MM_MIN_TOKENS = DECODE_MAX_TOKENS + 1
 
 
 @njit(inline="always")

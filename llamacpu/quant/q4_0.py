@@ -20,7 +20,8 @@ from numba import njit
 
 from ..kernels.simd import bitcast, fp16_to_f32, load, shuffle, shuffle2, splat
 from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put_nibbles
-from .vnni import NIBBLE32, matvec_4blocks, nibble_dot, nibble_levels
+from .vnni import (NIBBLE32, NO_OUT, NO_ROWS, XB, add_tails, decode_rows, dot_4blocks, nibble_dot, nibble_levels,
+                   setup_4blocks)
 
 ID = 1  # this format's index in kernels.MODULES
 NAME = "q4_0"
@@ -77,16 +78,35 @@ Q40_D = shuffle([9 * (i // 4) for i in range(16)])
 
 @njit(inline="always")
 def _step(row, s, H, L):
-    """Blocks 4s .. 4s + 3 (vnni.matvec_4blocks): A = the words at 72 s, B = the words at 72 s + 8."""
+    """Blocks 4s .. 4s + 3 (vnni.dot_4blocks): A = the words at 72 s, B = the words at 72 s + 8."""
     wa = bitcast(load(row, 72 * s, 64), np.int16)
     q = bitcast(Q40_QS(wa, bitcast(load(row, 72 * s + 8, 64), np.int16)), np.uint8)
     return nibble_dot(q, H, L, 128 * s), fp16_to_f32(Q40_D(wa)), splat(np.float32(0.0), 4)
 
 
+@njit(inline="always")
+def vnni_setup(X):
+    """Per call: the activations of every token (vnni.setup_4blocks)."""
+    return setup_4blocks(X, False, NIBBLE32)
+
+
+@njit(inline="always")
+def vnni_dot(row, ctx, t):
+    """Row . token t, step by step (vnni.dot_4blocks)."""
+    return dot_4blocks(_step, False, row, ctx, t)
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
+def decode_vnni(a, b, c, X, oa, ob, oc):
+    """oa[t, r] = sum_i A[r, i] * X[t, i] (and B into ob, C into oc) for a few tokens, each row read once
+    (vnni.decode_rows). a, b, c uint8 [R, C // 32 * 18] (0 rows: unused), X float32 [n, C], oa float32 [n, Ra]."""
+    decode_rows(vnni_setup, vnni_dot, a, b, c, X, oa, ob, oc)
+    add_tails(decode_block, a, b, c, X, oa, ob, oc, X.shape[1] // XB // 4 * 4, XB)  # the last 1-3 blocks
+
+
 def matvec_vnni(blocks, x, out):
     """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 32 * 18], x float32 [C], out float32 [R]."""
-    matvec_4blocks(_step, False, NIBBLE32, decode_block, blocks, x, out)
+    decode_vnni(blocks, NO_ROWS, NO_ROWS, x.reshape(1, -1), out.reshape(1, -1), NO_OUT, NO_OUT)
 
 
 @njit(inline="always")

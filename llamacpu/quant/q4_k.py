@@ -30,11 +30,11 @@ distance to that range plus d_s / 2. On Gaussian weights the rms error is about 
 """
 import numpy as np
 from gguf import GGMLQuantizationType
-from numba import njit, prange
+from numba import njit
 
 from ..kernels.simd import bitcast, fma, hsum, load, shuffle, shuffle2, sitofp, splat, zext
 from .common import FASTMATH, as_blocks, f16_at, f16_bytes, f16_field, put_nibbles, quantize_rows
-from .vnni import FIRST8, K_ORDER, LAST8, byte_dot, empty64, centre, prepare
+from .vnni import FIRST8, K_ORDER, LAST8, NO_OUT, NO_ROWS, byte_dot, centre, decode_rows, empty64, prepare_tokens
 
 ID = 3  # this format's index in kernels.MODULES
 NAME = "q4_k"
@@ -216,37 +216,56 @@ def _q4k_scales(row, o):
     return sitofp(zext(bitcast(packed, np.uint8), np.int32))
 
 
+@njit(inline="always")
+def vnni_setup(X):
+    """Per call: the planes of every token (K_ORDER) and the centring term of each sub-block."""
+    n, C = X.shape
+    nb = C // 32
+    H, L, sx, r16, xe = prepare_tokens(X, K_ORDER)
+    cx = empty64(n * nb, np.float32)
+    for e in range(n * nb):
+        cx[e] = centre(8, sx[e], r16[2 * e] + r16[2 * e + 1], xe[e], 1)
+    return H, L, sx, xe, cx, C
+
+
+@njit(inline="always")
+def vnni_dot(row, ctx, t):
+    """Row . token t: one super-block (two 64-byte chunks of nibbles) per step."""
+    H, L, sx, xe, cx, C = ctx
+    nsb = C // 256
+    p0 = t * C
+    e0 = t * (C // 32)
+    acc0 = splat(np.float32(0.0), 16)  # two accumulators: chunks 0-1 and 2-3 (shorter FMA chains)
+    acc1 = splat(np.float32(0.0), 16)
+    acc8 = splat(np.float32(0.0), 8)  # per sub-block: centring terms and minimums
+    for i in range(nsb):
+        o = i * 144
+        scm = _q4k_scales(row, o)
+        sd = FIRST8(scm) * splat(f16_at(row, o), 8)  # d * sc
+        cs = sd * load(sx, e0 + 8 * i, 8)
+        acc8 = fma(sd, load(cx, e0 + 8 * i, 8), acc8)
+        acc8 = fma(LAST8(scm) * splat(-f16_at(row, o + 2), 8), load(xe, e0 + 8 * i, 8), acc8)
+        # chunks 0, 1: sub-blocks 0, 2 in the low nibbles and 1, 3 in the high ones; chunks 2, 3: 4..7
+        p = p0 + 256 * i
+        q = load(row, o + 16, 64)
+        acc0 = fma(sitofp(byte_dot(q & np.uint8(15), H, L, p)), K_S0(cs), acc0)
+        acc0 = fma(sitofp(byte_dot(q >> 4, H, L, p + 64)), K_S1(cs), acc0)
+        q = load(row, o + 80, 64)
+        acc1 = fma(sitofp(byte_dot(q & np.uint8(15), H, L, p + 128)), K_S2(cs), acc1)
+        acc1 = fma(sitofp(byte_dot(q >> 4, H, L, p + 192)), K_S3(cs), acc1)
+    return hsum(acc0 + acc1) + hsum(acc8)
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
+def decode_vnni(a, b, c, X, oa, ob, oc):
+    """oa[t, r] = sum_i A[r, i] * X[t, i] (and B into ob, C into oc) for a few tokens, each row read once
+    (vnni.decode_rows). a, b, c uint8 [R, C // 256 * 144] (0 rows: unused), X float32 [n, C], oa float32 [n, Ra]."""
+    decode_rows(vnni_setup, vnni_dot, a, b, c, X, oa, ob, oc)
+
+
 def matvec_vnni(blocks, x, out):
     """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 256 * 144], x float32 [C], out float32 [R]."""
-    rows = blocks.shape[0]
-    nsb = x.shape[0] // 256
-    H, L, sx, r16, xe = prepare(x, K_ORDER)
-    nb = 8 * nsb
-    cx = empty64(nb, np.float32)
-    for b in range(nb):
-        cx[b] = centre(8, sx[b], r16[2 * b] + r16[2 * b + 1], xe[b], 1)
-    for r in prange(rows):
-        row = blocks[r]
-        acc0 = splat(np.float32(0.0), 16)  # two accumulators: chunks 0-1 and 2-3 (shorter FMA chains)
-        acc1 = splat(np.float32(0.0), 16)
-        acc8 = splat(np.float32(0.0), 8)  # per sub-block: centring terms and minimums
-        for i in range(nsb):
-            o = i * 144
-            scm = _q4k_scales(row, o)
-            sd = FIRST8(scm) * splat(f16_at(row, o), 8)  # d * sc
-            cs = sd * load(sx, 8 * i, 8)
-            acc8 = fma(sd, load(cx, 8 * i, 8), acc8)
-            acc8 = fma(LAST8(scm) * splat(-f16_at(row, o + 2), 8), load(xe, 8 * i, 8), acc8)
-            # chunks 0, 1: sub-blocks 0, 2 in the low nibbles and 1, 3 in the high ones; chunks 2, 3: 4..7
-            p = 256 * i
-            q = load(row, o + 16, 64)
-            acc0 = fma(sitofp(byte_dot(q & np.uint8(15), H, L, p)), K_S0(cs), acc0)
-            acc0 = fma(sitofp(byte_dot(q >> 4, H, L, p + 64)), K_S1(cs), acc0)
-            q = load(row, o + 80, 64)
-            acc1 = fma(sitofp(byte_dot(q & np.uint8(15), H, L, p + 128)), K_S2(cs), acc1)
-            acc1 = fma(sitofp(byte_dot(q >> 4, H, L, p + 192)), K_S3(cs), acc1)
-        out[r] = hsum(acc0 + acc1) + hsum(acc8)
+    decode_vnni(blocks, NO_ROWS, NO_ROWS, x.reshape(1, -1), out.reshape(1, -1), NO_OUT, NO_OUT)
 
 
 @njit(inline="always")

@@ -29,11 +29,11 @@ rms error is about 0.02 * std.
 """
 import numpy as np
 from gguf import GGMLQuantizationType
-from numba import njit, prange
+from numba import njit
 
 from ..kernels.simd import bitcast, fma, hsum, load, sext, shuffle, sitofp, splat
 from .common import FASTMATH, as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
-from .vnni import CAT32, NATURAL, byte_dot, empty64, prepare
+from .vnni import CAT32, NATURAL, NO_OUT, NO_ROWS, byte_dot, decode_rows, empty64, prepare_tokens
 
 ID = 4  # this format's index in kernels.MODULES
 NAME = "q6_k"
@@ -163,41 +163,61 @@ Q6_S0, Q6_S1, Q6_S2, Q6_S3 = [shuffle([j0 + i // 4 for i in range(16)]) for j0 i
 SPREAD2X8 = shuffle([i // 2 for i in range(16)])  # 8 x-block scales -> 16 sub-block lanes
 
 
+@njit(inline="always")
+def vnni_setup(X):
+    """Per call: the planes of every token and the level offset's correction of each sub-block of 16."""
+    n, C = X.shape
+    H, L, sx, r16, xe = prepare_tokens(X, NATURAL)
+    cq = empty64(n * C // 16, np.float32)  # levels q - 32: -32 * sum(x16) per sub-block of 16
+    for j in range(n * C // 16):
+        cq[j] = np.float32(-32.0) * np.float32(r16[j])
+    return H, L, sx, cq, C
+
+
+@njit(inline="always")
+def vnni_dot(row, ctx, t):
+    """Row . token t: one 128-element half per step."""
+    H, L, sx, cq, C = ctx
+    nsb = C // 256
+    p0 = t * C
+    e0 = t * (C // 32)  # this token's x-block scales
+    c0 = t * (C // 16)  # and sub-block corrections
+    acc0 = splat(np.float32(0.0), 16)  # three accumulators: shorter FMA chains
+    acc1 = splat(np.float32(0.0), 16)
+    accc = splat(np.float32(0.0), 16)
+    for i in range(nsb):
+        o = i * 210
+        scf = sitofp(sext(bitcast(load(row, o + 192, 16), np.int8), np.int32))
+        cs = scf * splat(f16_at(row, o + 208), 16) * SPREAD2X8(load(sx, e0 + 8 * i, 8))  # per sub-block
+        accc = fma(cs, load(cq, c0 + 16 * i, 16), accc)
+        for h in range(2):
+            a = load(row, o + 64 * h, 64)  # low 4 bits: elements l (bytes 0..31), l + 32 (32..63)
+            c = load(row, o + 128 + 32 * h, 32)  # high 2 bits of l, l+32, l+64, l+96 in bits 0-1 .. 6-7
+            c2 = CAT32(c, c >> 2)  # bits 0-1: elements l, l + 32; bits 4-5: l + 64, l + 96
+            qa = (a & np.uint8(15)) | ((c2 << 4) & np.uint8(0x30))  # elements 0..63 of the half
+            qb = (a >> 4) | (c2 & np.uint8(0x30))  # elements 64..127
+            p = p0 + 256 * i + 128 * h
+            ia = byte_dot(qa, H, L, p)
+            ib = byte_dot(qb, H, L, p + 64)
+            if h == 0:
+                acc0 = fma(sitofp(ia), Q6_S0(cs), acc0)
+                acc0 = fma(sitofp(ib), Q6_S1(cs), acc0)
+            else:
+                acc1 = fma(sitofp(ia), Q6_S2(cs), acc1)
+                acc1 = fma(sitofp(ib), Q6_S3(cs), acc1)
+    return hsum((acc0 + acc1) + accc)
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
+def decode_vnni(a, b, c, X, oa, ob, oc):
+    """oa[t, r] = sum_i A[r, i] * X[t, i] (and B into ob, C into oc) for a few tokens, each row read once
+    (vnni.decode_rows). a, b, c uint8 [R, C // 256 * 210] (0 rows: unused), X float32 [n, C], oa float32 [n, Ra]."""
+    decode_rows(vnni_setup, vnni_dot, a, b, c, X, oa, ob, oc)
+
+
 def matvec_vnni(blocks, x, out):
     """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 256 * 210], x float32 [C], out float32 [R]."""
-    rows = blocks.shape[0]
-    nsb = x.shape[0] // 256
-    H, L, sx, r16, xe = prepare(x, NATURAL)
-    cq = empty64(16 * nsb, np.float32)  # levels q - 32: -32 * sum(x16) per sub-block of 16
-    for j in range(16 * nsb):
-        cq[j] = np.float32(-32.0) * np.float32(r16[j])
-    for r in prange(rows):
-        row = blocks[r]
-        acc0 = splat(np.float32(0.0), 16)  # three accumulators: shorter FMA chains
-        acc1 = splat(np.float32(0.0), 16)
-        accc = splat(np.float32(0.0), 16)
-        for i in range(nsb):
-            o = i * 210
-            scf = sitofp(sext(bitcast(load(row, o + 192, 16), np.int8), np.int32))
-            cs = scf * splat(f16_at(row, o + 208), 16) * SPREAD2X8(load(sx, 8 * i, 8))  # per sub-block
-            accc = fma(cs, load(cq, 16 * i, 16), accc)
-            for h in range(2):
-                a = load(row, o + 64 * h, 64)  # low 4 bits: elements l (bytes 0..31), l + 32 (32..63)
-                c = load(row, o + 128 + 32 * h, 32)  # high 2 bits of l, l+32, l+64, l+96 in bits 0-1 .. 6-7
-                c2 = CAT32(c, c >> 2)  # bits 0-1: elements l, l + 32; bits 4-5: l + 64, l + 96
-                qa = (a & np.uint8(15)) | ((c2 << 4) & np.uint8(0x30))  # elements 0..63 of the half
-                qb = (a >> 4) | (c2 & np.uint8(0x30))  # elements 64..127
-                p = 256 * i + 128 * h
-                ia = byte_dot(qa, H, L, p)
-                ib = byte_dot(qb, H, L, p + 64)
-                if h == 0:
-                    acc0 = fma(sitofp(ia), Q6_S0(cs), acc0)
-                    acc0 = fma(sitofp(ib), Q6_S1(cs), acc0)
-                else:
-                    acc1 = fma(sitofp(ia), Q6_S2(cs), acc1)
-                    acc1 = fma(sitofp(ib), Q6_S3(cs), acc1)
-        out[r] = hsum((acc0 + acc1) + accc)
+    decode_vnni(blocks, NO_ROWS, NO_ROWS, x.reshape(1, -1), out.reshape(1, -1), NO_OUT, NO_OUT)
 
 
 @njit(inline="always")

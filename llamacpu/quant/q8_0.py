@@ -15,11 +15,11 @@ d in fp16's normal range), d = amax / 127 of its block.
 """
 import numpy as np
 from gguf import GGMLQuantizationType
-from numba import njit, prange
+from numba import njit
 
 from ..kernels.simd import bitcast, fma, fp16_to_f32, hsum, load, shuffle, shuffle2, sitofp, splat
 from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put, round_half_away
-from .vnni import NATURAL, XB, add_tail, byte_dot, empty64, lanes, prepare
+from .vnni import NATURAL, NO_OUT, NO_ROWS, XB, add_tails, byte_dot, decode_rows, empty64, lanes, prepare_tokens
 
 ID = 0  # this format's index in kernels.MODULES
 NAME = "q8_0"
@@ -79,47 +79,68 @@ Q8_WIDE_BLOCKS = 128
 
 
 @njit(inline="always")
-def _pair(row, p, H, L):
-    """(int32 lanes of sum q * x16 for the pair of blocks p, the fp16 scales of its two blocks)."""
+def _pair(row, p, H, L, p0):
+    """(int32 lanes of sum q * x16 for the pair of blocks p, the fp16 scales of its two blocks); the
+    token's planes start at p0."""
     wa = bitcast(load(row, p * 68, 64), np.int16)
     wb = bitcast(load(row, p * 68 + 4, 64), np.int16)
     q = bitcast(Q8_QS(wa, wb), np.uint8) ^ np.uint8(0x80)  # int8 -> q + 128, unsigned
-    return byte_dot(q, H, L, 64 * p), fp16_to_f32(Q8_D(wa))
+    return byte_dot(q, H, L, p0 + 64 * p), fp16_to_f32(Q8_D(wa))
+
+
+@njit(inline="always")
+def vnni_setup(X):
+    """Per call: the planes of every token and its scale lanes: per pair of blocks 16 lanes of sx and 16
+    of the correction, or (rows wider than Q8_WIDE_BLOCKS blocks) sx0, sx1, c0, c1 spread by shuffles."""
+    n, C = X.shape
+    nb = C // XB
+    npair = nb // 2
+    wide = nb > Q8_WIDE_BLOCKS
+    per = 4 * npair if wide else 32 * npair  # scale floats per token
+    H, L, sx, r16, xe = prepare_tokens(X, NATURAL)
+    sc = empty64(n * per, np.float32)
+    for t in range(n):
+        for b in range(2 * npair):
+            e = t * nb + b
+            # weights q + 128: correct by -128 * sum(x16) * sx
+            c = np.float32(-16.0) * np.float32(r16[2 * e] + r16[2 * e + 1]) * sx[e]
+            if wide:
+                sc[t * per + 4 * (b >> 1) + (b & 1)] = sx[e]
+                sc[t * per + 4 * (b >> 1) + 2 + (b & 1)] = c
+            else:  # spread over the block's 8 lanes
+                lanes(sc, t * per + 32 * (b >> 1) + 8 * (b & 1), 8, sx[e], c)
+    return H, L, sc, npair, per, wide, C
+
+
+@njit(inline="always")
+def vnni_dot(row, ctx, t):
+    """Row . token t: two blocks per step."""
+    H, L, sc, npair, per, wide, C = ctx
+    p0 = t * C
+    s0 = t * per
+    acc = splat(np.float32(0.0), 16)
+    if wide:
+        for p in range(npair):
+            ia, d = _pair(row, p, H, L, p0)
+            acc = fma(fma(sitofp(ia), SPREAD2(load(sc, s0 + 4 * p, 2)), SPREAD2(load(sc, s0 + 4 * p + 2, 2))), d, acc)
+    else:
+        for p in range(npair):
+            ia, d = _pair(row, p, H, L, p0)
+            acc = fma(fma(sitofp(ia), load(sc, s0 + 32 * p, 16), load(sc, s0 + 32 * p + 16, 16)), d, acc)
+    return hsum(acc)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
+def decode_vnni(a, b, c, X, oa, ob, oc):
+    """oa[t, r] = sum_i A[r, i] * X[t, i] (and B into ob, C into oc) for a few tokens, each row read once
+    (vnni.decode_rows). a, b, c uint8 [R, C // 32 * 34] (0 rows: unused), X float32 [n, C], oa float32 [n, Ra]."""
+    decode_rows(vnni_setup, vnni_dot, a, b, c, X, oa, ob, oc)
+    add_tails(decode_block, a, b, c, X, oa, ob, oc, X.shape[1] // XB // 2 * 2, XB)  # an odd last block
+
+
 def matvec_vnni(blocks, x, out):
     """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 32 * 34], x float32 [C], out float32 [R]."""
-    rows = blocks.shape[0]
-    nb = x.shape[0] // XB
-    H, L, sx, r16, xe = prepare(x, NATURAL)
-    npair = nb // 2
-    if nb > Q8_WIDE_BLOCKS:
-        sc = empty64(4 * npair, np.float32)  # per pair: sx0, sx1, c0, c1 (spread by shuffles)
-        for b in range(2 * npair):
-            sc[4 * (b >> 1) + (b & 1)] = sx[b]
-            sc[4 * (b >> 1) + 2 + (b & 1)] = np.float32(-16.0) * np.float32(r16[2 * b] + r16[2 * b + 1]) * sx[b]
-        for r in prange(rows):
-            row = blocks[r]
-            acc = splat(np.float32(0.0), 16)
-            for p in range(npair):
-                ia, d = _pair(row, p, H, L)
-                acc = fma(fma(sitofp(ia), SPREAD2(load(sc, 4 * p, 2)), SPREAD2(load(sc, 4 * p + 2, 2))), d, acc)
-            out[r] = hsum(acc)
-    else:
-        sc = empty64(32 * npair, np.float32)  # per pair: 16 lanes of sx, 16 lanes of the correction
-        for b in range(2 * npair):
-            # weights q + 128: correct by -128 * sum(x16) * sx, spread over the block's 8 lanes
-            lanes(sc, 32 * (b >> 1) + 8 * (b & 1), 8, sx[b],
-                  np.float32(-16.0) * np.float32(r16[2 * b] + r16[2 * b + 1]) * sx[b])
-        for r in prange(rows):
-            row = blocks[r]
-            acc = splat(np.float32(0.0), 16)
-            for p in range(npair):
-                ia, d = _pair(row, p, H, L)
-                acc = fma(fma(sitofp(ia), load(sc, 32 * p, 16), load(sc, 32 * p + 16, 16)), d, acc)
-            out[r] = hsum(acc)
-    add_tail(decode_block, blocks, x, out, 2 * npair, XB)  # an odd last block (tiny matrices only)
+    decode_vnni(blocks, NO_ROWS, NO_ROWS, x.reshape(1, -1), out.reshape(1, -1), NO_OUT, NO_OUT)
 
 
 @njit(inline="always")

@@ -18,6 +18,7 @@ from gguf import GGMLQuantizationType
 from ..errors import UnsupportedError
 from ..kernels.simd import HAS_AVX512_VNNI
 from . import kernels
+from .vnni import NO_OUT, NO_ROWS
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,10 @@ class QuantFormat:
     quantize: Callable[[np.ndarray], np.ndarray]  # float32 [R, C] -> uint8 [R, C // block * type_size]
     dequantize: Callable[[np.ndarray, int], np.ndarray]  # (uint8 blocks [R, B], cols) -> float32 [R, C]
     matvec: Callable  # (blocks, x float32 [C], out float32 [R]): decode
-    matmul: Callable  # (blocks, X float32 [n, C], out float32 [n, R]): prefill
+    matmul: Callable  # (blocks, X float32 [n, C], out float32 [n, R]): batched decode and prefill
+    # (blocks of 2-3 matrices, X [n <= DECODE_MAX_TOKENS, C], their outs): one call for matrices that share
+    # their input (q/k/v, gate/up); None where the format has no such kernel (then one matmul each)
+    fused: Callable | None = None
 
     def bytes_per_row(self, cols: int) -> int:
         return cols // self.block_size * self.type_size
@@ -42,13 +46,16 @@ class QuantFormat:
 
 def _vnni_matmul(module):
     matvec, fid = module.matvec_vnni, module.ID
+    decode = getattr(module, "decode_vnni", None)  # a format without one: a matvec per token
 
     def matmul(blocks, X, out):
-        """out[t, r] = sum_c W[r, c] * X[t, c]: the VNNI prefill kernel for n >= MM_MIN_TOKENS tokens,
-        else one matvec per token."""
+        """out[t, r] = sum_c W[r, c] * X[t, c]: the format's decode kernel for up to DECODE_MAX_TOKENS tokens
+        (each row read once for all of them: decode, batched decode), the VNNI prefill kernel above."""
         n = X.shape[0]
-        if n >= kernels.MM_MIN_TOKENS:
+        if n > kernels.DECODE_MAX_TOKENS:
             kernels.matmul_vnni(fid, blocks, X, out)
+        elif decode is not None:
+            decode(blocks, NO_ROWS, NO_ROWS, X, out, NO_OUT, NO_OUT)
         else:
             for t in range(n):
                 matvec(blocks, X[t], out[t])
@@ -57,17 +64,52 @@ def _vnni_matmul(module):
     return matmul
 
 
+def _vnni_fused(module):
+    decode = getattr(module, "decode_vnni", None)
+    if decode is None:
+        return None
+
+    def fused(blocks, X, outs):
+        """outs[i][t] = W_i @ X[t] for two or three matrices of this format sharing X (q/k/v, gate/up) and
+        up to DECODE_MAX_TOKENS tokens: one launch, the activations prepared once."""
+        if len(blocks) == 2:
+            decode(blocks[0], blocks[1], NO_ROWS, X, outs[0], outs[1], NO_OUT)
+        else:
+            decode(blocks[0], blocks[1], blocks[2], X, outs[0], outs[1], outs[2])
+
+    fused.__name__ = fused.__qualname__ = "fused_vnni_" + module.NAME
+    return fused
+
+
+def _portable_matmul(module):
+    matvec, matmul = partial(kernels.matvec, module.ID), partial(kernels.matmul, module.ID)
+
+    def portable_matmul(blocks, X, out):
+        """out[t, r] = sum_c W[r, c] * X[t, c]: the fused matvec for one token; for more, each tile of
+        rows is decoded once and multiplied by every token (batched decode reads the weights once)."""
+        if X.shape[0] == 1:
+            matvec(blocks, X[0], out[0])
+        else:
+            matmul(blocks, X, out)
+
+    portable_matmul.__name__ = portable_matmul.__qualname__ = "matmul_" + module.NAME
+    return portable_matmul
+
+
 # The portable kernels of every format, whatever the CPU (tests compare both paths on this machine).
 PORTABLE: dict[str, QuantFormat] = {
     m.NAME: QuantFormat(m.NAME, m.BLOCK, m.TYPE_SIZE, m.GGML_TYPE, m.quantize, m.dequantize,
-                        partial(kernels.matvec, m.ID), partial(kernels.matmul, m.ID))
+                        partial(kernels.matvec, m.ID), _portable_matmul(m))
     for m in kernels.MODULES}
 # The VNNI kernels (same results within their documented 16-bit activation bound), or none.
 FAST_MATVEC = {m.NAME: m.matvec_vnni for m in kernels.VNNI_MODULES} if HAS_AVX512_VNNI else {}
 FAST_MATMUL = {m.NAME: _vnni_matmul(m) for m in kernels.VNNI_MODULES} if HAS_AVX512_VNNI else {}
 
+FAST_FUSED = {m.NAME: _vnni_fused(m) for m in kernels.MODULES} if HAS_AVX512_VNNI else {}
+
 FORMATS: dict[str, QuantFormat] = {
-    name: replace(f, matvec=FAST_MATVEC[name], matmul=FAST_MATMUL[name]) if name in FAST_MATVEC else f
+    name: replace(f, matvec=FAST_MATVEC[name], matmul=FAST_MATMUL[name], fused=FAST_FUSED[name])
+    if name in FAST_MATVEC else f
     for name, f in PORTABLE.items()}
 _BY_GGML_TYPE = {f.ggml_type: f for f in FORMATS.values() if f.ggml_type is not None}
 

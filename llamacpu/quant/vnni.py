@@ -49,6 +49,11 @@ XB = 32  # elements per x-block (two runs of 16)
 TINY = np.float32(1e-30)  # blocks with a smaller largest |x| are scaled by BIG before rounding
 BIG = np.float32(2.0 ** 100)
 
+# the unused matrices and outputs of a decode_rows call (read-only, like every weight's blocks)
+NO_ROWS = np.empty((0, 64), np.uint8)
+NO_ROWS.flags.writeable = False
+NO_OUT = np.empty((0, 0), np.float32)
+
 # plane layouts of the activations (see _runs)
 NATURAL, K_ORDER, NIBBLE32, GROUP128 = 0, 1, 2, 3
 
@@ -174,6 +179,57 @@ def prepare(x, layout):
     _prep(x, np.int64(layout), H, L, sx, r16, xe)  # non-literal layout: one compiled _prep
     return H, L, sx, r16, xe
 
+
+
+@njit(inline="always")
+def prepare_tokens(X, layout):
+    """The activation planes (see `prepare`) of every token of X float32 [n, C] for `layout`: token t's
+    at offset t * C of H and L, t * C // 32 of sx and xe, t * C // 16 of r16."""
+    n, C = X.shape
+    nb = C // XB
+    H = empty64(n * C, np.int8)
+    L = empty64(n * C, np.int8)
+    sx = empty64(n * nb, np.float32)
+    r16 = np.empty(n * 2 * nb, np.int32)
+    xe = empty64(n * nb, np.float32)
+    for t in range(n):
+        _prep(X[t], np.int64(layout), H[t * C: t * C + C], L[t * C: t * C + C], sx[t * nb: t * nb + nb],
+              r16[2 * t * nb: 2 * t * nb + 2 * nb], xe[t * nb: t * nb + nb])
+    return H, L, sx, r16, xe
+
+
+@njit(inline="always")
+def decode_rows(setup, dot, a, b, c, X, oa, ob, oc):
+    """oa[t] = A @ X[t], ob[t] = B @ X[t], oc[t] = C @ X[t] for a few tokens (one decode step of n
+    sequences) and up to three matrices that share the input (q/k/v, gate/up; pass 0-row blocks for
+    the unused ones): `setup(X)` prepares every token's activations once, then each row is read from
+    memory once and, while it sits in L1, multiplied by every token (`dot(row, ctx, t)`: the format's
+    matvec step loop). So n sequences stream the weights once, not n times, and a fused q/k/v is one
+    launch over all their rows. The matrices are never copied together: a row index picks one."""
+    ctx = setup(X)
+    n = X.shape[0]
+    ra = a.shape[0]
+    rab = ra + b.shape[0]
+    for r in prange(rab + c.shape[0]):
+        # names unique in the kernels that inline this (a parfor body shares their namespace)
+        ri = np.int64(r)  # a parfor index may be unsigned: keep the differences integer
+        if ri < ra:
+            w_row, dst, dst_r = a[ri], oa, ri
+        elif ri < rab:
+            w_row, dst, dst_r = b[ri - ra], ob, ri - ra
+        else:
+            w_row, dst, dst_r = c[ri - rab], oc, ri - rab
+        for tok in range(n):
+            dst[tok, dst_r] = dot(w_row, ctx, tok)
+
+
+@njit(inline="always")
+def add_tails(decode_block, a, b, c, X, oa, ob, oc, b0, bs):
+    """add_tail for each matrix of a decode_rows call and each token."""
+    for t in range(X.shape[0]):
+        add_tail(decode_block, a, X[t], oa[t], b0, bs)
+        add_tail(decode_block, b, X[t], ob[t], b0, bs)
+        add_tail(decode_block, c, X[t], oc[t], b0, bs)
 
 
 # shuffles several formats use
@@ -403,38 +459,63 @@ def add_tail(decode_block, blocks, x, out, b0, bs):
     if b0 < nb:
         acc = np.empty(bs, np.float32)
         for r in range(blocks.shape[0]):
-            acc[:] = 0
+            # explicit loops: in a parallel=True kernel `acc[:] = 0` and `acc.sum()` would become parallel
+            # launches, and the sum's order would then depend on the thread split (not deterministic)
+            for j in range(bs):
+                acc[j] = 0
             for b in range(b0, nb):
                 decode_block(blocks[r], b, acc, x[b * bs: b * bs + bs], True)
-            out[r] += acc.sum()
+            s = np.float32(0.0)
+            for j in range(bs):
+                s += acc[j]
+            out[r] += s
+
+
+@njit(inline="always")
+def setup_4blocks(X, has_min, layout):
+    """The decode set-up (see decode_rows) of the formats whose step is 64 bytes of nibbles covering four
+    x-blocks (Q4_0, Q4_1: four blocks; int4_g128: one group): every token's planes and, per step, 16 lanes
+    of sx and 16 of the centring term. Levels are centred on 8 (Q4_0's offset; `centre` for the others)."""
+    n, C = X.shape
+    nb = C // XB
+    nstep = nb // 4
+    H, L, sx, r16, xe = prepare_tokens(X, layout)
+    sc = empty64(n * 32 * nstep, np.float32)
+    for t in range(n):
+        for b in range(4 * nstep):
+            e = t * nb + b
+            lanes(sc, 32 * (t * nstep + (b >> 2)) + 4 * (b & 3), 4, sx[e],
+                  centre(8, sx[e], r16[2 * e] + r16[2 * e + 1], xe[e] if has_min else np.float32(0.0), 4))
+    return H, L, sc, xe, nstep, C
+
+
+@njit(inline="always")
+def dot_4blocks(step, has_min, row, ctx, t):
+    """Row . token t for those formats: `step(row, s, H, L)` gives the int32 lanes of sum q * x16 of step s
+    (4 lanes per x-block), its 16 lanes of weight scales and, with minimums (`has_min`, literal), its 4
+    minimums, which multiply the exact x-block sums."""
+    H, L, sc, xe, nstep, C = ctx
+    Ht, Lt = H[t * C: t * C + C], L[t * C: t * C + C]  # this token's planes, as `step` indexes them
+    s0 = 32 * t * nstep
+    e0 = t * (C // XB)
+    acc = splat(np.float32(0.0), 16)
+    macc = splat(np.float32(0.0), 4)  # sum of m * sum(x) per x-block
+    for s in range(nstep):
+        ia, d, m = step(row, s, Ht, Lt)
+        acc = fma(fma(sitofp(ia), load(sc, s0 + 32 * s, 16), load(sc, s0 + 32 * s + 16, 16)), d, acc)
+        if has_min:
+            macc = fma(m, load(xe, e0 + 4 * s, 4), macc)
+    return hsum(acc) + hsum(macc)
 
 
 @njit(inline="always")
 def matvec_4blocks(step, has_min, layout, decode_block, blocks, x, out):
-    """out[r] = sum_c W[r, c] * x[c] for the formats whose step is 64 bytes of nibbles covering four
-    x-blocks (Q4_0, Q4_1: four blocks; int4_g128: one group): `step(row, s, H, L)` gives the int32 lanes of
-    sum q * x16 of step s (4 lanes per x-block), its 16 lanes of weight scales and, with minimums
-    (`has_min`, literal), its 4 minimums, which multiply the exact x-block sums. Levels are centred on 8
-    (Q4_0's offset; `centre` for the others)."""
-    rows = blocks.shape[0]
-    nb = x.shape[0] // XB
-    H, L, sx, r16, xe = prepare(x, layout)
-    nstep = nb // 4
-    sc = empty64(32 * nstep, np.float32)  # per step: 16 lanes of sx, 16 lanes of the centring term
-    for b in range(4 * nstep):
-        lanes(sc, 32 * (b >> 2) + 4 * (b & 3), 4, sx[b],
-              centre(8, sx[b], r16[2 * b] + r16[2 * b + 1], xe[b] if has_min else np.float32(0.0), 4))
-    for r in prange(rows):
-        row = blocks[r]
-        acc = splat(np.float32(0.0), 16)
-        macc = splat(np.float32(0.0), 4)  # sum of m * sum(x) per x-block
-        for s in range(nstep):
-            ia, d, m = step(row, s, H, L)
-            acc = fma(fma(sitofp(ia), load(sc, 32 * s, 16), load(sc, 32 * s + 16, 16)), d, acc)
-            if has_min:
-                macc = fma(m, load(xe, 4 * s, 4), macc)
-        out[r] = hsum(acc) + hsum(macc)
-    add_tail(decode_block, blocks, x, out, 4 * nstep, XB)  # the last 1-3 blocks (tiny matrices only)
+    """out[r] = sum_c W[r, c] * x[c] through setup_4blocks / dot_4blocks, for a 4-block format without a
+    decode kernel of its own (the formats here have one: their decode_vnni)."""
+    ctx = setup_4blocks(x.reshape(1, x.shape[0]), has_min, layout)
+    for r in prange(blocks.shape[0]):
+        out[r] = dot_4blocks(step, has_min, blocks[r], ctx, 0)
+    add_tail(decode_block, blocks, x, out, x.shape[0] // XB // 4 * 4, XB)  # the last 1-3 blocks
 
 
 @njit(inline="always")

@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import CheckpointError, InputError
 from ..model.weights import Weight
 from .common import as_matrix
+from .kernels import DECODE_MAX_TOKENS
 from .registry import QuantFormat, get_format
 
 
@@ -93,6 +94,29 @@ class QuantizedWeight(Weight):
         _check_operand("out", out, (n, rows), writable=True)
         if n:
             self.format.matmul(self.blocks, x, out)
+
+    @staticmethod
+    def matmul_shared(weights, x: np.ndarray, outs) -> bool:
+        """outs[i] = x @ weights[i].T in ONE kernel call for two or three matrices that share their input
+        (q/k/v, gate/up): the activations are prepared once and one launch covers all their rows. Only
+        where they can share a kernel: same format with a fused kernel, same width, a decode-sized x
+        (at most DECODE_MAX_TOKENS rows). Returns False, having written nothing, otherwise: the caller
+        then runs one matmul per matrix (e.g. a Q4_K_M layer whose v is Q6_K)."""
+        first = weights[0]
+        fused = getattr(first.format, "fused", None) if isinstance(first, QuantizedWeight) else None
+        if (fused is None or not 2 <= len(weights) <= 3 or len(outs) != len(weights)
+                or not isinstance(x, np.ndarray) or x.ndim != 2 or not 1 <= x.shape[0] <= DECODE_MAX_TOKENS):
+            return False
+        cols = first.shape[1]
+        if any(not isinstance(w, QuantizedWeight) or w.format is not first.format or w.shape[1] != cols
+               for w in weights):
+            return False
+        n = x.shape[0]
+        _check_operand("x", x, (n, cols))
+        for w, out in zip(weights, outs):
+            _check_operand("out", out, (n, w.shape[0]), writable=True)
+        fused(tuple(w.blocks for w in weights), x, tuple(outs))
+        return True
 
     def rows(self, ids) -> np.ndarray:
         ids = np.asarray(ids)
