@@ -7,7 +7,7 @@ from llamacpu.quant import kernels, q4_0
 
 
 def test_cached_kernels_carry_the_sources_digest():
-    for dispatcher in (kernels.matvec, kernels.matmul, q4_0.matvec_vnni):
+    for dispatcher in (kernels.matvec, kernels.matmul, q4_0.decode_vnni):
         locator = dispatcher._cache._impl.locator
         assert isinstance(locator, cachekey._KeyedOnSources)
         assert locator.get_source_stamp()[1] == cachekey.SOURCES_DIGEST
@@ -19,6 +19,6 @@ def test_editing_a_helper_module_changes_the_digest(tmp_path, monkeypatch):
     monkeypatch.setattr(cachekey, "_PACKAGE", str(tmp_path))
     before = cachekey._digest()
     assert before == cachekey.SOURCES_DIGEST  # the same files give the same key
-    helper = tmp_path / "quant" / "vnni.py"  # inlined by every format's VNNI matvec, not their own file
+    helper = tmp_path / "quant" / "vnni.py"  # inlined by the formats' VNNI kernels, not in their own files
     helper.write_text(helper.read_text() + "\n# an edit\n")
     assert cachekey._digest() != before

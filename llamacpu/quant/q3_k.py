@@ -23,7 +23,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit
 
-from .common import as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put, row_chunks
+from .common import as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
 from .q2_k import pack2, unpack2
 
 ID = 10  # this format's index in kernels.MODULES
@@ -106,12 +106,7 @@ def _quantize_superblocks(x: np.ndarray) -> np.ndarray:
 
 def quantize(w: np.ndarray) -> np.ndarray:
     """float32 [R, C] -> uint8 blocks [R, C // 256 * 110]."""
-    w = as_matrix(w, BLOCK, NAME)
-    rows, cols = w.shape
-    out = np.empty((rows, cols // BLOCK * TYPE_SIZE), np.uint8)
-    for r0, r1 in row_chunks(rows, cols):
-        out[r0:r1] = _quantize_superblocks(w[r0:r1].reshape(-1, BLOCK)).reshape(r1 - r0, -1)
-    return out
+    return quantize_rows(w, BLOCK, TYPE_SIZE, NAME, _quantize_superblocks)
 
 
 def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
