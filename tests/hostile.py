@@ -1204,3 +1204,19 @@ def _(ctx):
     from llamacpu.generation.chat import ChatSession
 
     "".join(ChatSession(ctx.model, ctx.tok).send(["hi"]))
+
+
+@case("generation_config.json: nested 100000 deep", ConfigError, r"generation_config.json.*nested deeper")
+def _(ctx):
+    from llamacpu.generation.sampling import GenerationConfig
+
+    (ctx.tmp / "generation_config.json").write_text(nested(100_000))
+    GenerationConfig.from_pretrained(ctx.tmp)
+
+
+@case("generation_config.json: a FIFO", ConfigError, r"generation_config.json.*FIFO", budget_s=2)
+def _(ctx):
+    from llamacpu.generation.sampling import GenerationConfig
+
+    fifo(ctx.tmp / "generation_config.json")
+    GenerationConfig.from_pretrained(ctx.tmp)

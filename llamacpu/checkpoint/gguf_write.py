@@ -284,22 +284,23 @@ def tokenizer_metadata(src: Path, source) -> dict:
     import json
 
     from ..errors import CheckpointError
+    from ..limits import is_present, read_json, read_text
     from ..tokenizer.gguf_vocab import gguf_metadata_from_sentencepiece
 
     if hasattr(source, "tokenizer_metadata"):
         return dict(source.tokenizer_metadata)
     cfg = {}
-    if (src / "tokenizer_config.json").is_file():
-        cfg = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    if is_present(src / "tokenizer_config.json", CheckpointError, "tokenizer_config.json"):
+        cfg = read_json(src / "tokenizer_config.json", CheckpointError, "tokenizer_config.json")
     if (src / "tokenizer.model").is_file():
         meta = gguf_metadata_from_sentencepiece(src / "tokenizer.model")
     elif (src / "tokenizer.json").is_file():
-        meta = _bpe_metadata(json.loads((src / "tokenizer.json").read_text(encoding="utf-8")), cfg)
+        meta = _bpe_metadata(read_json(src / "tokenizer.json", CheckpointError, "tokenizer.json"), cfg)
     else:
         raise CheckpointError(f"{src}: no tokenizer.model or tokenizer.json to write into the GGUF")
     template = cfg.get("chat_template")
-    if template is None and (src / "chat_template.jinja").is_file():
-        template = (src / "chat_template.jinja").read_text(encoding="utf-8")
+    if template is None and is_present(src / "chat_template.jinja", CheckpointError, "chat template"):
+        template = read_text(src / "chat_template.jinja", CheckpointError, "chat template")
     if isinstance(template, str):
         meta["chat_template"] = template
     return meta

@@ -118,18 +118,16 @@ class GenerationConfig:
     @classmethod
     def from_pretrained(cls, path) -> "GenerationConfig":
         """generation_config.json of a checkpoint folder (a missing file gives the defaults)."""
-        import json
         from pathlib import Path
 
         from ..errors import ConfigError
 
+        from ..limits import is_present, read_json
+
         file = Path(path) / "generation_config.json" if Path(path).is_dir() else Path(path)
-        if not file.is_file():
+        if not is_present(file, ConfigError, "generation_config.json"):
             return cls()
-        try:
-            d = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise ConfigError(f"{file}: not valid JSON ({e})") from None
+        d = read_json(file, ConfigError, "generation_config.json", expect=None)
         try:
             return cls.from_dict(d)
         except InputError as e:

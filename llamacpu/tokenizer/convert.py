@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TokenizerError
+from ..limits import read_bytes
 
 
 def generate_merges(vocab: dict[str, int]) -> list[tuple[str, str]]:
@@ -39,7 +40,7 @@ def tokenizer_from_sentencepiece(model_file: str | Path):
 
     sp = spm.SentencePieceProcessor()
     try:
-        sp.LoadFromSerializedProto(Path(model_file).read_bytes())
+        sp.LoadFromSerializedProto(read_bytes(model_file, TokenizerError, "SentencePiece model", 1 << 30))
     except (OSError, RuntimeError) as e:
         raise TokenizerError(f"{model_file}: not a readable SentencePiece model ({e})") from None
     n = sp.get_piece_size()
