@@ -295,7 +295,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="requests per client, one after another")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--peer-python", default=str(ROOT.parent / "benchenv" / "bin" / "python"))
-    p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--no-peer", action="store_true", help="llamacpu only")
     p.add_argument("--load-requests", type=int, default=500)
     p.add_argument("--workdir", default=str(HERE / "out"))
     p.add_argument("--json", help="write every number here")

@@ -60,7 +60,7 @@ class Server:
         return json.loads(self.request("GET", "/health")[1])
 
     def client(self, key=KEY):
-        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=key, max_retries=0, timeout=120)
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=key, max_retries=0, timeout=600)
 
     def stop(self):
         self.proc.terminate()

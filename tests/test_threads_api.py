@@ -101,8 +101,7 @@ def test_stream_and_pipeline_from_threads_equal_sequential(stories):
         kind, prompt = job
         if kind == "stream":
             return "".join(llamacpu.stream(model, tok, prompt, max_new_tokens=N_NEW))
-        # greedy: the pipeline samples by default, as transformers' text-generation pipeline does
-        return pipe(prompt, max_new_tokens=N_NEW, do_sample=False, stop_strings=["."])[0]["generated_text"]
+        return pipe(prompt, max_new_tokens=N_NEW, stop_strings=["."], do_sample=False)[0]["generated_text"]  # greedy: the pipeline samples by default
 
     want = [run(j) for j in jobs]
     assert in_threads(run, jobs) == want
