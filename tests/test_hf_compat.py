@@ -216,6 +216,10 @@ def test_model_surface_device_dtype_eval_to_and_save_pretrained(tmp_path):
     q = AutoModelForCausalLM.from_pretrained(PARITY / "gqa_f16", quantization="q8_0")
     q.save_pretrained(tmp_path / "q")
     close(LlamaForCausalLM.from_pretrained(tmp_path / "q")(r["input_ids"]).logits, q(r["input_ids"]).logits, rel=0)
+    with pytest.warns(UserWarning, match="re-quantizing q8_0 blocks to q4_1"):  # as a quantized GGUF would
+        again = LlamaForCausalLM.from_pretrained(tmp_path / "q", quantization_config=llamacpu.TorchAoConfig(
+            llamacpu.Int4WeightOnlyConfig(group_size=32)))
+    assert again.weights.layers[0].wq.dtype == "q4_1"
 
 
 def test_from_pretrained_transformers_keywords():
