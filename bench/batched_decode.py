@@ -5,9 +5,11 @@
 
 Each measurement: a fresh cache, a 16-token prompt per sequence (not timed), then `--new-tokens` greedy
 steps through `next_token_logits` (the same path `generate` takes), timed. Aggregate tok/s of the batch
-= batch * steps / time; the ratio to one sequence alone is what the decode kernels buy: each weight row
-is read once for all B sequences (llamacpu.quant.vnni.decode_rows). Rounds alternate the order
-(1, B, B, 1, ...) and the median of each is kept, so drift of a shared machine hits both sides alike.
+= batch * steps / time, against one sequence alone, with B tokens per step going to the decode kernel
+(each row read once, then multiplied by every token from L1: llamacpu.quant.vnni.decode_rows) and to
+the prefill kernel (rows repacked per call, then all tokens: kernels.matmul_vnni); both read each
+weight once per step. Rounds alternate the order and the median of each is kept, so drift of a shared
+machine hits every configuration alike.
 `--shape` builds random weights in that shape (fewer layers with --layers: every matrix keeps its real
 shape, the model is only shorter); a benchmark reports, it asserts nothing.
 """
@@ -92,23 +94,33 @@ def main(argv=None):
             ratios, gbs = kernel_ratios(fmt)
             print(f"{fmt} 5632x2048 x 8 matrices, time / decode kernel at n=1 ({gbs:.1f} GB/s at n=1): " +
                   ", ".join(f"{k}@{n} {v:.2f}" for (k, n), v in ratios.items()), flush=True)
+    from llamacpu.quant import kernels
+
+    default_max = kernels.DECODE_MAX_TOKENS
+    # (label, sequences, largest token count for the decode kernel: more go to the prefill kernel)
+    configs = [("1 sequence", 1, default_max),
+               (f"{args.batch} together, decode kernel", args.batch, max(default_max, args.batch)),
+               (f"{args.batch} together, prefill kernel", args.batch, min(default_max, args.batch - 1))]
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or write_synthetic(f"{tmp}/m", dict(SHAPES[args.shape], num_hidden_layers=args.layers))
         model = LlamaForCausalLM.from_pretrained(path, quantization=args.quantization)
-        decode_rate(model, 1, 2)
-        decode_rate(model, args.batch, 2)  # first calls out of the way
-        rates = {1: [], args.batch: []}
-        for r in range(args.rounds):
-            order = (1, args.batch, args.batch, 1) if r % 2 == 0 else (args.batch, 1, 1, args.batch)
-            for b in order:
-                rates[b].append(decode_rate(model, b, args.new_tokens))
-    one, many = statistics.median(rates[1]), statistics.median(rates[args.batch])
+        rates = {label: [] for label, _, _ in configs}
+        try:
+            for r in range(args.rounds + 1):  # round 0: first calls out of the way, not kept
+                for label, batch, dmax in (configs if r % 2 == 0 else configs[::-1]):
+                    kernels.DECODE_MAX_TOKENS = dmax
+                    rate = decode_rate(model, batch, args.new_tokens if r else 2)
+                    if r:
+                        rates[label].append(rate)
+        finally:
+            kernels.DECODE_MAX_TOKENS = default_max
     w = model.weights.layers[0].wq
     name = args.model or f"{args.shape} ({args.layers} layers, random weights)"
-    print(f"{name}, {w.dtype} weights, {args.new_tokens} greedy steps, {args.rounds} rounds A B B A")
-    print(f"1 sequence: {one:.1f} tok/s; {args.batch} sequences together: {many:.1f} tok/s in all "
-          f"= {many / one:.2f}x (each: {many / args.batch:.1f} tok/s)")
-    print(f"  samples 1: {[round(v, 1) for v in rates[1]]}; {args.batch}: {[round(v, 1) for v in rates[args.batch]]}")
+    print(f"{name}, {w.dtype} weights, {args.new_tokens} greedy steps, {args.rounds} rounds A B C C B A, medians")
+    one = statistics.median(rates[configs[0][0]])
+    for label, batch, _ in configs:
+        v = statistics.median(rates[label])
+        print(f"  {label}: {v:.1f} tok/s in all = {v / one:.2f}x one sequence  (samples {[round(x, 1) for x in rates[label]]})")
 
 
 if __name__ == "__main__":

@@ -38,9 +38,10 @@ PREFILL = tuple(getattr(m, "PREFILL", (32, 0, False)) for m in MODULES)  # (k-bl
 # for C = 5632, inside the 1 MB L2 of a Zen 4 core), then multiplies by every token.
 MATMUL_TILE = 16
 # Up to this many tokens the VNNI matmul runs the format's decode kernel (each row read once and
-# multiplied by every token: batched decode); more go to the prefill kernel, whose per-call repack of
-# the rows pays off from about this many tokens (bench/README.md, "Batched decode").
-DECODE_MAX_TOKENS = 8
+# multiplied by every token from L1: it redoes the weights' unpacking per token); more go to the prefill
+# kernel (rows repacked once per call, then cheaper per token). Both read each weight once per call.
+# Measured crossover on a compute-bound machine: 4-5 tokens (bench/README.md, "Batched decode").
+DECODE_MAX_TOKENS = 4
 MM_MIN_TOKENS = DECODE_MAX_TOKENS + 1
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import CheckpointError, InputError
 from ..model.weights import Weight
 from .common import as_matrix
-from .kernels import DECODE_MAX_TOKENS
+from . import kernels
 from .registry import QuantFormat, get_format
 
 
@@ -104,8 +104,8 @@ class QuantizedWeight(Weight):
         then runs one matmul per matrix (e.g. a Q4_K_M layer whose v is Q6_K)."""
         first = weights[0]
         fused = getattr(first.format, "fused", None) if isinstance(first, QuantizedWeight) else None
-        if (fused is None or not 2 <= len(weights) <= 3 or len(outs) != len(weights)
-                or not isinstance(x, np.ndarray) or x.ndim != 2 or not 1 <= x.shape[0] <= DECODE_MAX_TOKENS):
+        if (fused is None or not 2 <= len(weights) <= 3 or len(outs) != len(weights) or not isinstance(x, np.ndarray)
+                or x.ndim != 2 or not 1 <= x.shape[0] <= kernels.DECODE_MAX_TOKENS):
             return False
         cols = first.shape[1]
         if any(not isinstance(w, QuantizedWeight) or w.format is not first.format or w.shape[1] != cols

@@ -89,9 +89,7 @@ def forward_slots(model, cache: SlotCache, segments: list[tuple[int, np.ndarray]
         for layer, lw in enumerate(model.weights.layers):
             # --- attention block ---------------------------------------------------------------
             ops.rmsnorm(x, lw.attn_norm, cfg.rms_norm_eps, h)
-            ops.linear(lw.wq, h, q, lw.bq)
-            ops.linear(lw.wk, h, k, lw.bk)
-            ops.linear(lw.wv, h, v, lw.bv)
+            ops.linears((lw.wq, lw.wk, lw.wv), h, (q, k, v), (lw.bq, lw.bk, lw.bv))
             ops.rope(q.reshape(N, H, hd), pos, freqs)
             ops.rope(k.reshape(N, KV, hd), pos, freqs)
             cache.k[layer][slots, :, pos] = k.reshape(N, KV, hd)  # each token into its own slot
@@ -101,8 +99,7 @@ def forward_slots(model, cache: SlotCache, segments: list[tuple[int, np.ndarray]
             ops.add(x, ops.linear(lw.wo, att, proj, lw.bo))
             # --- MLP block (SwiGLU) -------------------------------------------------------------
             ops.rmsnorm(x, lw.mlp_norm, cfg.rms_norm_eps, h)
-            ops.linear(lw.w_gate, h, gate, lw.b_gate)
-            ops.linear(lw.w_up, h, up, lw.b_up)
+            ops.linears((lw.w_gate, lw.w_up), h, (gate, up), (lw.b_gate, lw.b_up))
             ops.swiglu(gate, up, gate)
             ops.add(x, ops.linear(lw.w_down, gate, proj, lw.b_down))
         ops.rmsnorm(x[last_rows], model.weights.norm, cfg.rms_norm_eps, h[:len(last_rows)])
