@@ -50,7 +50,7 @@ MISTAKES = [
     (["generate", "{m}", "--min-p", "1.5"], 1, ["--min-p"]),
     (["generate", "{m}", "--top-k", "-3"], 1, ["--top-k"]),
     (["generate", "{m}", "--repeat-penalty", "0"], 1, ["--repeat-penalty", "> 0"]),
-    (["generate", "{m}", "-q", "q3_k"], 1, ["q3_k", "did you mean"]),
+    (["generate", "{m}", "-q", "q3_kx"], 1, ["q3_kx", "did you mean"]),
     (["generate", "{m}", "-t", "0"], 1, ["-t/--threads"]),
     (["generate", "{m}", "-n", "abc"], 2, ["invalid int value", "'abc'"]),
     (["generate", "{m}", "-n", "0"], 1, ["-n/--max-new-tokens"]),

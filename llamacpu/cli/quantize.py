@@ -35,8 +35,12 @@ def cmd_quantize(args) -> int:
 
         out = quantize_to_gguf(args.src, args.dst, args.type, progress=True)
     else:
+        from ..checkpoint.gguf_write import MIXES
         from ..checkpoint.quantized import quantize_checkpoint
 
+        if args.type.upper() in MIXES and args.type.lower() not in quant_formats():
+            raise InputError(f"--type {args.type} is one of llama.cpp's GGUF mixes: give DST a .gguf name "
+                             f"(e.g. {Path(args.dst).name}.gguf)")
         check_format(args.type, "--type")
         out = quantize_checkpoint(args.src, args.dst, args.type, progress=True)
     stderr(f"wrote {out}")

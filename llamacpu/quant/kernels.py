@@ -165,6 +165,8 @@ def _repack_format(fid, blocks, r0, rows, nkb, Wt32, Dt, Mt):
         _repack(q4_k.prefill_block, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
     elif fid == q6_k.ID:
         _repack(q6_k.prefill_block, put4, blocks, r0, rows, nkb, Wt32, Dt, Mt)
+    elif fid == q5_k.ID:
+        _repack(q5_k.prefill_block, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
     elif fid == int4_g128.ID:
         _repack(int4_g128.prefill_block, put8, blocks, r0, rows, nkb, Wt32, Dt, Mt)
 

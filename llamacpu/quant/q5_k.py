@@ -21,10 +21,12 @@ within d_s / 2; clipped outliers are off by their distance to that range plus d_
 """
 import numpy as np
 from gguf import GGMLQuantizationType
-from numba import njit
+from numba import njit, prange
 
-from .common import as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
-from .q4_k import make_qkx2, scale_min, unpack_scales
+from ..kernels.simd import fma, hsum, load, sitofp, splat
+from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put, quantize_rows, row_chunks
+from .q4_k import K_S0, K_S1, K_S2, K_S3, _q4k_scales, make_qkx2, scale_min, unpack_scales
+from .vnni import CAT32, FIRST8, K_ORDER, LAST8, byte_dot, centre, empty64, prepare
 
 ID = 8  # this format's index in kernels.MODULES
 NAME = "q5_k"
@@ -119,3 +121,64 @@ def decode_block(row, i, dst, xb, dot):
             h = np.int32(qh[l]) >> (2 * c)
             put(y0, l, d0 * np.float32((v & 15) | ((h & 1) << 4)) - n0, x0, dot)
             put(y1, l, d1 * np.float32((v >> 4) | ((h & 2) << 3)) - n1, x1, dot)
+
+
+# ---------------------------------------------------------------------------------------------
+# VNNI (see vnni.py): Q4_K's step (two 32-byte chunks: sub-blocks 0, 2 in the low nibbles, 1, 3 in the
+# high ones, K_ORDER activations) with each sub-block's fifth bits moved to bit 4 of its bytes: the
+# 32 qh bytes hold bit s for sub-block s, so one shift per sub-block, concatenated per pair, then & 16.
+# Levels 0..31 are centred on 16.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matvec_vnni(blocks, x, out):
+    """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 256 * 176], x float32 [C], out float32 [R]."""
+    rows = blocks.shape[0]
+    nsb = x.shape[0] // 256
+    H, L, sx, r16, xe = prepare(x, K_ORDER)
+    nb = 8 * nsb
+    cx = empty64(nb, np.float32)
+    for b in range(nb):
+        cx[b] = centre(16, sx[b], r16[2 * b] + r16[2 * b + 1], xe[b], 1)
+    for r in prange(rows):
+        row = blocks[r]
+        acc0 = splat(np.float32(0.0), 16)
+        acc1 = splat(np.float32(0.0), 16)
+        acc8 = splat(np.float32(0.0), 8)  # per sub-block: centring terms and minimums
+        for i in range(nsb):
+            o = i * 176
+            scm = _q4k_scales(row, o)
+            sd = FIRST8(scm) * splat(f16_at(row, o), 8)  # d * sc
+            cs = sd * load(sx, 8 * i, 8)
+            acc8 = fma(sd, load(cx, 8 * i, 8), acc8)
+            acc8 = fma(LAST8(scm) * splat(-f16_at(row, o + 2), 8), load(xe, 8 * i, 8), acc8)
+            h = load(row, o + 16, 32)
+            p = 256 * i
+            q = load(row, o + 48, 64)
+            b0 = CAT32(h << 4, h << 2) & np.uint8(16)  # sub-blocks 0, 2: bits 0, 2 of qh
+            b1 = CAT32(h << 3, h << 1) & np.uint8(16)  # sub-blocks 1, 3
+            acc0 = fma(sitofp(byte_dot((q & np.uint8(15)) | b0, H, L, p)), K_S0(cs), acc0)
+            acc0 = fma(sitofp(byte_dot((q >> 4) | b1, H, L, p + 64)), K_S1(cs), acc0)
+            q = load(row, o + 112, 64)
+            b2 = CAT32(h, h >> 2) & np.uint8(16)  # sub-blocks 4, 6
+            b3 = CAT32(h >> 1, h >> 3) & np.uint8(16)  # sub-blocks 5, 7
+            acc1 = fma(sitofp(byte_dot((q & np.uint8(15)) | b2, H, L, p + 128)), K_S2(cs), acc1)
+            acc1 = fma(sitofp(byte_dot((q >> 4) | b3, H, L, p + 192)), K_S3(cs), acc1)
+        out[r] = hsum(acc0 + acc1) + hsum(acc8)
+
+
+PREFILL = 32, 16, True  # VNNI prefill: k-blocks of a sub-block, levels centred on 16, minimums
+
+
+@njit(inline="always")
+def prefill_block(row, kb):
+    """Sub-block j = kb % 8 of super-block kb // 8, for the VNNI prefill: (its 32 levels as <32 x u8>,
+    its scale d * sc[j], its minimum -dmin * m[j])."""
+    j = kb & 7
+    o = (kb >> 3) * 176
+    q = load(row, o + 48 + 32 * (j >> 1), 32)
+    bits = ((load(row, o + 16, 32) >> j) & np.uint8(1)) << 4
+    sc, mn = scale_min(row[o + 4: o + 16], j)
+    nib = q & np.uint8(15) if (j & 1) == 0 else q >> 4
+    return nib | bits, f16_at(row, o) * np.float32(sc), -f16_at(row, o + 2) * np.float32(mn)
