@@ -82,7 +82,7 @@ def test_multiline_input_three_ways(model_path, tmp_path):
 
 
 def test_type_ahead_during_a_reply_is_discarded(model_path, tmp_path):
-    child = spawn(model_path, tmp_path, "-n", "120", "--ignore-eos")
+    child = spawn(model_path, tmp_path, "-n", "250", "--ignore-eos")
     # keys typed in the same burst as Enter, and keys typed once the reply is streaming
     child.send("Tell me a story.\rtyped too early\r")
     child.expect(r"\x1b\[K")  # the thinking marker is erased: the first piece is out
