@@ -110,7 +110,8 @@ def test_stop_strings_cut_exactly(stories):
     assert cut == full[: full.index(stop) + len(stop)]
     ids = model.generate(np.array([tok.encode(PROMPT)]), max_new_tokens=60, stop_strings=[stop], tokenizer=tok)
     assert stop in tok.decode(ids[0, len(tok.encode(PROMPT)):]) and ids.shape[1] < len(tok.encode(PROMPT)) + 60
-    out = pipeline("text-generation", model=model, tokenizer=tok)(PROMPT, max_new_tokens=60, stop_strings=[stop])
+    out = pipeline("text-generation", model=model, tokenizer=tok)(PROMPT, max_new_tokens=60, stop_strings=[stop],
+                                                                  do_sample=False)  # greedy, as `stream` is
     assert out == [{"generated_text": PROMPT + cut}]
 
 
