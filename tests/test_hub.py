@@ -89,7 +89,8 @@ def test_repo_colon_quant_picks_the_matching_gguf(tmp_path):
     code = ("from llamacpu.hub import resolve_model; from llamacpu import CheckpointError\n"
             "print(resolve_model('llamacpu-test/gguf:q8_0').name)\n"
             "from llamacpu import LlamaForCausalLM\n"
-            "print(LlamaForCausalLM.from_pretrained('llamacpu-test/gguf:Q8_0').name_or_path.endswith('tiny-Q8_0.gguf'))\n"
+            "m = LlamaForCausalLM.from_pretrained('llamacpu-test/gguf:Q8_0')\n"
+            "print(m.config.eos_token_ids[-1] == 280 and m.name_or_path == 'llamacpu-test/gguf:Q8_0')\n"
             "try:\n    resolve_model('llamacpu-test/gguf:Q2_K')\nexcept CheckpointError as e:\n    print('error', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
