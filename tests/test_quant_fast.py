@@ -20,6 +20,8 @@ from llamacpu.quant import FORMATS, kernels, vnni
 from llamacpu.quant import registry as fast  # FAST_MATVEC, FAST_MATMUL: the VNNI kernels in use
 
 NAMES = [m.NAME for m in kernels.VNNI_MODULES]  # the formats with VNNI kernels (the others: portable everywhere)
+# the formats with a batched VNNI decode kernel; the others (q5_k so far) run a matvec per token and no fused call
+DECODE_NAMES = [m.NAME for m in kernels.VNNI_MODULES if hasattr(m, "decode_vnni")]
 needs_vnni = pytest.mark.skipif(
     not simd.HAS_AVX512_VNNI,
     reason="LLAMACPU_PORTABLE=1 forces the portable kernels" if simd.PORTABLE else
@@ -130,7 +132,7 @@ def test_matmul_fast_matches_reference(name):
 
 
 @needs_vnni
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", DECODE_NAMES)
 def test_decode_kernel_batched_matches_reference(name):
     """The decode kernel for n tokens at once (batched decode: each row read once for every token) on
     random shapes and activations: within the int16 bound of every token's own reference, and equal
@@ -162,7 +164,7 @@ def test_decode_kernel_batched_matches_reference(name):
 
 
 @needs_vnni
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", DECODE_NAMES)
 def test_fused_projections_equal_separate_calls(name):
     """q/k/v (three matrices) and gate/up (two) sharing one input in one call give exactly what one
     call per matrix gives; mixed formats, other widths or prefill-sized inputs are declined untouched."""
@@ -238,3 +240,27 @@ def test_portable_env_var_forces_the_portable_kernels():
     env = dict(os.environ, LLAMACPU_PORTABLE="1")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "portable ok" in r.stdout, r.stderr
+
+
+@needs_vnni
+@pytest.mark.parametrize("name", sorted(set(NAMES) - set(DECODE_NAMES)))
+def test_formats_without_decode_kernel_decline_fusion_and_still_batch(name):
+    """A VNNI format with only a matvec declines the fused call (writing nothing) and its batched
+    matmul for a decode-sized input equals one matvec per token."""
+    from llamacpu.quant import QuantizedWeight
+
+    fmt = FORMATS[name]
+    rng = np.random.default_rng(sum(map(ord, name)) + 7)
+    cols = 2 * fmt.block_size
+    weights = [QuantizedWeight.quantize(name, rng.standard_normal((int(rng.integers(1, 40)), cols))) for _ in range(2)]
+    X = rng.standard_normal((3, cols)).astype(np.float32)
+    outs = [np.full((3, w.shape[0]), np.nan, np.float32) for w in weights]
+    assert not QuantizedWeight.matmul_shared(weights, X, outs)
+    assert all(np.isnan(o).all() for o in outs)
+    for w in weights:
+        got = np.empty((3, w.shape[0]), np.float32)
+        w.matmul(X, got)
+        for t in range(3):
+            one = np.empty(w.shape[0], np.float32)
+            w.matvec(X[t], one)
+            np.testing.assert_array_equal(got[t], one)

@@ -76,8 +76,8 @@ class LlamaPreTrainedModel(PreTrainedModelSurface, LlamaCore):
         local = Path(path).expanduser() if Path(str(path)).expanduser().exists() else resolve_model(str(path), revision)
         config, weights = cls._load_weights(load, local, dtype, quantization, check_finite, progress)
         model = cls(config, weights, max_context=max_context, backend=backend)
-        model.name_or_path = str(local)  # the resolved folder or file (a Hub id resolves into the cache)
-        config.name_or_path = str(local)
+        model.name_or_path = str(path)  # as given (a Hub id stays an id), as transformers keeps it
+        config.name_or_path = str(path)
         if local.is_dir():
             model.generation_config = GenerationConfig.from_pretrained(local)
         return model
