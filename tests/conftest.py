@@ -17,6 +17,16 @@ SHARED_MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 
 
 @pytest.fixture(scope="session")
+def llama3_gguf(tmp_path_factory):
+    """tests/fixtures/llama3/hf (a tiny Llama 3 checkpoint made by transformers, tools/make_llama3_gguf.py)
+    written as GGUF by our writer, as `llamacpu quantize hf X.gguf --type F32` does."""
+    from llamacpu.checkpoint.gguf_write import quantize_to_gguf
+
+    return quantize_to_gguf(Path(__file__).parent / "fixtures" / "llama3" / "hf",
+                            tmp_path_factory.mktemp("llama3") / "tiny-llama3.gguf", "F32")
+
+
+@pytest.fixture(scope="session")
 def shared_models():
     """Path of ../shared/models; skips the test when the folder is absent."""
     if not SHARED_MODELS.is_dir():

@@ -65,7 +65,7 @@ def test_revision_suffix_and_cli_message(tmp_path):
     assert "nobody/nothing" in cli.stderr and "Traceback" not in cli.stderr
 
 
-def test_repo_colon_quant_picks_the_matching_gguf(tmp_path):
+def test_repo_colon_quant_picks_the_matching_gguf(tmp_path, llama3_gguf):
     """org/name:Q4_K_M (llama.cpp's -hf form) picks that file of a GGUF repository, case-insensitively;
     a split model's first part; a missing quantization is one clear error listing what is there."""
     from llamacpu.hub import pick_gguf
@@ -82,7 +82,7 @@ def test_repo_colon_quant_picks_the_matching_gguf(tmp_path):
     snap.mkdir(parents=True)
     (folder / "refs").mkdir()
     (folder / "refs" / "main").write_text(COMMIT)
-    llama3 = Path(__file__).parent / "fixtures" / "llama3" / "tiny-llama3.gguf"
+    llama3 = llama3_gguf
     shutil.copy(llama3, snap / "tiny-Q8_0.gguf")
     shutil.copy(llama3, snap / "tiny-F32.gguf")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "home"))

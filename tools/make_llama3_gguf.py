@@ -4,11 +4,12 @@ template and <|eot_id|>, as llama.cpp's converter writes them), and transformers
 
     /work/benchenv/bin/python tools/make_llama3_gguf.py      # torch 2.13 + transformers 5.24
 
-The GGUF is written by `llamacpu quantize HF_FOLDER OUT.gguf --type F32`, run with the repository's
-.venv (numba lives there, not in the torch environment; LLAMACPU_PYTHON overrides the interpreter).
+The GGUF itself is not committed: the tests write it from hf/ with `llamacpu quantize hf OUT.gguf
+--type F32` (tests/conftest.py, `llama3_gguf`), so the writer is exercised on every run.
 
 Written:
-  tiny-llama3.gguf   F32, 2 layers, hidden 64, 4 heads / 2 kv heads, original context 32, factor 8
+  hf/                the transformers checkpoint and tokenizer: F32, 2 layers, hidden 64, 4 heads / 2 kv
+                     heads, original context 32, factor 8
   reference.npz      input_ids [1, 160] (positions far past the original 32), transformers' fp32 logits,
                      and the HF tokenizer's ids of TEXTS and of the chat template's rendering
 Seeded: the same library versions give the same files.
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -92,12 +91,8 @@ def main() -> None:
     chat = tok.apply_chat_template([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}],
                                    add_generation_prompt=True, tokenize=False)
     OUT.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as d:
-        model.save_pretrained(d, safe_serialization=True)
-        tok.save_pretrained(d)
-        python = os.environ.get("LLAMACPU_PYTHON", str(REPO / ".venv" / "bin" / "python"))
-        subprocess.run([python, "-m", "llamacpu.cli", "quantize", d, str(OUT / "tiny-llama3.gguf"), "--type", "F32"],
-                       check=True, cwd=REPO)
+    model.save_pretrained(OUT / "hf", safe_serialization=True)
+    tok.save_pretrained(OUT / "hf")
     text_ids = {t: tok.encode(t, add_special_tokens=False) for t in TEXTS}
     np.savez(OUT / "reference.npz", input_ids=ids.numpy(), logits=logits)
     (OUT / "reference.json").write_text(json.dumps({"texts": text_ids, "chat": chat, "chat_ids": tok.encode(
