@@ -53,9 +53,10 @@ def x16_bound(W64, x):
 
 def shapes(name):
     bs = FORMATS[name].block_size
-    # the smallest legal width, a few blocks (tails of the 2- and 4-block steps), model widths;
-    # rows not divisible by the thread count
-    return [(3, bs), (37, 3 * bs), (29, 5 * bs), (67, 2048), (13, 5632 if 5632 % bs == 0 else 2304)]
+    # the smallest legal width, a few blocks (tails of the 2- and 4-block steps), model widths (SmolLM2's
+    # 576 = 18 blocks: an overlapping last step); rows not divisible by the thread count
+    return [(3, bs), (37, 3 * bs), (29, 5 * bs), (11, 18 * bs if bs == 32 else 2 * bs), (67, 2048),
+            (13, 5632 if 5632 % bs == 0 else 2304)]
 
 
 @needs_vnni

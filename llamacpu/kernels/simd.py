@@ -9,6 +9,7 @@ and call one tiny intrinsic per instruction:
     load(a, i, n)            <n x a.dtype> from a[i : i + n] (1-D contiguous a, any alignment)
     load_splat(a, i, n)      <n x a.dtype>, every lane a[i] (a broadcast load)
     store(a, i, v)           a[i : i + n] = v
+    view(a, i)               a 1-D array starting at element i of a (i may be negative), no refcount
     splat(s, n)              <n x typeof(s)>, every lane s
     a + b, a - b, a * b, a & b, a | b, a ^ b, a >> k, a << k      lane-wise (k an integer or a vector)
     sext(v, t), zext(v, t), trunc(v, t), sitofp(v), fp16_to_f32(v), bitcast(v, t)
@@ -170,6 +171,26 @@ def store(typingctx, a, i, v):
         return context.get_dummy_value()
 
     return types.none(a, i, v), codegen
+
+
+@intrinsic
+def view(typingctx, a, i):
+    """The 1-D contiguous array a[i:] (same length, so its end lies past a's by i elements), where i may be
+    negative: pointer arithmetic only, no bounds or wraparound check. The view has no meminfo, so creating
+    it costs no reference-count update (an atomic on the parent's counter: contended between threads inside
+    a parallel loop); it must not outlive a."""
+    if not isinstance(a, types.Array) or a.ndim != 1 or a.layout != "C" or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        src = context.make_array(a)(context, builder, args[0])
+        out = context.make_array(a)(context, builder)
+        start = context.cast(builder, args[1], sig.args[1], types.intp)
+        context.populate_array(out, data=builder.gep(src.data, [start]), shape=src.shape, strides=src.strides,
+                               itemsize=src.itemsize, meminfo=None)
+        return out._getvalue()
+
+    return a(a, i), codegen
 
 
 # ---------------------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def _step(row, g, H, L):
 @njit(inline="always")
 def vnni_setup(X):
     """Per call: the activations of every token (vnni.setup_4blocks)."""
-    return setup_4blocks(X, True, GROUP128)
+    return setup_4blocks(X, True, GROUP128, TYPE_SIZE)  # a step: one group
 
 
 @njit(inline="always")

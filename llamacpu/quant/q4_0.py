@@ -87,7 +87,7 @@ def _step(row, s, H, L):
 @njit(inline="always")
 def vnni_setup(X):
     """Per call: the activations of every token (vnni.setup_4blocks)."""
-    return setup_4blocks(X, False, NIBBLE32)
+    return setup_4blocks(X, False, NIBBLE32, 4 * TYPE_SIZE)  # a step: four blocks
 
 
 @njit(inline="always")
@@ -101,7 +101,7 @@ def decode_vnni(a, b, c, X, oa, ob, oc):
     """oa[t, r] = sum_i A[r, i] * X[t, i] (and B into ob, C into oc) for a few tokens, each row read once
     (vnni.decode_rows). a, b, c uint8 [R, C // 32 * 18] (0 rows: unused), X float32 [n, C], oa float32 [n, Ra]."""
     decode_rows(vnni_setup, vnni_dot, a, b, c, X, oa, ob, oc)
-    add_tails(decode_block, a, b, c, X, oa, ob, oc, X.shape[1] // XB // 4 * 4, XB)  # the last 1-3 blocks
+    add_tails(decode_block, a, b, c, X, oa, ob, oc, 4, XB)  # rows of 1-3 blocks
 
 
 def matvec_vnni(blocks, x, out):

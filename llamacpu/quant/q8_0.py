@@ -17,9 +17,9 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit
 
-from ..kernels.simd import bitcast, fma, fp16_to_f32, hsum, load, shuffle, shuffle2, sitofp, splat
+from ..kernels.simd import bitcast, fma, fp16_to_f32, hsum, load, shuffle, shuffle2, sitofp, splat, view
 from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put, round_half_away
-from .vnni import NATURAL, NO_OUT, NO_ROWS, XB, add_tails, byte_dot, decode_rows, empty64, lanes, prepare_tokens
+from .vnni import NATURAL, NO_OUT, NO_ROWS, XB, add_tails, byte_dot, decode_rows, empty64, lanes, prepare_steps
 
 ID = 0  # this format's index in kernels.MODULES
 NAME = "q8_0"
@@ -90,42 +90,41 @@ def _pair(row, p, H, L, p0):
 
 @njit(inline="always")
 def vnni_setup(X):
-    """Per call: the planes of every token and its scale lanes: per pair of blocks 16 lanes of sx and 16
-    of the correction, or (rows wider than Q8_WIDE_BLOCKS blocks) sx0, sx1, c0, c1 spread by shuffles."""
+    """Per call: the planes of every token in pairs of blocks (vnni.prepare_steps: an odd last block is the
+    second of an overlapping pair) and its scale lanes: per pair 16 lanes of sx and 16 of the correction,
+    or (rows wider than Q8_WIDE_BLOCKS blocks) sx0, sx1, c0, c1 spread by shuffles."""
     n, C = X.shape
-    nb = C // XB
-    npair = nb // 2
-    wide = nb > Q8_WIDE_BLOCKS
+    H, L, sx, r16, xe, npair, nfull = prepare_steps(X, NATURAL, 2)
+    wide = C // XB > Q8_WIDE_BLOCKS
     per = 4 * npair if wide else 32 * npair  # scale floats per token
-    H, L, sx, r16, xe = prepare_tokens(X, NATURAL)
     sc = empty64(n * per, np.float32)
-    for t in range(n):
-        for b in range(2 * npair):
-            e = t * nb + b
-            # weights q + 128: correct by -128 * sum(x16) * sx
-            c = np.float32(-16.0) * np.float32(r16[2 * e] + r16[2 * e + 1]) * sx[e]
-            if wide:
-                sc[t * per + 4 * (b >> 1) + (b & 1)] = sx[e]
-                sc[t * per + 4 * (b >> 1) + 2 + (b & 1)] = c
-            else:  # spread over the block's 8 lanes
-                lanes(sc, t * per + 32 * (b >> 1) + 8 * (b & 1), 8, sx[e], c)
-    return H, L, sc, npair, per, wide, C
+    for e in range(n * 2 * npair):  # block e = 2 (t * npair + p) + (0 or 1)
+        # weights q + 128: correct by -128 * sum(x16) * sx
+        c = np.float32(-16.0) * np.float32(r16[2 * e] + r16[2 * e + 1]) * sx[e]
+        if wide:
+            sc[4 * (e >> 1) + (e & 1)] = sx[e]
+            sc[4 * (e >> 1) + 2 + (e & 1)] = c
+        else:  # spread over the block's 8 lanes
+            lanes(sc, 32 * (e >> 1) + 8 * (e & 1), 8, sx[e], c)
+    return H, L, sc, npair, nfull, per, wide
 
 
 @njit(inline="always")
 def vnni_dot(row, ctx, t):
-    """Row . token t: two blocks per step."""
-    H, L, sc, npair, per, wide, C = ctx
-    p0 = t * C
+    """Row . token t: two blocks per step; the last pair of a row with an odd block count is read from the
+    row's last 68 bytes (see vnni.dot_4blocks)."""
+    H, L, sc, npair, nfull, per, wide = ctx
+    p0 = t * 64 * npair
     s0 = t * per
+    shift = row.shape[0] - 68 * npair  # 0, or -34
     acc = splat(np.float32(0.0), 16)
     if wide:
         for p in range(npair):
-            ia, d = _pair(row, p, H, L, p0)
+            ia, d = _pair(view(row, 0 if p < nfull else shift), p, H, L, p0)
             acc = fma(fma(sitofp(ia), SPREAD2(load(sc, s0 + 4 * p, 2)), SPREAD2(load(sc, s0 + 4 * p + 2, 2))), d, acc)
     else:
         for p in range(npair):
-            ia, d = _pair(row, p, H, L, p0)
+            ia, d = _pair(view(row, 0 if p < nfull else shift), p, H, L, p0)
             acc = fma(fma(sitofp(ia), load(sc, s0 + 32 * p, 16), load(sc, s0 + 32 * p + 16, 16)), d, acc)
     return hsum(acc)
 
@@ -135,7 +134,7 @@ def decode_vnni(a, b, c, X, oa, ob, oc):
     """oa[t, r] = sum_i A[r, i] * X[t, i] (and B into ob, C into oc) for a few tokens, each row read once
     (vnni.decode_rows). a, b, c uint8 [R, C // 32 * 34] (0 rows: unused), X float32 [n, C], oa float32 [n, Ra]."""
     decode_rows(vnni_setup, vnni_dot, a, b, c, X, oa, ob, oc)
-    add_tails(decode_block, a, b, c, X, oa, ob, oc, X.shape[1] // XB // 2 * 2, XB)  # an odd last block
+    add_tails(decode_block, a, b, c, X, oa, ob, oc, 2, XB)  # rows of one block
 
 
 def matvec_vnni(blocks, x, out):

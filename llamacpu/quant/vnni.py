@@ -33,15 +33,20 @@ The matvecs read each row once, 64 bytes of quants per step, with one accumulato
 row. The activation planes H and L are laid out in the order the weight bytes are unpacked (`_runs`), so
 a step loads them contiguously; each format module describes its step. The x scales and corrections of
 a step are precomputed per lane (`lanes`: 64-byte memory operands, cheaper than spreading 2-4 values
-with shuffles, about 15%). Activation buffers start on 64-byte boundaries. Tails (a number of blocks
-that is not a multiple of the step: only tiny matrices) are done in scalar fp32 arithmetic by the
-format's portable decoder, in a loop of their own.
+with shuffles, about 15%). Activation buffers start on 64-byte boundaries.
+
+Tails: when the step (k blocks) does not divide a row's nb blocks (SmolLM2's 576 columns are 18 blocks:
+4 steps of 4 and 2 left), the last step is the row's last k blocks, overlapping the step before, and the
+x of the overlapped blocks is 0 in its planes, so they add exactly 0 (`prepare_steps`). Every step then
+runs the same VNNI code and reads only bytes of its row; the alternatives measured were 2-3 times slower
+on such matrices (bench/README.md, "Decode kernels at small widths"). Only rows narrower than one step
+(tiny test matrices) go through the format's portable decoder in fp32 (`add_tails`).
 """
 import numpy as np
 from numba import njit, prange
 
 from ..kernels.simd import (bitcast, dpbusd, fma, hmax, hsum, hsum_int, load, load_splat, round_i32, shuffle,
-                            shuffle2, sitofp, splat, store, trunc, vmax)
+                            shuffle2, sitofp, splat, store, trunc, view, vmax)
 from .common import FASTMATH
 
 Q16 = np.float32(32639.0)  # largest |x16|: (32639 + 128) >> 8 = 127 keeps H a signed byte
@@ -199,6 +204,43 @@ def prepare_tokens(X, layout):
 
 
 @njit(inline="always")
+def prepare_steps(X, layout, k):
+    """The activation planes (see `prepare`) of every token of X float32 [n, C] for a matvec whose step covers
+    k x-blocks: nstep = ceil(nb / k) steps per token (nb = C / 32; 0 when nb < k: such rows are left to
+    `add_tails`), of which nfull = nb // k cover blocks k s .. k s + k - 1. When k does not divide nb, the
+    last step covers the row's LAST k blocks, and the x of the blocks the step before already covered is 0
+    there: their sx, r16, xe and planes are 0, so they add exactly 0 (see the module docstring, "Tails").
+
+    Token t's planes start at t * 32 k nstep, its blocks (sx, xe; r16: twice) at t * k nstep.
+    Returns H, L, sx, r16, xe, nstep, nfull."""
+    n, C = X.shape
+    nb = C // XB
+    nfull = nb // k
+    nstep = nfull + 1 if nb % k and nb >= k else nfull
+    P = 32 * k * nstep  # plane elements per token
+    F = 32 * k * nfull  # elements in the full steps
+    kb = k * nstep  # blocks per token
+    H = empty64(n * P, np.int8)
+    L = empty64(n * P, np.int8)
+    sx = empty64(n * kb, np.float32)
+    r16 = np.empty(n * 2 * kb, np.int32)
+    xe = empty64(n * kb, np.float32)
+    last = np.empty(32 * k, np.float32)  # x of the last step, the overlapped part zero
+    for t in range(n):
+        b0 = t * kb
+        _prep(X[t, :F], np.int64(layout), H[t * P: t * P + F], L[t * P: t * P + F], sx[b0: b0 + k * nfull],
+              r16[2 * b0: 2 * b0 + 2 * k * nfull], xe[b0: b0 + k * nfull])
+        if nstep > nfull:
+            z = 32 * k - (C - F)
+            for i in range(32 * k):
+                last[i] = X[t, C - 32 * k + i] if i >= z else np.float32(0.0)
+            b1 = b0 + k * nfull
+            _prep(last, np.int64(layout), H[t * P + F: t * P + P], L[t * P + F: t * P + P], sx[b1: b1 + k],
+                  r16[2 * b1: 2 * b1 + 2 * k], xe[b1: b1 + k])
+    return H, L, sx, r16, xe, nstep, nfull
+
+
+@njit(inline="always")
 def decode_rows(setup, dot, a, b, c, X, oa, ob, oc):
     """oa[t] = A @ X[t], ob[t] = B @ X[t], oc[t] = C @ X[t] for a few tokens (one decode step of n
     sequences) and up to three matrices that share the input (q/k/v, gate/up; pass 0-row blocks for
@@ -224,8 +266,10 @@ def decode_rows(setup, dot, a, b, c, X, oa, ob, oc):
 
 
 @njit(inline="always")
-def add_tails(decode_block, a, b, c, X, oa, ob, oc, b0, bs):
-    """add_tail for each matrix of a decode_rows call and each token."""
+def add_tails(decode_block, a, b, c, X, oa, ob, oc, k, bs):
+    """For rows narrower than one step of k blocks of bs (prepare_steps gave them no step): the whole row
+    by add_tail, for each matrix of a decode_rows call and each token. Wider rows: nothing."""
+    b0 = 0 if X.shape[1] // bs < k else X.shape[1] // bs
     for t in range(X.shape[0]):
         add_tail(decode_block, a, X[t], oa[t], b0, bs)
         add_tail(decode_block, b, X[t], ob[t], b0, bs)
@@ -453,8 +497,7 @@ def nibble_dot(q, H, L, p):
 @njit(inline="always")
 def add_tail(decode_block, blocks, x, out, b0, bs):
     """out[r] += sum over blocks b0.. of row r of W x, in exact fp32 through the format's portable block
-    decoder: the blocks left over by a matvec step of several blocks (tiny matrices only; a tail inside
-    the row loop costs the main loop 8%)."""
+    decoder (rows narrower than one VNNI step: tiny matrices only)."""
     nb = x.shape[0] // bs
     if b0 < nb:
         acc = np.empty(bs, np.float32)
@@ -472,36 +515,39 @@ def add_tail(decode_block, blocks, x, out, b0, bs):
 
 
 @njit(inline="always")
-def setup_4blocks(X, has_min, layout):
+def setup_4blocks(X, has_min, layout, step_bytes):
     """The decode set-up (see decode_rows) of the formats whose step is 64 bytes of nibbles covering four
-    x-blocks (Q4_0, Q4_1: four blocks; int4_g128: one group): every token's planes and, per step, 16 lanes
-    of sx and 16 of the centring term. Levels are centred on 8 (Q4_0's offset; `centre` for the others)."""
+    x-blocks in `step_bytes` bytes of a row (Q4_0, Q4_1: four blocks; int4_g128: one group): every token's
+    planes in steps (prepare_steps) and, per step, 16 lanes of sx and 16 of the centring term. Levels are
+    centred on 8 (Q4_0's offset; `centre` for the others)."""
     n, C = X.shape
-    nb = C // XB
-    nstep = nb // 4
-    H, L, sx, r16, xe = prepare_tokens(X, layout)
+    H, L, sx, r16, xe, nstep, nfull = prepare_steps(X, layout, 4)
+    kb = 4 * nstep
     sc = empty64(n * 32 * nstep, np.float32)
-    for t in range(n):
-        for b in range(4 * nstep):
-            e = t * nb + b
-            lanes(sc, 32 * (t * nstep + (b >> 2)) + 4 * (b & 3), 4, sx[e],
-                  centre(8, sx[e], r16[2 * e] + r16[2 * e + 1], xe[e] if has_min else np.float32(0.0), 4))
-    return H, L, sc, xe, nstep, C
+    for e in range(n * kb):  # block e = t * kb + b lies in step e >> 2 of the whole buffer
+        lanes(sc, 32 * (e >> 2) + 4 * (e & 3), 4, sx[e],
+              centre(8, sx[e], r16[2 * e] + r16[2 * e + 1], xe[e] if has_min else np.float32(0.0), 4))
+    return H, L, sc, xe, nstep, nfull, step_bytes
 
 
 @njit(inline="always")
 def dot_4blocks(step, has_min, row, ctx, t):
     """Row . token t for those formats: `step(row, s, H, L)` gives the int32 lanes of sum q * x16 of step s
     (4 lanes per x-block), its 16 lanes of weight scales and, with minimums (`has_min`, literal), its 4
-    minimums, which multiply the exact x-block sums."""
-    H, L, sc, xe, nstep, C = ctx
-    Ht, Lt = H[t * C: t * C + C], L[t * C: t * C + C]  # this token's planes, as `step` indexes them
+    minimums, which multiply the exact x-block sums. The last step of a row with a tail reads the row's last
+    step_bytes (`view` shifts the row so that step nfull lands there; see prepare_steps)."""
+    H, L, sc, xe, nstep, nfull, step_bytes = ctx
+    P = 128 * nstep
+    Ht, Lt = view(H, t * P), view(L, t * P)  # this token's planes, as `step` indexes them
+    shift = row.shape[0] - step_bytes * nstep  # <= 0
     s0 = 32 * t * nstep
-    e0 = t * (C // XB)
+    e0 = 4 * t * nstep
     acc = splat(np.float32(0.0), 16)
     macc = splat(np.float32(0.0), 4)  # sum of m * sum(x) per x-block
     for s in range(nstep):
-        ia, d, m = step(row, s, Ht, Lt)
+        # one code path for every step (a branch that builds other arrays for the last one would cost
+        # reference counting per row)
+        ia, d, m = step(view(row, 0 if s < nfull else shift), s, Ht, Lt)
         acc = fma(fma(sitofp(ia), load(sc, s0 + 32 * s, 16), load(sc, s0 + 32 * s + 16, 16)), d, acc)
         if has_min:
             macc = fma(m, load(xe, e0 + 4 * s, 4), macc)
@@ -509,13 +555,14 @@ def dot_4blocks(step, has_min, row, ctx, t):
 
 
 @njit(inline="always")
-def matvec_4blocks(step, has_min, layout, decode_block, blocks, x, out):
+def matvec_4blocks(step, has_min, layout, step_bytes, decode_block, blocks, x, out):
     """out[r] = sum_c W[r, c] * x[c] through setup_4blocks / dot_4blocks, for a 4-block format without a
     decode kernel of its own (the formats here have one: their decode_vnni)."""
-    ctx = setup_4blocks(x.reshape(1, x.shape[0]), has_min, layout)
+    ctx = setup_4blocks(x.reshape(1, x.shape[0]), has_min, layout, step_bytes)
     for r in prange(blocks.shape[0]):
         out[r] = dot_4blocks(step, has_min, blocks[r], ctx, 0)
-    add_tail(decode_block, blocks, x, out, x.shape[0] // XB // 4 * 4, XB)  # the last 1-3 blocks
+    if x.shape[0] < 4 * XB:  # narrower than one step
+        add_tail(decode_block, blocks, x, out, 0, XB)
 
 
 @njit(inline="always")
