@@ -22,6 +22,7 @@ import numpy as np
 from ..config import LlamaConfig
 from ..errors import InputError
 from ..backends import CPUBackend
+from ..backends.cpu import SERIAL_WORK
 from ..runtime import KERNEL_LOCK
 from .cache import KVCache
 from .names import LAYER, PROJECTIONS
@@ -118,6 +119,7 @@ class LlamaCore:
         self._lend_lock = threading.Lock()
         self._free_workspaces: list[Workspace] = []
         self._free_caches: list[KVCache] = []
+        self._decode_step = False  # not built yet (see decode_step)
 
     # ---- the two allocation sites -------------------------------------------------------------------
     def workspace(self, n_tokens: int) -> Workspace:
@@ -224,6 +226,10 @@ class LlamaCore:
         gate, up = ws.gate[:N], ws.up[:N]
         ops.embed(self.weights.embed, ids.reshape(N), x)
         if trace: trace.begin(ids, mask, positions, inv_freq, start, cache, embed=x)
+        step = self.decode_step() if T == 1 and not trace else None
+        if step is not None and step.accepts(N):  # the loop below as one compiled call (compiled_decode.py)
+            step(ws, N, cache, start, pos, inv_freq, SERIAL_WORK)
+            return ops.to_host(h).reshape(B, T, cfg.hidden_size)
         for layer, lw in enumerate(self.weights.layers):
             # --- attention block -----------------------------------------------------------------
             ops.rmsnorm(x, lw.attn_norm, cfg.rms_norm_eps, h)
@@ -247,6 +253,18 @@ class LlamaCore:
         ops.rmsnorm(x, self.weights.norm, cfg.rms_norm_eps, h)
         if trace: trace.record(None, final_norm=h)
         return ops.to_host(h).reshape(B, T, cfg.hidden_size)
+
+    compiled_decode = True  # decode steps as one compiled call where the model allows (see decode_step)
+
+    def decode_step(self):
+        """The compiled decode step of this model (llamacpu.model.compiled_decode), or None where it
+        cannot run (then every step takes the loop of forward_chunk). Built on first use."""
+        if not self.compiled_decode:
+            return None
+        if self._decode_step is False:
+            from .compiled_decode import CompiledDecode
+            self._decode_step = CompiledDecode.build(self)
+        return self._decode_step
 
     def head(self, w: Weight, hidden: np.ndarray) -> np.ndarray:
         """Project hidden states [..., hidden] through a head matrix -> float32 [..., rows]."""
