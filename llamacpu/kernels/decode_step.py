@@ -6,8 +6,9 @@ the kernels themselves. `decode_layers` runs the same kernels, in the same order
 from compiled code: the loop of `LlamaCore.forward_chunk` for chunks of one column per sequence, down
 to the final RMSNorm. It is not a second model definition: every op is the kernel the readable pass
 calls (the projections' decode kernels, rmsnorm / rope / attention / swiglu, serial or parallel by the
-same `serial_work` rule as `CPUBackend`), so results are bit-identical, which the tests check (greedy ids
-and logits on the parity fixtures and stories260K). `llamacpu.model.compiled_decode` decides when it runs.
+same `serial_work` rule as `CPUBackend`), so results are bit-identical, which tests/test_compiled_decode.py
+checks (greedy ids and every step's logits on the parity fixtures quantized at load, SmolLM2, batches).
+`llamacpu.model.compiled_decode` decides when it runs.
 
 Weights are passed by address (`addr`, `rows`, `cols`: bytes per row), 7 per layer (q, k, v, o, gate,
 up, down), with `kind` = the quantized format's ID (its decode kernel). A typed list of arrays would do
@@ -25,15 +26,15 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from ..quant import int4_g128, q4_0, q4_1, q4_k, q6_k, q8_0
+from ..quant import int4_g128, q4_0, q4_1, q4_k, q5_k, q6_k, q8_0
 from .attention import attention, attention_serial
 from .rmsnorm import rmsnorm, rmsnorm_serial
 from .rope import rope, rope_serial
 from .swiglu import swiglu, swiglu_serial
 
-# the quantized formats whose decode kernel (decode_vnni) the step calls; the others (and CPUs without
+# the quantized formats whose kernel (matmul_vnni, decode path) the step calls; the others (and CPUs without
 # AVX512-VNNI, whose formats run portable kernels) keep the readable path
-DECODE_FORMATS = (q8_0, q4_0, q4_1, q4_k, q6_k, int4_g128)
+DECODE_FORMATS = (q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, int4_g128)
 Q, K, V, O, GATE, UP, DOWN = range(7)  # a layer's matrices, in table order
 
 
@@ -69,19 +70,21 @@ def _quant(i, addr, rows, cols):
 
 @njit(cache=True)
 def _decode(fid, a, b, c, X, oa, ob, oc):
-    """oa = X @ A.T (and B into ob, C into oc) by format fid's decode kernel (quant: decode_vnni)."""
+    """oa = X @ A.T (and B into ob, C into oc) by format fid's kernel, decode path (see vnni.matmul)."""
     if fid == q8_0.ID:
-        q8_0.decode_vnni(a, b, c, X, oa, ob, oc)
+        q8_0.matmul_vnni(a, b, c, X, oa, ob, oc, False)
     elif fid == q4_0.ID:
-        q4_0.decode_vnni(a, b, c, X, oa, ob, oc)
+        q4_0.matmul_vnni(a, b, c, X, oa, ob, oc, False)
     elif fid == q4_1.ID:
-        q4_1.decode_vnni(a, b, c, X, oa, ob, oc)
+        q4_1.matmul_vnni(a, b, c, X, oa, ob, oc, False)
     elif fid == q4_k.ID:
-        q4_k.decode_vnni(a, b, c, X, oa, ob, oc)
+        q4_k.matmul_vnni(a, b, c, X, oa, ob, oc, False)
+    elif fid == q5_k.ID:
+        q5_k.matmul_vnni(a, b, c, X, oa, ob, oc, False)
     elif fid == q6_k.ID:
-        q6_k.decode_vnni(a, b, c, X, oa, ob, oc)
+        q6_k.matmul_vnni(a, b, c, X, oa, ob, oc, False)
     else:
-        int4_g128.decode_vnni(a, b, c, X, oa, ob, oc)
+        int4_g128.matmul_vnni(a, b, c, X, oa, ob, oc, False)
 
 
 @njit(cache=True)

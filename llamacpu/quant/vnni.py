@@ -38,9 +38,9 @@ with shuffles, about 15%). Activation buffers start on 64-byte boundaries.
 Tails: when the step (k blocks) does not divide a row's nb blocks (SmolLM2's 576 columns are 18 blocks:
 4 steps of 4 and 2 left), the last step is the row's last k blocks, overlapping the step before, and the
 x of the overlapped blocks is 0 in its planes, so they add exactly 0 (`prepare_steps`). Every step then
-runs the same VNNI code and reads only bytes of its row; the alternatives measured were 2-3 times slower
-on such matrices (bench/README.md, "Decode kernels at small widths"). Only rows narrower than one step
-(tiny test matrices) go through the format's portable decoder in fp32 (`add_tails`).
+runs the same VNNI code and reads only bytes of its row; the tail in a serial fp32 loop it replaces made
+such matrices 2-3 times slower (bench/README.md, "Decode kernels at small widths"). Only rows narrower
+than one step (tiny test matrices) go through the format's portable decoder in fp32 (`add_tails`).
 """
 import numpy as np
 from numba import njit, prange
@@ -241,14 +241,16 @@ def prepare_steps(X, layout, k):
 
 
 @njit(inline="always")
-def decode_rows(setup, dot, a, b, c, X, oa, ob, oc):
+def decode_rows(setup, dot, step, spec, a, b, c, X, oa, ob, oc):
     """oa[t] = A @ X[t], ob[t] = B @ X[t], oc[t] = C @ X[t] for a few tokens (one decode step of n
     sequences) and up to three matrices that share the input (q/k/v, gate/up; pass 0-row blocks for
-    the unused ones): `setup(X)` prepares every token's activations once, then each row is read from
-    memory once and, while it sits in L1, multiplied by every token (`dot(row, ctx, t)`: the format's
-    matvec step loop). So n sequences stream the weights once, not n times, and a fused q/k/v is one
-    launch over all their rows. The matrices are never copied together: a row index picks one."""
-    ctx = setup(X)
+    the unused ones): `setup(X, spec)` prepares every token's activations once, then each row is read
+    from memory once and, while it sits in L1, multiplied by every token (`dot(row, ctx, t, step, spec)`:
+    the format's matvec step loop; a family's setup and dot serve several formats, which differ by their
+    `step` function and their constants `spec`). So n sequences stream the weights once, not n times,
+    and a fused q/k/v is one launch over all their rows. The matrices are never copied together: a row
+    index picks one."""
+    ctx = setup(X, spec)
     n = X.shape[0]
     ra = a.shape[0]
     rab = ra + b.shape[0]
@@ -262,7 +264,7 @@ def decode_rows(setup, dot, a, b, c, X, oa, ob, oc):
         else:
             w_row, dst, dst_r = c[ri - rab], oc, ri - rab
         for tok in range(n):
-            dst[tok, dst_r] = dot(w_row, ctx, tok)
+            dst[tok, dst_r] = dot(w_row, ctx, tok, step, spec)
 
 
 @njit(inline="always")
@@ -515,28 +517,29 @@ def add_tail(decode_block, blocks, x, out, b0, bs):
 
 
 @njit(inline="always")
-def setup_4blocks(X, has_min, layout, step_bytes):
-    """The decode set-up (see decode_rows) of the formats whose step is 64 bytes of nibbles covering four
-    x-blocks in `step_bytes` bytes of a row (Q4_0, Q4_1: four blocks; int4_g128: one group): every token's
-    planes in steps (prepare_steps) and, per step, 16 lanes of sx and 16 of the centring term. Levels are
-    centred on 8 (Q4_0's offset; `centre` for the others)."""
-    n, C = X.shape
+def setup_4blocks(X, spec):
+    """The decode set-up (see decode_rows) of the family whose step is 64 bytes of 4-bit levels covering four
+    x-blocks (Q4_0, Q4_1: four blocks; int4_g128: one group), spec = (has minimums, activation layout, bytes
+    of a row per step): every token's planes in steps (prepare_steps) and, per step, 16 lanes of sx and 16
+    of the centring term. Levels are centred on 8 (Q4_0's offset; `centre` for the others)."""
+    has_min, layout, step_bytes = spec
+    n = X.shape[0]
     H, L, sx, r16, xe, nstep, nfull = prepare_steps(X, layout, 4)
-    kb = 4 * nstep
     sc = empty64(n * 32 * nstep, np.float32)
-    for e in range(n * kb):  # block e = t * kb + b lies in step e >> 2 of the whole buffer
+    for e in range(n * 4 * nstep):  # block e = 4 (t * nstep + s) + j lies in step e >> 2 of the whole buffer
         lanes(sc, 32 * (e >> 2) + 4 * (e & 3), 4, sx[e],
               centre(8, sx[e], r16[2 * e] + r16[2 * e + 1], xe[e] if has_min else np.float32(0.0), 4))
-    return H, L, sc, xe, nstep, nfull, step_bytes
+    return H, L, sc, xe, nstep, nfull
 
 
 @njit(inline="always")
-def dot_4blocks(step, has_min, row, ctx, t):
-    """Row . token t for those formats: `step(row, s, H, L)` gives the int32 lanes of sum q * x16 of step s
-    (4 lanes per x-block), its 16 lanes of weight scales and, with minimums (`has_min`, literal), its 4
-    minimums, which multiply the exact x-block sums. The last step of a row with a tail reads the row's last
-    step_bytes (`view` shifts the row so that step nfull lands there; see prepare_steps)."""
-    H, L, sc, xe, nstep, nfull, step_bytes = ctx
+def dot_4blocks(row, ctx, t, step, spec):
+    """Row . token t for that family: `step(row, s, H, L)` gives the int32 lanes of sum q * x16 of step s
+    (4 lanes per x-block), its 16 lanes of weight scales and, with minimums (spec[0], a constant), its 4
+    minimums, which multiply the exact x-block sums. The last step of a row with a tail reads the row's
+    last step_bytes (`view` shifts the row so that step nfull lands there; see prepare_steps)."""
+    has_min, step_bytes = spec[0], spec[2]
+    H, L, sc, xe, nstep, nfull = ctx
     P = 128 * nstep
     Ht, Lt = view(H, t * P), view(L, t * P)  # this token's planes, as `step` indexes them
     shift = row.shape[0] - step_bytes * nstep  # <= 0
@@ -545,8 +548,8 @@ def dot_4blocks(step, has_min, row, ctx, t):
     acc = splat(np.float32(0.0), 16)
     macc = splat(np.float32(0.0), 4)  # sum of m * sum(x) per x-block
     for s in range(nstep):
-        # one code path for every step (a branch that builds other arrays for the last one would cost
-        # reference counting per row)
+        # one code path for every step (a branch that builds other arrays for the last one costs reference
+        # counting per row: atomics on counters the threads share)
         ia, d, m = step(view(row, 0 if s < nfull else shift), s, Ht, Lt)
         acc = fma(fma(sitofp(ia), load(sc, s0 + 32 * s, 16), load(sc, s0 + 32 * s + 16, 16)), d, acc)
         if has_min:
@@ -555,18 +558,73 @@ def dot_4blocks(step, has_min, row, ctx, t):
 
 
 @njit(inline="always")
-def matvec_4blocks(step, has_min, layout, step_bytes, decode_block, blocks, x, out):
-    """out[r] = sum_c W[r, c] * x[c] through setup_4blocks / dot_4blocks, for a 4-block format without a
-    decode kernel of its own (the formats here have one: their decode_vnni)."""
-    ctx = setup_4blocks(x.reshape(1, x.shape[0]), has_min, layout, step_bytes)
-    for r in prange(blocks.shape[0]):
-        out[r] = dot_4blocks(step, has_min, blocks[r], ctx, 0)
-    if x.shape[0] < 4 * XB:  # narrower than one step
-        add_tail(decode_block, blocks, x, out, 0, XB)
-
-
-@njit(inline="always")
 def nibble_levels(row, o):
     """The 32 levels of the 16 bytes at o (low nibbles, then high ones) as <32 x u8>: a k-block of Q4_0, Q4_1."""
     q = load(row, o, 16)
     return CAT16(q & np.uint8(15), q >> 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# The body of every format's kernel
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(inline="always")
+def _repack(block, put, spec, blocks, r0, rows, nkb, Wt32, Dt, Mt):
+    """Rows r0 .. r0 + 16 of W into the row-interleaved tile Wt32, their k-block scales and minimums into
+    Dt, Mt [16 kb + row]. `block(row, kb, spec)` is the format's prefill_block; rows past the end repeat
+    the last row (their lanes are computed and never stored)."""
+    for quad in range(4):
+        ra, rb, rc, rd = quad_rows(r0, quad, rows)
+        for kb in range(nkb):
+            la, Dt[16 * kb + 4 * quad], Mt[16 * kb + 4 * quad] = block(blocks[ra], kb, spec)
+            lb, Dt[16 * kb + 4 * quad + 1], Mt[16 * kb + 4 * quad + 1] = block(blocks[rb], kb, spec)
+            lc, Dt[16 * kb + 4 * quad + 2], Mt[16 * kb + 4 * quad + 2] = block(blocks[rc], kb, spec)
+            ld, Dt[16 * kb + 4 * quad + 3], Mt[16 * kb + 4 * quad + 3] = block(blocks[rd], kb, spec)
+            put(Wt32, kb, quad, la, lb, lc, ld)
+
+
+@njit(inline="always")
+def prefill_rows(block, put, pcfg, spec, blocks, X, out):
+    """out[t, r] = sum_c W[r, c] * X[t, c] for any n >= 1: each group of 16 rows repacked once by the format's
+    `block` (prefill_block) and `put` (put8, or put4 for 16-column k-blocks), then multiplied by every token
+    (mm_group). pcfg = the format's PREFILL (k-block columns, level offset, has minimums)."""
+    nrows = blocks.shape[0]
+    n, C = X.shape
+    kcols, offset, has_min = pcfg
+    nkb = C // kcols
+    XH32, XL32, sxk, cck, xek, n4 = mm_setup(X, kcols, offset, has_min)
+    for grp in prange((nrows + MM_ROWS - 1) // MM_ROWS):
+        g0 = MM_ROWS * grp
+        Wt = np.empty(nkb * kcols * 16, np.uint8)
+        Dt = np.empty(nkb * 16, np.float32)
+        Mt = np.empty(nkb * 16, np.float32)
+        tmpf = np.empty(64, np.float32)
+        _repack(block, put, spec, blocks, g0, nrows, nkb, Wt.view(np.uint32), Dt, Mt)
+        # mm_group with literal (minimums, k-groups per k-block): with a run-time k-group count its loop is
+        # not unrolled and the kernel runs 40% slower
+        if has_min:
+            mm_group(Wt, Dt, Mt, True, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, g0, nrows, tmpf)
+        elif kcols == 32:
+            mm_group(Wt, Dt, Mt, False, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, g0, nrows, tmpf)
+        else:
+            mm_group(Wt, Dt, Mt, False, 4, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, g0, nrows, tmpf)
+
+
+@njit(inline="always")
+def matmul(setup, dot, step, spec, tail, decode_block, block, put, pcfg, a, b, c, X, oa, ob, oc, prefill):
+    """The body of every format's `matmul_vnni(a, b, c, X, oa, ob, oc, prefill)` kernel, compiled once per
+    format with its pieces (setup, dot, step, spec: decode; block, put, pcfg: prefill; see kernels.py):
+
+    prefill False: oa[t] = A @ X[t], ob[t] = B @ X[t], oc[t] = C @ X[t] for a few tokens (decode_rows:
+        each row read once for all of them; 0-row blocks for unused matrices); for formats whose decode
+        step spans `tail` 32-element blocks, rows narrower than one step are done in fp32 by the format's
+        portable `decode_block` (add_tails; tail 0: the step is a whole block, which every row holds);
+    prefill True: oa = X @ A.T by the row-interleaved tile (prefill_rows; B and C unused).
+    The caller (the registry) chooses: prefill above kernels.DECODE_MAX_TOKENS tokens."""
+    if prefill:
+        prefill_rows(block, put, pcfg, spec, a, X, oa)
+    else:
+        decode_rows(setup, dot, step, spec, a, b, c, X, oa, ob, oc)
+        if tail > 0:
+            add_tails(decode_block, a, b, c, X, oa, ob, oc, tail, XB)
