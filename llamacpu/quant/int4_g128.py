@@ -31,7 +31,7 @@ from numba import njit
 from ..errors import InputError
 from ..kernels.simd import load, splat
 from .common import FASTMATH, as_matrix, decode_affine_nibbles, dequantize_affine_nibbles, f16_at
-from .vnni import GROUP128, dot_4blocks, matmul, nibble_dot, put8, setup_4blocks
+from .vnni import GROUP128, dot_4blocks, dot4_4blocks, matmul, nibble_dot, put8, setup_4blocks
 
 ID = 5  # this format's index in kernels.MODULES
 NAME = "int4_g128"
@@ -120,4 +120,4 @@ VNNI = True, GROUP128, TYPE_SIZE  # the family vnni.setup_4blocks / dot_4blocks:
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
     """Its kernel (vnni.matmul): decode steps of one group, prefill k-blocks of a quarter group."""
-    matmul(setup_4blocks, dot_4blocks, _step, VNNI, 0, decode_block, prefill_block, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)
+    matmul(setup_4blocks, dot_4blocks, dot4_4blocks, _step, VNNI, 0, decode_block, prefill_block, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)

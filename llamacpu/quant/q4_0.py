@@ -20,7 +20,7 @@ from numba import njit
 
 from ..kernels.simd import bitcast, fp16_to_f32, load, shuffle, shuffle2, splat
 from .common import FASTMATH, as_blocks, f16_at, f16_bytes, f16_field, put_nibbles, symmetric_levels
-from .vnni import NIBBLE32, dot_4blocks, matmul, nibble_dot, nibble_levels, put8, setup_4blocks
+from .vnni import NIBBLE32, dot_4blocks, dot4_4blocks, matmul, nibble_dot, nibble_levels, put8, setup_4blocks
 
 ID = 1  # this format's index in kernels.MODULES
 NAME = "q4_0"
@@ -89,4 +89,4 @@ VNNI = False, NIBBLE32, 4 * TYPE_SIZE  # the family vnni.setup_4blocks / dot_4bl
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
     """Its kernel (vnni.matmul): decode steps of four blocks (the last 1-3 in fp32), prefill k-blocks of one."""
-    matmul(setup_4blocks, dot_4blocks, _step, VNNI, 4, decode_block, prefill_block, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)
+    matmul(setup_4blocks, dot_4blocks, dot4_4blocks, _step, VNNI, 4, decode_block, prefill_block, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)

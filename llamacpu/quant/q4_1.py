@@ -20,7 +20,7 @@ from numba import njit
 
 from ..kernels.simd import bitcast, fp16_to_f32, load, shuffle, shuffle2
 from .common import FASTMATH, affine_levels, decode_affine_nibbles, dequantize_affine_nibbles, f16_at, f16_bytes
-from .vnni import NIBBLE32, dot_4blocks, matmul, nibble_dot, nibble_levels, put8, setup_4blocks
+from .vnni import NIBBLE32, dot_4blocks, dot4_4blocks, matmul, nibble_dot, nibble_levels, put8, setup_4blocks
 
 ID = 2  # this format's index in kernels.MODULES
 NAME = "q4_1"
@@ -80,4 +80,4 @@ VNNI = True, NIBBLE32, 4 * TYPE_SIZE  # the family vnni.setup_4blocks / dot_4blo
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
     """Its kernel (vnni.matmul), as Q4_0's with minimums."""
-    matmul(setup_4blocks, dot_4blocks, _step, VNNI, 4, decode_block, prefill_block, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)
+    matmul(setup_4blocks, dot_4blocks, dot4_4blocks, _step, VNNI, 4, decode_block, prefill_block, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)

@@ -34,7 +34,7 @@ from numba import njit
 
 from ..kernels.simd import bitcast, fma, hsum, load, shuffle, shuffle2, sitofp, splat, zext
 from .common import FASTMATH, as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
-from .vnni import CAT32, FIRST8, K_ORDER, LAST8, byte_dot, centre, empty64, matmul, prepare_tokens, put8
+from .vnni import CAT32, FIRST8, K_ORDER, LAST8, byte_dot, centre, each4, empty64, matmul, prepare_tokens, put8
 
 ID = 3  # this format's index in kernels.MODULES
 NAME = "q4_k"
@@ -310,6 +310,9 @@ def dot_k(row, ctx, t, step, spec):
     return hsum(acc0 + acc1) + hsum(acc8)
 
 
+DOT4_K = each4(dot_k)  # four tokens: four passes (see vnni.decode_rows)
+
+
 @njit(inline="always")
 def prefill_k(row, kb, spec):
     """Sub-block j = kb % 8 of super-block kb // 8 (chunk j // 2, low nibbles for even j; spec as dot_k's),
@@ -328,4 +331,4 @@ def prefill_k(row, kb, spec):
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
     """Its kernel (vnni.matmul): decode steps of a super-block, prefill k-blocks of a sub-block."""
-    matmul(setup_k, dot_k, None, VNNI, 0, decode_block, prefill_k, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)
+    matmul(setup_k, dot_k, DOT4_K, None, VNNI, 0, decode_block, prefill_k, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)

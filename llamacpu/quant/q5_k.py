@@ -24,7 +24,7 @@ from gguf import GGMLQuantizationType
 from numba import njit
 
 from .common import FASTMATH, as_blocks, f16_bytes, quantize_rows
-from .q4_k import decode_k, dot_k, fit_subblocks, nibble_chunks, pack_scales, prefill_k, scale_subblocks, setup_k
+from .q4_k import DOT4_K, decode_k, dot_k, fit_subblocks, nibble_chunks, pack_scales, prefill_k, scale_subblocks, setup_k
 from .vnni import matmul, put8
 
 ID = 8  # this format's index in kernels.MODULES
@@ -76,4 +76,4 @@ PREFILL = 32, 16, True  # VNNI prefill: k-blocks of a sub-block, levels centred 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
     """Its kernel (vnni.matmul): decode steps of a super-block, prefill k-blocks of a sub-block."""
-    matmul(setup_k, dot_k, None, VNNI, 0, decode_block, prefill_k, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)
+    matmul(setup_k, dot_k, DOT4_K, None, VNNI, 0, decode_block, prefill_k, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)

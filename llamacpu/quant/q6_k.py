@@ -33,7 +33,7 @@ from numba import njit
 
 from ..kernels.simd import bitcast, fma, hsum, load, sext, shuffle, sitofp, splat
 from .common import FASTMATH, as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
-from .vnni import CAT32, NATURAL, byte_dot, empty64, matmul, prepare_tokens, put4
+from .vnni import CAT32, NATURAL, byte_dot, each4, empty64, matmul, prepare_tokens, put4
 
 ID = 4  # this format's index in kernels.MODULES
 NAME = "q6_k"
@@ -207,6 +207,9 @@ def vnni_dot(row, ctx, t, step, spec):
     return hsum((acc0 + acc1) + accc)
 
 
+DOT4 = each4(vnni_dot)  # four tokens: four passes (see vnni.decode_rows)
+
+
 @njit(inline="always")
 def prefill_block(row, kb, spec):
     """Sub-block s = kb % 16 (16 columns; half h, quarter qq, part p with s = 8h + 2qq + p), for the VNNI
@@ -233,4 +236,4 @@ def prefill_block(row, kb, spec):
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
     """Its kernel (vnni.matmul): decode steps of a half super-block, prefill k-blocks of a sub-block (16)."""
-    matmul(vnni_setup, vnni_dot, None, None, 0, decode_block, prefill_block, put4, PREFILL, a, b, c, X, oa, ob, oc, prefill)
+    matmul(vnni_setup, vnni_dot, DOT4, None, None, 0, decode_block, prefill_block, put4, PREFILL, a, b, c, X, oa, ob, oc, prefill)

@@ -241,7 +241,7 @@ def prepare_steps(X, layout, k):
 
 
 @njit(inline="always")
-def decode_rows(setup, dot, step, spec, a, b, c, X, oa, ob, oc):
+def decode_rows(setup, dot, dot4, step, spec, a, b, c, X, oa, ob, oc):
     """oa[t] = A @ X[t], ob[t] = B @ X[t], oc[t] = C @ X[t] for a few tokens (one decode step of n
     sequences) and up to three matrices that share the input (q/k/v, gate/up; pass 0-row blocks for
     the unused ones): `setup(X, spec)` prepares every token's activations once, then each row is read
@@ -249,7 +249,9 @@ def decode_rows(setup, dot, step, spec, a, b, c, X, oa, ob, oc):
     the format's matvec step loop; a family's setup and dot serve several formats, which differ by their
     `step` function and their constants `spec`). So n sequences stream the weights once, not n times,
     and a fused q/k/v is one launch over all their rows. The matrices are never copied together: a row
-    index picks one."""
+    index picks one. `dot4(row, ctx, t, step, spec)` gives tokens t .. t + 3 at once, bit for bit what
+    four `dot` calls give: the families with a dot4 of their own (dot4_4blocks, Q8_0's) unpack each step's
+    weights once for the four; the others pass `each4(dot)`."""
     ctx = setup(X, spec)
     n = X.shape[0]
     ra = a.shape[0]
@@ -263,8 +265,22 @@ def decode_rows(setup, dot, step, spec, a, b, c, X, oa, ob, oc):
             w_row, dst, dst_r = b[ri - ra], ob, ri - ra
         else:
             w_row, dst, dst_r = c[ri - rab], oc, ri - rab
-        for tok in range(n):
+        for g in range(n // 4):  # four tokens per pass over the row's steps: its weights unpacked once
+            dst[4 * g, dst_r], dst[4 * g + 1, dst_r], dst[4 * g + 2, dst_r], dst[4 * g + 3, dst_r] = \
+                dot4(w_row, ctx, 4 * g, step, spec)
+        for tok in range(n // 4 * 4, n):
             dst[tok, dst_r] = dot(w_row, ctx, tok, step, spec)
+
+
+def each4(dot):
+    """A dot4 (see decode_rows) made of four calls of `dot`: for families without one of their own."""
+
+    @njit(inline="always")
+    def dot4(row, ctx, t, step, spec):
+        return (dot(row, ctx, t, step, spec), dot(row, ctx, t + 1, step, spec), dot(row, ctx, t + 2, step, spec),
+                dot(row, ctx, t + 3, step, spec))
+
+    return dot4
 
 
 @njit(inline="always")
@@ -558,6 +574,43 @@ def dot_4blocks(row, ctx, t, step, spec):
 
 
 @njit(inline="always")
+def _acc4blocks(step, has_min, r, s, Ht, Lt, sc, e, xe, acc, macc):
+    """One step of dot_4blocks for one token (scale lanes at sc[e], minimums' x sums at xe[e // 8])."""
+    ia, d, m = step(r, s, Ht, Lt)
+    acc = fma(fma(sitofp(ia), load(sc, e, 16), load(sc, e + 16, 16)), d, acc)
+    if has_min:
+        macc = fma(m, load(xe, e // 8, 4), macc)
+    return acc, macc
+
+
+@njit(inline="always")
+def dot4_4blocks(row, ctx, t, step, spec):
+    """dot_4blocks for tokens t .. t + 3 in one pass over the row's steps: the four `step` calls of a step
+    read the same row bytes, so LLVM loads and unpacks them once (batched decode: 4-8 sequences); per
+    token the same operations in the same order as dot_4blocks, hence the same results."""
+    has_min, step_bytes = spec[0], spec[2]
+    H, L, sc, xe, nstep, nfull = ctx
+    P = 128 * nstep
+    H0, L0, H1, L1 = view(H, t * P), view(L, t * P), view(H, t * P + P), view(L, t * P + P)
+    H2, L2, H3, L3 = view(H, t * P + 2 * P), view(L, t * P + 2 * P), view(H, t * P + 3 * P), view(L, t * P + 3 * P)
+    shift = row.shape[0] - step_bytes * nstep
+    S = 32 * nstep  # scale lanes per token (and 8 x its x-blocks)
+    e0 = t * S
+    a0 = splat(np.float32(0.0), 16)
+    a1, a2, a3 = a0, a0, a0
+    m0 = splat(np.float32(0.0), 4)
+    m1, m2, m3 = m0, m0, m0
+    for s in range(nstep):
+        r = view(row, 0 if s < nfull else shift)
+        e = e0 + 32 * s
+        a0, m0 = _acc4blocks(step, has_min, r, s, H0, L0, sc, e, xe, a0, m0)
+        a1, m1 = _acc4blocks(step, has_min, r, s, H1, L1, sc, e + S, xe, a1, m1)
+        a2, m2 = _acc4blocks(step, has_min, r, s, H2, L2, sc, e + 2 * S, xe, a2, m2)
+        a3, m3 = _acc4blocks(step, has_min, r, s, H3, L3, sc, e + 3 * S, xe, a3, m3)
+    return hsum(a0) + hsum(m0), hsum(a1) + hsum(m1), hsum(a2) + hsum(m2), hsum(a3) + hsum(m3)
+
+
+@njit(inline="always")
 def nibble_levels(row, o):
     """The 32 levels of the 16 bytes at o (low nibbles, then high ones) as <32 x u8>: a k-block of Q4_0, Q4_1."""
     q = load(row, o, 16)
@@ -612,9 +665,9 @@ def prefill_rows(block, put, pcfg, spec, blocks, X, out):
 
 
 @njit(inline="always")
-def matmul(setup, dot, step, spec, tail, decode_block, block, put, pcfg, a, b, c, X, oa, ob, oc, prefill):
+def matmul(setup, dot, dot4, step, spec, tail, decode_block, block, put, pcfg, a, b, c, X, oa, ob, oc, prefill):
     """The body of every format's `matmul_vnni(a, b, c, X, oa, ob, oc, prefill)` kernel, compiled once per
-    format with its pieces (setup, dot, step, spec: decode; block, put, pcfg: prefill; see kernels.py):
+    format with its pieces (setup, dot, dot4, step, spec: decode; block, put, pcfg: prefill; kernels.py):
 
     prefill False: oa[t] = A @ X[t], ob[t] = B @ X[t], oc[t] = C @ X[t] for a few tokens (decode_rows:
         each row read once for all of them; 0-row blocks for unused matrices); for formats whose decode
@@ -625,6 +678,6 @@ def matmul(setup, dot, step, spec, tail, decode_block, block, put, pcfg, a, b, c
     if prefill:
         prefill_rows(block, put, pcfg, spec, a, X, oa)
     else:
-        decode_rows(setup, dot, step, spec, a, b, c, X, oa, ob, oc)
+        decode_rows(setup, dot, dot4, step, spec, a, b, c, X, oa, ob, oc)
         if tail > 0:
             add_tails(decode_block, a, b, c, X, oa, ob, oc, tail, XB)
