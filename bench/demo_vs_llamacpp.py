@@ -80,9 +80,10 @@ def main(argv=None) -> int:
                        "startup_s": min(x["startup_s"] for x in ok), "peak_rss_mb": min(x["peak_rss_mb"] for x in ok)}
     print(f"\n{Path(args.model).name}, {args.threads} threads, prefill {args.prompt_tokens}, decode {args.new_tokens}; "
           f"best of {args.rounds} per engine\n")
-    print("| | llamacpu | llama.cpp | ratio |\n| --- | --- | --- | --- |")
+    print("| | llamacpu | llama.cpp | llamacpu / llama.cpp |\n| --- | --- | --- | --- |")
     for key, label in (("decode_tok_s", "decode, tok/s"), ("prefill_tok_s", "prefill, tok/s"),
-                       ("startup_s", "launch to first token, s"), ("peak_rss_mb", "peak RSS, MB")):
+                       ("startup_s", "launch to first token, s (lower is better)"),
+                       ("peak_rss_mb", "peak RSS, MB (lower is better)")):
         a, b = best.get("llamacpu", {}).get(key), best.get("llamacpp", {}).get(key)
         ratio = f"{a / b:.2f}x" if a and b else "-"
         print(f"| {label} | {a if a is None else round(a, 2)} | {b if b is None else round(b, 2)} | {ratio} |")

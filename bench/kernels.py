@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/kernels.py                  # every format, 1 and 2 threads
     .venv/bin/python bench/kernels.py --formats q4_0,q8_0 --threads 2 --reps 9
+    .venv/bin/python bench/kernels.py --formats q4_1,q8_0 --threads 2 --shapes smollm2 --no-dram --tokens 0
 
 For each format: G weights/s and GB/s (stored bytes) of the portable kernel (`quant.kernels.matvec`) and the
 fast one (the format's `matvec_vnni`), on the TinyLlama shapes 2048x5632 and 5632x2048 (a few MB: they stay in
@@ -37,6 +38,9 @@ except ImportError:  # pragma: no cover - the fast dense kernels are optional
 F16_FIELDS = {"q8_0": (0,), "q4_0": (0,), "q4_1": (0, 2), "q4_k": (0, 2), "q6_k": (208,), "int4_g128": (0, 2),
               "q5_0": (0,), "q5_1": (0, 2), "q5_k": (0, 2), "q2_k": (80, 82), "q3_k": (108,), "iq4_nl": (0,),
               "iq4_xs": (0,)}
+
+
+SMOLLM2_SHAPES = "960x576,576x576,3072x576,576x1536,49152x576"
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -120,7 +124,12 @@ def main(argv=None):
     p.add_argument("--dram-mb", type=float, default=300.0, help="size of the DRAM-bound matrix")
     p.add_argument("--no-dram", action="store_true", help="skip the DRAM-bound matrix")
     p.add_argument("--tokens", type=int, default=128, help="n for the prefill (matmul) table; 0 skips it")
+    p.add_argument("--shapes", default="2048x5632,5632x2048",
+                   help="RxC list for the matvec table, or 'smollm2': the decode calls of SmolLM2-135M (fused q/k/v "
+                        "960x576, o 576x576, fused gate/up 3072x576, down 576x1536, LM head 49152x576)")
     args = p.parse_args(argv)
+    if args.shapes == "smollm2":
+        args.shapes = SMOLLM2_SHAPES
     threads = [int(t) for t in args.threads.split(",")]
     rng = np.random.default_rng(0)
 
@@ -132,7 +141,7 @@ def main(argv=None):
         print(f"plain read (prange sum over 1 GB float32), {nt} thread(s): {bw[nt][0]:.1f} GB/s (best {bw[nt][1]:.1f})")
     print("columns: G weights/s median (best) and GB/s of stored bytes; % = fast GB/s over the plain read")
 
-    shapes = [(2048, 5632), (5632, 2048)]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     header = (f"{'format':9} {'shape':>12} {'MB':>6} {'thr':>3} | {'portable Gw/s (best)  GB/s':>26} | "
               f"{'fast Gw/s (best)  GB/s':>26} {'% bw':>5}")
     print(header)
