@@ -5,37 +5,58 @@ A decode token of SmolLM2-135M makes about 360 kernel calls from Python (30 laye
 the kernels themselves. `decode_layers` runs the same kernels, in the same order, on the same buffers,
 from compiled code: the loop of `LlamaCore.forward_chunk` for chunks of one column per sequence, down
 to the final RMSNorm. It is not a second model definition: every op is the kernel the readable pass
-calls (the projections' decode kernels, rmsnorm / rope / attention / swiglu, serial or parallel by the
+calls (the projections' matmul_vnni, rmsnorm / rope / attention / swiglu, serial or parallel by the
 same `serial_work` rule as `CPUBackend`), so results are bit-identical, which tests/test_compiled_decode.py
 checks (greedy ids and every step's logits on the parity fixtures quantized at load, SmolLM2, batches).
 `llamacpu.model.compiled_decode` decides when it runs.
 
-Weights are passed by address (`addr`, `rows`, `cols`: bytes per row), 7 per layer (q, k, v, o, gate,
-up, down), with `kind` = the quantized format's ID (its decode kernel). A typed list of arrays would do
-the same, but building one from Python compiles Numba's list methods in every process (2.5 s here); the
-caller keeps the arrays alive (CompiledDecode holds them). Biases: rows of `biases` (bias_slot -1: none).
+The parallel kernels are called through the address of their compiled code (`call_native`; the addresses
+come from the caller, `compiled_decode.native_address`), the very machine code the readable pass runs.
+Calling them by name would link a copy of each into this function's cached library, and Numba's cache
+mixes up parallel kernels called from cached functions (numba/numba#10184): that way a quantized model
+run after another model in the same process got logits 1 ulp off the readable pass (uncached it was
+exact, but took 28 s to compile in every process). The serial kernels are ordinary calls.
 
-Dense (F32/F16/BF16) matrices are left to the readable pass: with the dense matvec kernels called from
-here as well, a cached `decode_layers` that had run a dense model gave a quantized model of the same
-process logits 1 ulp off the readable pass (a Numba caching issue with parallel kernels called from
-cached functions, numba/numba#10184; without the cache it did not happen), and the step exists for the
-quantized decode anyway.
+Weights are passed by address too (`addr`, `rows`, `cols`: bytes per row), 7 per layer (q, k, v, o, gate,
+up, down), with `kind` = the quantized format's ID; `kernel[kind]` is that format's matmul_vnni. A typed
+list of arrays would do the same, but building one from Python compiles Numba's list methods in every
+process (2.5 s here); the caller keeps the arrays alive (CompiledDecode holds them). Biases: rows of
+`biases` (bias_slot -1: none). Dense (F32/F16/BF16) models keep the readable pass.
 """
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..quant import int4_g128, q4_0, q4_1, q4_k, q5_k, q6_k, q8_0
-from .attention import attention, attention_serial
-from .rmsnorm import rmsnorm, rmsnorm_serial
-from .rope import rope, rope_serial
-from .swiglu import swiglu, swiglu_serial
+from .attention import attention_serial
+from .rmsnorm import rmsnorm_serial
+from .rope import rope_serial
+from .swiglu import swiglu_serial
 
-# the quantized formats whose kernel (matmul_vnni, decode path) the step calls; the others (and CPUs without
-# AVX512-VNNI, whose formats run portable kernels) keep the readable path
-DECODE_FORMATS = (q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, int4_g128)
 Q, K, V, O, GATE, UP, DOWN = range(7)  # a layer's matrices, in table order
+# the parallel kernels decode_layers calls by address (`parallel` argument: their addresses, this order)
+MATMUL, RMSNORM, ROPE, ATTENTION, SWIGLU = range(5)
+
+
+@intrinsic
+def call_native(typingctx, addr, args):
+    """Call the Numba-compiled function at address `addr` (compiled for exactly the types of the tuple
+    `args`, returning nothing) with the values of `args`; an exception it raises propagates."""
+    if not isinstance(addr, types.Integer) or not isinstance(args, types.BaseTuple):
+        return None
+    argtys = tuple(args.types)
+
+    def codegen(context, builder, sig, llargs):
+        fnty = context.call_conv.get_function_type(types.none, argtys)
+        fn = builder.inttoptr(llargs[0], fnty.as_pointer())
+        status, _ = context.call_conv.call_function(builder, fn, types.none, argtys,
+                                                    cgutils.unpack_tuple(builder, llargs[1], len(argtys)))
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return context.get_dummy_value()
+
+    return types.none(addr, args), codegen
 
 
 @intrinsic
@@ -64,34 +85,14 @@ def _matrix(typingctx, addr, rows, cols, dtype):
 
 
 @njit(inline="always")
-def _quant(i, addr, rows, cols):
+def _w(i, addr, rows, cols):
     return _matrix(addr[i], rows[i], cols[i], np.uint8)
 
 
-@njit(cache=True)
-def _decode(fid, a, b, c, X, oa, ob, oc):
-    """oa = X @ A.T (and B into ob, C into oc) by format fid's kernel, decode path (see vnni.matmul)."""
-    if fid == q8_0.ID:
-        q8_0.matmul_vnni(a, b, c, X, oa, ob, oc, False)
-    elif fid == q4_0.ID:
-        q4_0.matmul_vnni(a, b, c, X, oa, ob, oc, False)
-    elif fid == q4_1.ID:
-        q4_1.matmul_vnni(a, b, c, X, oa, ob, oc, False)
-    elif fid == q4_k.ID:
-        q4_k.matmul_vnni(a, b, c, X, oa, ob, oc, False)
-    elif fid == q5_k.ID:
-        q5_k.matmul_vnni(a, b, c, X, oa, ob, oc, False)
-    elif fid == q6_k.ID:
-        q6_k.matmul_vnni(a, b, c, X, oa, ob, oc, False)
-    else:
-        int4_g128.matmul_vnni(a, b, c, X, oa, ob, oc, False)
-
-
-@njit(cache=True)
-def _linear(i, X, out, kind, addr, rows, cols, bias_slot, biases, no_rows, no_out):
-    """out = X @ W_i.T (+ bias), as Backend.linear with the matrix's own kernel."""
-    _decode(kind[i], _quant(i, addr, rows, cols), no_rows, no_rows, X, out, no_out, no_out)
-    _add_bias(out, bias_slot[i], biases)
+@njit(inline="always")
+def _project(kernel, k, a, b, c, X, oa, ob, oc):
+    """oa = X @ A.T (and B into ob, C into oc) by format k's matmul_vnni, decode path."""
+    call_native(kernel[k], (a, b, c, X, oa, ob, oc, False))
 
 
 @njit(cache=True)
@@ -112,47 +113,39 @@ def _add(x, y):
 
 
 @njit(cache=True)
-def _rmsnorm(x, w, eps, out, serial_work):
-    if x.size < serial_work:
-        rmsnorm_serial(x, w, eps, out)
-    else:
-        rmsnorm(x, w, eps, out)
-
-
-@njit(cache=True)
-def _rope(x, positions, inv_freq, serial_work):
-    if x.size < serial_work:
-        rope_serial(x, positions, inv_freq)
-    else:
-        rope(x, positions, inv_freq)
-
-
-@njit(cache=True)
-def decode_layers(kind, addr, rows, cols, fuse, bias_slot, biases, attn_norm, mlp_norm, norm, eps,
-                  x, h, q, k, v, att, gate, up, proj, k_cache, v_cache, valid, start, positions, inv_freq, scale,
-                  scores, n_heads, n_kv_heads, head_dim, serial_work, no_rows, no_out):
+def decode_layers(kind, addr, rows, cols, fuse, bias_slot, biases, kernel, parallel, attn_norm, mlp_norm, norm,
+                  eps, x, h, q, k, v, att, gate, up, proj, k_cache, v_cache, valid, start, positions, inv_freq,
+                  scale, scores, n_heads, n_kv_heads, head_dim, serial_work, no_rows, no_out):
     """The layers and the final norm for N = B sequences of one new token each (see forward_chunk):
     x float32 [N, D] (the embedded tokens, updated in place: the residual stream), h [N, D] = the final
     normed hidden states on return; q, k, v, att, gate, up, proj: the workspace rows; k_cache, v_cache
     [L, B, KV, S, hd]; valid [B, S]; start: the cache slot of this token; positions int64 [N].
-    fuse[l, 0] / fuse[l, 1]: q/k/v, gate/up of layer l share one format (one kernel call)."""
+    fuse[l, 0] / fuse[l, 1]: q/k/v, gate/up of layer l share one format (one kernel call).
+    kernel[format ID], parallel[MATMUL ..]: addresses of the parallel kernels (see the module docstring)."""
     N = x.shape[0]
     for layer in range(attn_norm.shape[0]):
         i = 7 * layer
         # --- attention block ---------------------------------------------------------------------
-        _rmsnorm(x, attn_norm[layer], eps, h, serial_work)
-        if fuse[layer, 0]:
-            _decode(kind[i], _quant(i + Q, addr, rows, cols), _quant(i + K, addr, rows, cols),
-                    _quant(i + V, addr, rows, cols), h, q, k, v)
-            _add_bias(q, bias_slot[i + Q], biases)
-            _add_bias(k, bias_slot[i + K], biases)
-            _add_bias(v, bias_slot[i + V], biases)
+        if x.size < serial_work:
+            rmsnorm_serial(x, attn_norm[layer], eps, h)
         else:
-            _linear(i + Q, h, q, kind, addr, rows, cols, bias_slot, biases, no_rows, no_out)
-            _linear(i + K, h, k, kind, addr, rows, cols, bias_slot, biases, no_rows, no_out)
-            _linear(i + V, h, v, kind, addr, rows, cols, bias_slot, biases, no_rows, no_out)
-        _rope(q.reshape(N, n_heads, head_dim), positions, inv_freq, serial_work)
-        _rope(k.reshape(N, n_kv_heads, head_dim), positions, inv_freq, serial_work)
+            call_native(parallel[RMSNORM], (x, attn_norm[layer], eps, h))
+        if fuse[layer, 0]:
+            _project(kernel, kind[i], _w(i + Q, addr, rows, cols), _w(i + K, addr, rows, cols),
+                     _w(i + V, addr, rows, cols), h, q, k, v)
+        else:
+            _project(kernel, kind[i + Q], _w(i + Q, addr, rows, cols), no_rows, no_rows, h, q, no_out, no_out)
+            _project(kernel, kind[i + K], _w(i + K, addr, rows, cols), no_rows, no_rows, h, k, no_out, no_out)
+            _project(kernel, kind[i + V], _w(i + V, addr, rows, cols), no_rows, no_rows, h, v, no_out, no_out)
+        _add_bias(q, bias_slot[i + Q], biases)
+        _add_bias(k, bias_slot[i + K], biases)
+        _add_bias(v, bias_slot[i + V], biases)
+        for y, heads in ((q, n_heads), (k, n_kv_heads)):
+            y3 = y.reshape(N, heads, head_dim)
+            if y3.size < serial_work:
+                rope_serial(y3, positions, inv_freq)
+            else:
+                call_native(parallel[ROPE], (y3, positions, inv_freq))
         kc, vc = k_cache[layer], v_cache[layer]  # [B, KV, S, hd]
         for b in range(N):
             for g in range(n_kv_heads):
@@ -164,23 +157,31 @@ def decode_layers(kind, addr, rows, cols, fuse, bias_slot, biases, attn_norm, ml
         if q4.size * (start + 1) < serial_work:
             attention_serial(q4, kc, vc, valid, start, scale, att4, scores)
         else:
-            attention(q4, kc, vc, valid, start, scale, att4, scores)
-        _linear(i + O, att, proj, kind, addr, rows, cols, bias_slot, biases, no_rows, no_out)
+            call_native(parallel[ATTENTION], (q4, kc, vc, valid, start, scale, att4, scores))
+        _project(kernel, kind[i + O], _w(i + O, addr, rows, cols), no_rows, no_rows, att, proj, no_out, no_out)
+        _add_bias(proj, bias_slot[i + O], biases)
         _add(x, proj)
         # --- MLP block (SwiGLU) --------------------------------------------------------------------
-        _rmsnorm(x, mlp_norm[layer], eps, h, serial_work)
-        if fuse[layer, 1]:
-            _decode(kind[i + GATE], _quant(i + GATE, addr, rows, cols), _quant(i + UP, addr, rows, cols), no_rows,
-                    h, gate, up, no_out)
-            _add_bias(gate, bias_slot[i + GATE], biases)
-            _add_bias(up, bias_slot[i + UP], biases)
+        if x.size < serial_work:
+            rmsnorm_serial(x, mlp_norm[layer], eps, h)
         else:
-            _linear(i + GATE, h, gate, kind, addr, rows, cols, bias_slot, biases, no_rows, no_out)
-            _linear(i + UP, h, up, kind, addr, rows, cols, bias_slot, biases, no_rows, no_out)
+            call_native(parallel[RMSNORM], (x, mlp_norm[layer], eps, h))
+        if fuse[layer, 1]:
+            _project(kernel, kind[i + GATE], _w(i + GATE, addr, rows, cols), _w(i + UP, addr, rows, cols), no_rows,
+                     h, gate, up, no_out)
+        else:
+            _project(kernel, kind[i + GATE], _w(i + GATE, addr, rows, cols), no_rows, no_rows, h, gate, no_out, no_out)
+            _project(kernel, kind[i + UP], _w(i + UP, addr, rows, cols), no_rows, no_rows, h, up, no_out, no_out)
+        _add_bias(gate, bias_slot[i + GATE], biases)
+        _add_bias(up, bias_slot[i + UP], biases)
         if gate.size < serial_work:
             swiglu_serial(gate, up, gate)
         else:
-            swiglu(gate, up, gate)
-        _linear(i + DOWN, gate, proj, kind, addr, rows, cols, bias_slot, biases, no_rows, no_out)
+            call_native(parallel[SWIGLU], (gate, up, gate))
+        _project(kernel, kind[i + DOWN], _w(i + DOWN, addr, rows, cols), no_rows, no_rows, gate, proj, no_out, no_out)
+        _add_bias(proj, bias_slot[i + DOWN], biases)
         _add(x, proj)
-    _rmsnorm(x, norm, eps, h, serial_work)
+    if x.size < serial_work:
+        rmsnorm_serial(x, norm, eps, h)
+    else:
+        call_native(parallel[RMSNORM], (x, norm, eps, h))

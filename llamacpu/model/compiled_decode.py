@@ -2,23 +2,39 @@
 
 `CompiledDecode.build(core)` returns None (the readable `forward_chunk` loop then runs every step) unless
 the model can use it: the CPU backend, AVX512-VNNI kernels in use, and every projection a quantized
-weight whose format has a decode kernel (decode_step.DECODE_FORMATS; dense models keep the readable pass,
-see decode_step). A step uses it when it feeds one column per sequence (T = 1), nothing traces, and the
+weight whose format has a VNNI kernel (dense models keep the readable pass, see decode_step). A step uses it when it feeds one column per sequence (T = 1), nothing traces, and the
 rows fit the decode kernels (N <= DECODE_MAX_TOKENS). `LlamaCore.compiled_decode = False` turns it off.
 """
 from __future__ import annotations
 
 import numpy as np
+from numba import typeof, types
 
 from ..kernels import decode_step
+from ..kernels.attention import attention
+from ..kernels.rmsnorm import rmsnorm
+from ..kernels.rope import rope
 from ..kernels.simd import HAS_AVX512_VNNI
+from ..kernels.swiglu import swiglu
 from ..quant import kernels as quant_kernels
 from ..quant.vnni import NO_OUT, NO_ROWS
 from ..quant.weight import QuantizedWeight
 from .names import PROJECTIONS
 
-_FIDS = {m.NAME: m.ID for m in decode_step.DECODE_FORMATS}
+# the formats whose kernel (matmul_vnni: decode, fused, batched) the step calls
+_MODULES = {m.NAME: m for m in quant_kernels.VNNI_MODULES}
 _BIASES = ("bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down")
+_F32_2D = types.Array(types.float32, 2, "C")
+
+
+def native_address(dispatcher, argtypes) -> int:
+    """The address of `dispatcher`'s machine code for exactly these argument types (loaded from the
+    cache, or compiled, now): what decode_step.call_native calls, the same code a call from Python runs."""
+    sig = tuple(argtypes)
+    if sig not in dispatcher.overloads:
+        dispatcher.compile(sig)
+    cres = dispatcher.overloads[sig]
+    return cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
 
 
 class CompiledDecode:
@@ -30,6 +46,13 @@ class CompiledDecode:
         self.rows = np.asarray([a.shape[0] for a in arrays], np.int64)
         self.cols = np.asarray([a.shape[1] for a in arrays], np.int64)
         self.bias_slot, self.biases = bias_slot, biases
+        # addresses of the formats' matmul_vnni (by format ID) and of the parallel kernels (by row count)
+        self.kernel = np.zeros(len(quant_kernels.MODULES), np.int64)
+        u8 = typeof(NO_ROWS)
+        for fid in set(kind.tolist()):
+            self.kernel[fid] = native_address(quant_kernels.MODULES[fid].matmul_vnni,
+                                              (u8, u8, u8) + (_F32_2D,) * 4 + (types.boolean,))
+        self.parallel = {}
         w = core.weights
         self.attn_norm = np.ascontiguousarray(np.stack([l.attn_norm for l in w.layers]), np.float32)
         self.mlp_norm = np.ascontiguousarray(np.stack([l.mlp_norm for l in w.layers]), np.float32)
@@ -45,10 +68,10 @@ class CompiledDecode:
         for layer in core.weights.layers:
             for name, bname in zip(PROJECTIONS, _BIASES):
                 w = getattr(layer, name)
-                if not (isinstance(w, QuantizedWeight) and w.format.name in _FIDS and w.format.fused is not None
+                if not (isinstance(w, QuantizedWeight) and w.format.name in _MODULES and w.format.fused is not None
                         and w.blocks.flags.c_contiguous):
-                    return None  # a dense matrix, a format without a decode kernel, another Weight class
-                kind.append(_FIDS[w.format.name])
+                    return None  # a dense matrix, a format without a VNNI kernel, another Weight class
+                kind.append(_MODULES[w.format.name].ID)
                 arrays.append(w.blocks)
                 b = getattr(layer, bname)
                 bias_slot.append(-1 if b is None else len(biases))
@@ -67,11 +90,36 @@ class CompiledDecode:
     def accepts(self, n_rows: int) -> bool:
         return n_rows <= quant_kernels.DECODE_MAX_TOKENS
 
+    def _parallel(self, N: int, start: int, positions, inv_freq, scores, serial_work: int) -> np.ndarray:
+        """Addresses of the parallel kernels this step may call (0 where the serial one runs), fetched on
+        first need: a kernel never used by this model is never loaded."""
+        cfg = self.core.config
+        D, I, H, KV, hd = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads,
+                           cfg.num_key_value_heads, cfg.head_dim)
+        key = (N, N * H * hd * (start + 1) >= serial_work)
+        out = self.parallel.get(key)
+        if out is None:
+            out = np.zeros(5, np.int64)
+            f32 = lambda nd: types.Array(types.float32, nd, "C")  # noqa: E731
+            if N * D >= serial_work:
+                out[decode_step.RMSNORM] = native_address(rmsnorm, (f32(2), f32(1), types.float64, f32(2)))
+            if N * max(H, KV) * hd >= serial_work:
+                out[decode_step.ROPE] = native_address(rope, (f32(3), typeof(positions), typeof(inv_freq)))
+            if key[1]:
+                out[decode_step.ATTENTION] = native_address(
+                    attention, (f32(4), f32(4), f32(4), types.Array(types.uint8, 2, "C"), types.int64, types.float32,
+                                f32(4), typeof(scores)))
+            if N * I >= serial_work:
+                out[decode_step.SWIGLU] = native_address(swiglu, (f32(2), f32(2), f32(2)))
+            self.parallel[key] = out
+        return out
+
     def __call__(self, ws, n_rows: int, cache, start: int, positions, inv_freq, serial_work: int) -> None:
         """The layers and final norm over ws.x[:N] (embedded) into ws.h[:N] (see decode_layers)."""
         cfg, N = self.core.config, n_rows
+        parallel = self._parallel(N, start, positions, inv_freq, cache.scores, serial_work)
         decode_step.decode_layers(
-            self.kind, self.addr, self.rows, self.cols, self.fuse, self.bias_slot, self.biases,
+            self.kind, self.addr, self.rows, self.cols, self.fuse, self.bias_slot, self.biases, self.kernel, parallel,
             self.attn_norm, self.mlp_norm, self.norm, float(cfg.rms_norm_eps),
             ws.x[:N], ws.h[:N], ws.q[:N], ws.k[:N], ws.v[:N], ws.att[:N], ws.gate[:N], ws.up[:N], ws.proj[:N],
             cache.k, cache.v, cache.valid_dev, start, positions, inv_freq, self.core.scale, cache.scores,
