@@ -128,3 +128,35 @@ def test_quantize_weights_passes_importance_to_int4_g128_only():
     imp = input_importance(model, np.arange(10))
     _, chosen = quantize_weights(model.weights, "int4_g128", importance=imp)
     assert chosen["layers.0.wq"] == "q4_1"
+
+
+def test_cli_quantize_with_calibration(tmp_path):
+    """`llamacpu quantize SRC DST --type int4_g128 --calibration FILE` writes what the library path gives."""
+    import subprocess
+    import sys
+
+    from llamacpu.tokenizer.auto import AutoTokenizer
+
+    src = Path(__file__).parent / "fixtures" / "llama3" / "hf"  # intermediate 128: w_down is int4_g128
+    text = tmp_path / "calibration.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog, and the dog sleeps on. " * 20)
+    out = tmp_path / "q"
+    cmd = [sys.executable, "-m", "llamacpu.cli", "quantize", str(src), str(out), "--type", "int4_g128",
+           "--calibration", str(text), "--calibration-tokens", "40"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "calibrating on 40 tokens" in r.stderr
+    model = LlamaForCausalLM.from_pretrained(src)
+    ids = AutoTokenizer.from_pretrained(src).encode(text.read_text())[:40]
+    imp = input_importance(model, ids)
+    written = LlamaForCausalLM.from_pretrained(out)
+    for i in range(model.config.num_hidden_layers):
+        dense = np.asarray(model.weights.layers[i].w_down.dequantize(), np.float32)
+        blocks = written.weights.layers[i].w_down.blocks
+        np.testing.assert_array_equal(blocks, int4_g128.quantize(dense, importance=imp[f"layers.{i}.w_down"]))
+        assert not np.array_equal(blocks, int4_g128.quantize(dense))  # the calibration changed the rounding
+    for dst, fmt in ((tmp_path / "x.gguf", "Q4_K_M"), (tmp_path / "y", "q4_0")):
+        r = subprocess.run(cmd[:5] + [str(dst), "--type", fmt, "--calibration", str(text)], capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 1 and "--calibration" in r.stderr and "Traceback" not in r.stderr
+        assert not dst.exists()
