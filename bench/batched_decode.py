@@ -7,7 +7,7 @@ Each measurement: a fresh cache, a 16-token prompt per sequence (not timed), the
 steps through `next_token_logits` (the same path `generate` takes), timed. Aggregate tok/s of the batch
 = batch * steps / time, against one sequence alone, with B tokens per step going to the decode kernel
 (each row read once, then multiplied by every token from L1: llamacpu.quant.vnni.decode_rows) and to
-the prefill kernel (rows repacked per call, then all tokens: kernels.matmul_vnni); both read each
+the prefill kernel (rows repacked per call, then all tokens: the same kernel with prefill=True); both read each
 weight once per step. Rounds alternate the order and the median of each is kept, so drift of a shared
 machine hits every configuration alike.
 `--shape` builds random weights in that shape (fewer layers with --layers: every matrix keeps its real
@@ -58,10 +58,10 @@ def kernel_ratios(fmt_name: str = "q4_0", shape=(5632, 2048), tokens=(1, 2, 4, 8
     out = np.empty((max(tokens), R), np.float32)
 
     def decode(w, n):
-        module.decode_vnni(w, NO_ROWS, NO_ROWS, X[:n], out[:n], NO_OUT, NO_OUT)
+        module.matmul_vnni(w, NO_ROWS, NO_ROWS, X[:n], out[:n], NO_OUT, NO_OUT, False)
 
     def prefill(w, n):
-        kernels.matmul_vnni(module.ID, w, X[:n], out[:n])
+        module.matmul_vnni(w, NO_ROWS, NO_ROWS, X[:n], out[:n], NO_OUT, NO_OUT, True)
 
     runs = [("decode", decode, n) for n in tokens] + [("prefill", prefill, n) for n in tokens if n >= 4]
     for _, f, n in runs:

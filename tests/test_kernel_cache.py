@@ -7,7 +7,7 @@ from llamacpu.quant import kernels, q4_0
 
 
 def test_cached_kernels_carry_the_sources_digest():
-    for dispatcher in (kernels.matvec, kernels.matmul, q4_0.decode_vnni):
+    for dispatcher in (kernels.matvec, kernels.matmul, q4_0.matmul_vnni):
         locator = dispatcher._cache._impl.locator
         assert isinstance(locator, cachekey._KeyedOnSources)
         assert locator.get_source_stamp()[1] == cachekey.SOURCES_DIGEST

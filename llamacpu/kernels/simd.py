@@ -2,7 +2,7 @@
 
 LLVM vectorizes plain Numba loops well for floats, but it never emits the integer dot-product instructions
 (`vpdpbusd`, `vpdpwssd`) and it turns the block loops of quantized formats into gathers. So the fast
-kernels (the `matvec_vnni` of each `llamacpu.quant` format, `llamacpu.quant.vnni`) hold vectors in ordinary local variables
+kernels (the `matmul_vnni` of each `llamacpu.quant` format, `llamacpu.quant.vnni`) hold vectors in ordinary local variables
 and call one tiny intrinsic per instruction:
 
     Vec(dtype, n)            the Numba type of an LLVM <n x dtype> value: lives in a register

@@ -114,6 +114,47 @@ def put_nibbles(qs, dlo, mlo, dhi, mhi, dst, xb, dot):
         put(hi, j, dhi * np.float32(v >> 4) + mhi, xhi, dot)
 
 
+@njit(inline="always")
+def put_nibbles5(qs, qh, d, m, dst, xb, dot):
+    """put_nibbles with a fifth bit per level (Q5_0, Q5_1): bit j of qh (the block's little-endian uint32,
+    as int64) is bit 4 of element j; dst[j] = d * q + m."""
+    h = qs.shape[0]
+    for j in range(h):
+        v = np.int32(qs[j])
+        put(dst, j, d * np.float32((v & 15) | np.int32(((qh >> j) & 1) << 4)) + m, xb, dot)
+        put(dst, h + j, d * np.float32((v >> 4) | np.int32(((qh >> (j + 16)) & 1) << 4)) + m, xb, dot)
+
+
+@njit(inline="always")
+def u32_at(row, o):
+    """The little-endian uint32 at byte o of a uint8 array, as int64."""
+    return (np.int64(row[o]) | (np.int64(row[o + 1]) << 8) | (np.int64(row[o + 2]) << 16)
+            | (np.int64(row[o + 3]) << 24))
+
+
+def symmetric_levels(w: np.ndarray, block: int, name: str, half: int):
+    """ggml's quantize_row_q4_0_ref (half 8) and q5_0 (half 16) up to the packing: d = max / -half, max the
+    element of largest magnitude (the first on ties), q = min(2 half - 1, trunc(x / d + half + 0.5)).
+    Returns (d float32 [R, nb], q uint8 [R, nb, block])."""
+    w = as_matrix(w, block, name)
+    x = w.reshape(w.shape[0], -1, block)
+    big = np.take_along_axis(x, np.abs(x).argmax(axis=-1)[..., None], axis=-1)[..., 0]
+    d = big / np.float32(-half)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    return d, np.minimum(np.trunc(x * inv[..., None] + np.float32(half + 0.5)), 2 * half - 1).astype(np.uint8)
+
+
+def affine_levels(w: np.ndarray, block: int, name: str, top: int):
+    """ggml's quantize_row_q4_1_ref (top 15) and q5_1 (top 31) up to the packing: d = (max - min) / top,
+    q = min(top, trunc((x - min) / d + 0.5)). Returns (d, min float32 [R, nb], q uint8 [R, nb, block])."""
+    w = as_matrix(w, block, name)
+    x = w.reshape(w.shape[0], -1, block)
+    lo = x.min(axis=-1)
+    d = (x.max(axis=-1) - lo) / np.float32(top)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    return d, lo, np.minimum(np.trunc((x - lo[..., None]) * inv[..., None] + np.float32(0.5)), top).astype(np.uint8)
+
+
 def dequantize_affine_nibbles(blocks: np.ndarray, cols: int, block: int, type_size: int, name: str) -> np.ndarray:
     """NumPy dequantize of the layout Q4_1 and int4_g128 share: fp16 scale d at byte 0, fp16 minimum m at 2,
     then block / 2 bytes of nibbles (low nibbles are the first half of the block); value = q * d + m."""

@@ -41,7 +41,7 @@ from numba import njit
 from ..errors import InputError
 from ..kernels.simd import load, splat
 from .common import FASTMATH, as_matrix, decode_affine_nibbles, dequantize_affine_nibbles, f16_at
-from .vnni import GROUP128, NO_OUT, NO_ROWS, decode_rows, dot_4blocks, nibble_dot, setup_4blocks
+from .vnni import GROUP128, dot_4blocks, matmul, nibble_dot, put8, setup_4blocks
 
 ID = 5  # this format's index in kernels.MODULES
 NAME = "int4_g128"
@@ -205,34 +205,19 @@ def _step(row, g, H, L):
 
 
 @njit(inline="always")
-def vnni_setup(X):
-    """Per call: the activations of every token (vnni.setup_4blocks)."""
-    return setup_4blocks(X, True, GROUP128)
-
-
-@njit(inline="always")
-def vnni_dot(row, ctx, t):
-    """Row . token t, step by step (vnni.dot_4blocks)."""
-    return dot_4blocks(_step, True, row, ctx, t)
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def decode_vnni(a, b, c, X, oa, ob, oc):
-    """oa[t, r] = sum_i A[r, i] * X[t, i] (and B into ob, C into oc) for a few tokens, each row read once
-    (vnni.decode_rows). a, b, c uint8 [R, C // 128 * 68] (0 rows: unused), X float32 [n, C], oa float32 [n, Ra]."""
-    decode_rows(vnni_setup, vnni_dot, a, b, c, X, oa, ob, oc)
-
-
-def matvec_vnni(blocks, x, out):
-    """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 128 * 68], x float32 [C], out float32 [R]."""
-    decode_vnni(blocks, NO_ROWS, NO_ROWS, x.reshape(1, -1), out.reshape(1, -1), NO_OUT, NO_OUT)
-
-
-@njit(inline="always")
-def prefill_block(row, kb):
+def prefill_block(row, kb, spec):
     """k-block kb = columns 32 (kb % 4) .. of group kb // 4 (low nibbles of bytes 0..63, then high ones):
     (its 32 levels as <32 x u8>, its scale, its minimum), for the VNNI prefill."""
     j = kb & 3
     o = (kb >> 2) * 68
     q = load(row, o + 4 + 32 * (j & 1), 32)
     return q & np.uint8(15) if j < 2 else q >> 4, f16_at(row, o), f16_at(row, o + 2)
+
+
+VNNI = True, GROUP128  # the decode family vnni.setup_4blocks / dot_4blocks: minimums, activation layout
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
+    """Its kernel (vnni.matmul): decode steps of one group, prefill k-blocks of a quarter group."""
+    matmul(setup_4blocks, dot_4blocks, _step, VNNI, 0, decode_block, prefill_block, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)

@@ -23,14 +23,13 @@ from gguf import GGMLQuantizationType
 from numba import njit
 
 from .common import as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
-from .q4_k import make_qkx2
+from .q4_k import fit_subblocks
 
 ID = 9  # this format's index in kernels.MODULES
 NAME = "q2_k"
 GGML_TYPE = GGMLQuantizationType.Q2_K
-BLOCK = 256
+BLOCK, SUB = 256, 16  # weights per super-block (16 sub-blocks), per sub-block
 TYPE_SIZE = 84
-SUB = 16
 
 
 def pack2(L: np.ndarray) -> np.ndarray:
@@ -47,24 +46,7 @@ def unpack2(qs: np.ndarray) -> np.ndarray:
 
 def _quantize_superblocks(x: np.ndarray) -> np.ndarray:
     """x float32 [N, 256] -> uint8 [N, 84]."""
-    f32 = np.float32
-    n = x.shape[0]
-    xs = x.reshape(n * 16, SUB)
-    scales, mins = make_qkx2(xs, np.abs(xs), nmax=3, rmin=-0.5, rdelta=0.1, nstep=15, mad=True)
-    scales = scales.reshape(n, 16)
-    mins = mins.reshape(n, 16)
-    max_scale = np.maximum(scales.max(axis=1), 0)
-    max_min = np.maximum(mins.max(axis=1), 0)
-    inv_scale = np.divide(f32(15), max_scale, out=np.zeros_like(max_scale), where=max_scale > 0)
-    inv_min = np.divide(f32(15), max_min, out=np.zeros_like(max_min), where=max_min > 0)
-    ls = np.clip(np.rint(inv_scale[:, None] * scales), 0, 15).astype(np.uint8)
-    lm = np.clip(np.rint(inv_min[:, None] * mins), 0, 15).astype(np.uint8)
-    d = (max_scale / f32(15)).astype(np.float16).astype(f32)
-    dmin = (max_min / f32(15)).astype(np.float16).astype(f32)
-    d_sub = (d[:, None] * ls).reshape(n * 16, 1)
-    m_sub = (dmin[:, None] * lm).reshape(n * 16, 1)
-    t = np.divide(xs + m_sub, d_sub, out=np.zeros_like(xs), where=d_sub != 0)
-    L = np.clip(np.rint(t), 0, 3).astype(np.uint8).reshape(n, 256)
+    ls, lm, d, dmin, L = fit_subblocks(x, SUB, 3, 15, False, rmin=-0.5, rdelta=0.1, nstep=15, mad=True)
     return np.concatenate([ls | (lm << np.uint8(4)), pack2(L), f16_bytes(d), f16_bytes(dmin)], axis=1)
 
 

@@ -29,9 +29,8 @@ from .q2_k import pack2, unpack2
 ID = 10  # this format's index in kernels.MODULES
 NAME = "q3_k"
 GGML_TYPE = GGMLQuantizationType.Q3_K
-BLOCK = 256
+BLOCK, SUB = 256, 16  # weights per super-block (16 sub-blocks), per sub-block
 TYPE_SIZE = 110
-SUB = 16
 GROUP_MAX_EPS = 1e-15
 
 
@@ -73,14 +72,6 @@ def pack_scales(l: np.ndarray) -> np.ndarray:
     return packed
 
 
-def unpack_scales(packed: np.ndarray) -> np.ndarray:
-    """The 12 packed bytes [..., 12] -> the signed scales sc - 32 as int8 [..., 16]."""
-    lo = np.concatenate([packed[..., 0:8] & np.uint8(0xF), packed[..., 0:8] >> np.uint8(4)], axis=-1)
-    hi = (packed[..., None, 8:12] >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)) & np.uint8(3)
-    hi = hi.reshape(*packed.shape[:-1], 16)
-    return (lo | (hi << np.uint8(4))).astype(np.int8) - np.int8(32)
-
-
 def _quantize_superblocks(x: np.ndarray) -> np.ndarray:
     """x float32 [N, 256] -> uint8 [N, 110]."""
     f32 = np.float32
@@ -109,6 +100,14 @@ def quantize(w: np.ndarray) -> np.ndarray:
     return quantize_rows(w, BLOCK, TYPE_SIZE, NAME, _quantize_superblocks)
 
 
+def unpack_scales(packed: np.ndarray) -> np.ndarray:
+    """The 12 packed bytes [..., 12] -> the signed scales sc - 32 as int8 [..., 16]."""
+    lo = np.concatenate([packed[..., 0:8] & np.uint8(0xF), packed[..., 0:8] >> np.uint8(4)], axis=-1)
+    hi = (packed[..., None, 8:12] >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)) & np.uint8(3)
+    hi = hi.reshape(*packed.shape[:-1], 16)
+    return (lo | (hi << np.uint8(4))).astype(np.int8) - np.int8(32)
+
+
 def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
     """uint8 blocks [R, C // 256 * 110] -> float32 [R, C]."""
     b = as_blocks(blocks, cols, BLOCK, TYPE_SIZE, NAME)
@@ -132,9 +131,9 @@ def scale_at(row, o, k):
 @njit(inline="always")
 def decode_block(row, i, dst, xb, dot):
     """Super-block i of a row (uint8 [C // 256 * 110]) into dst float32 [256] (see common.put)."""
-    sub = dst.shape[0] // 16  # 16, from the shapes (see q8_0)
     o = i * TYPE_SIZE
     d = f16_at(row, o + 108)
+    sub = dst.shape[0] // 16  # 16, from the shapes (see q8_0)
     for c in range(2):
         for s in range(4):
             bit = 4 * c + s

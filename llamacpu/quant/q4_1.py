@@ -19,9 +19,8 @@ from gguf import GGMLQuantizationType
 from numba import njit
 
 from ..kernels.simd import bitcast, fp16_to_f32, load, shuffle, shuffle2
-from .common import FASTMATH, as_matrix, decode_affine_nibbles, dequantize_affine_nibbles, f16_at, f16_bytes
-from .vnni import (NIBBLE32, NO_OUT, NO_ROWS, XB, add_tails, decode_rows, dot_4blocks, nibble_dot, nibble_levels,
-                   setup_4blocks)
+from .common import FASTMATH, affine_levels, decode_affine_nibbles, dequantize_affine_nibbles, f16_at, f16_bytes
+from .vnni import NIBBLE32, dot_4blocks, matmul, nibble_dot, nibble_levels, put8, setup_4blocks
 
 ID = 2  # this format's index in kernels.MODULES
 NAME = "q4_1"
@@ -33,15 +32,9 @@ PREFILL = 32, 8, True  # VNNI prefill: k-block columns, levels centred on 8, min
 
 def quantize(w: np.ndarray) -> np.ndarray:
     """float32 [R, C] -> uint8 blocks [R, C // 32 * 20]."""
-    w = as_matrix(w, BLOCK, NAME)
-    rows, cols = w.shape
-    x = w.reshape(rows, cols // BLOCK, BLOCK)
-    lo = x.min(axis=-1)
-    d = (x.max(axis=-1) - lo) / np.float32(15)
-    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
-    q = np.minimum(np.trunc((x - lo[..., None]) * inv[..., None] + np.float32(0.5)), 15).astype(np.uint8)
+    d, lo, q = affine_levels(w, BLOCK, NAME, 15)
     qs = q[..., : BLOCK // 2] | (q[..., BLOCK // 2:] << np.uint8(4))
-    return np.concatenate([f16_bytes(d), f16_bytes(lo), qs], axis=-1).reshape(rows, -1)
+    return np.concatenate([f16_bytes(d), f16_bytes(lo), qs], axis=-1).reshape(q.shape[0], -1)
 
 
 def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
@@ -76,31 +69,15 @@ def _step(row, s, H, L):
 
 
 @njit(inline="always")
-def vnni_setup(X):
-    """Per call: the activations of every token (vnni.setup_4blocks)."""
-    return setup_4blocks(X, True, NIBBLE32)
+def prefill_block(row, kb, spec):
+    """k-block kb of a row for the VNNI prefill: (its 32 levels as <32 x u8>, its scale, its minimum)."""
+    return nibble_levels(row, kb * 20 + 4), f16_at(row, kb * 20), f16_at(row, kb * 20 + 2)
 
 
-@njit(inline="always")
-def vnni_dot(row, ctx, t):
-    """Row . token t, step by step (vnni.dot_4blocks)."""
-    return dot_4blocks(_step, True, row, ctx, t)
+VNNI = True, NIBBLE32  # the decode family vnni.setup_4blocks / dot_4blocks: minimums, activation layout
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def decode_vnni(a, b, c, X, oa, ob, oc):
-    """oa[t, r] = sum_i A[r, i] * X[t, i] (and B into ob, C into oc) for a few tokens, each row read once
-    (vnni.decode_rows). a, b, c uint8 [R, C // 32 * 20] (0 rows: unused), X float32 [n, C], oa float32 [n, Ra]."""
-    decode_rows(vnni_setup, vnni_dot, a, b, c, X, oa, ob, oc)
-    add_tails(decode_block, a, b, c, X, oa, ob, oc, X.shape[1] // XB // 4 * 4, XB)  # the last 1-3 blocks
-
-
-def matvec_vnni(blocks, x, out):
-    """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 32 * 20], x float32 [C], out float32 [R]."""
-    decode_vnni(blocks, NO_ROWS, NO_ROWS, x.reshape(1, -1), out.reshape(1, -1), NO_OUT, NO_OUT)
-
-
-@njit(inline="always")
-def prefill_block(row, kb):
-    """k-block kb of a row for the VNNI prefill: (its 32 levels as <32 x u8>, its scale, its minimum)."""
-    return nibble_levels(row, kb * 20 + 4), f16_at(row, kb * 20), f16_at(row, kb * 20 + 2)
+def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
+    """Its kernel (vnni.matmul), as Q4_0's with minimums."""
+    matmul(setup_4blocks, dot_4blocks, _step, VNNI, 4, decode_block, prefill_block, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)

@@ -33,15 +33,15 @@ from gguf import GGMLQuantizationType
 from numba import njit
 
 from ..kernels.simd import bitcast, fma, hsum, load, shuffle, shuffle2, sitofp, splat, zext
-from .common import FASTMATH, as_blocks, f16_at, f16_bytes, f16_field, put_nibbles, quantize_rows
-from .vnni import FIRST8, K_ORDER, LAST8, NO_OUT, NO_ROWS, byte_dot, centre, decode_rows, empty64, prepare_tokens
+from .common import FASTMATH, as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
+from .vnni import CAT32, FIRST8, K_ORDER, LAST8, byte_dot, centre, empty64, matmul, prepare_tokens, put8
 
 ID = 3  # this format's index in kernels.MODULES
 NAME = "q4_k"
 GGML_TYPE = GGMLQuantizationType.Q4_K
-BLOCK = 256  # QK_K
+BLOCK, SUB = 256, 32  # weights per super-block (8 sub-blocks), per sub-block
 TYPE_SIZE = 144
-SUB = 32  # weights per sub-block
+VNNI = 144, 16, False, 8  # decode (setup_k, dot_k): super-block bytes, nibbles at 16, no fifth bits, centre 8
 PREFILL = 32, 8, True  # VNNI prefill: k-block columns (a sub-block), levels centred on 8, minimums
 
 
@@ -97,36 +97,51 @@ def make_qkx2(x: np.ndarray, w: np.ndarray, nmax: int = 15, rmin: float = -1.0, 
     return best_scale.astype(f32), (-best_min).astype(f32)
 
 
-def _quantize_superblocks(x: np.ndarray) -> np.ndarray:
-    """x float32 [N, 256] -> uint8 [N, 144]."""
+def fit_subblocks(x: np.ndarray, sub: int, nmax: int, top: int, rms: bool, **grid):
+    """The K-quants with minimums (Q4_K, Q5_K, Q2_K), as ggml's quantize_row_q*_K_ref, vectorized: each
+    sub-block of `sub` elements of the super-blocks x float32 [N, 256] fitted by make_qkx2 (levels
+    0..nmax, weights rms(x) + |x| with `rms`, else |x|; `grid`: its search), the scales and minimums
+    quantized to 0..top against the largest of their super-block (d, dmin in fp16), and every element
+    re-rounded against its stored pair. Returns (ls, lm uint8 [N, 256 // sub], d, dmin float32 [N],
+    L uint8 [N, 256])."""
     f32 = np.float32
-    n = x.shape[0]
-    xs = x.reshape(n * 8, SUB)
-    av = np.sqrt((xs * xs).sum(axis=1) / f32(SUB))
-    scales, mins = make_qkx2(xs, av[:, None] + np.abs(xs))
-    scales = scales.reshape(n, 8)
-    mins = mins.reshape(n, 8)
-
+    n, k = x.shape[0], BLOCK // sub
+    xs = x.reshape(n * k, sub)
+    w = np.abs(xs)
+    if rms:
+        w = np.sqrt((xs * xs).sum(axis=1) / f32(sub))[:, None] + w
+    scales, mins = make_qkx2(xs, w, nmax=nmax, **grid)
+    scales = scales.reshape(n, k)
+    mins = mins.reshape(n, k)
     max_scale = np.maximum(scales.max(axis=1), 0)
     max_min = np.maximum(mins.max(axis=1), 0)
-    inv_scale = np.divide(f32(63), max_scale, out=np.zeros_like(max_scale), where=max_scale > 0)
-    inv_min = np.divide(f32(63), max_min, out=np.zeros_like(max_min), where=max_min > 0)
-    ls = np.clip(np.rint(inv_scale[:, None] * scales), 0, 63).astype(np.uint8)  # [N, 8]
-    lm = np.clip(np.rint(inv_min[:, None] * mins), 0, 63).astype(np.uint8)
-    d = (max_scale / f32(63)).astype(np.float16).astype(f32)
-    dmin = (max_min / f32(63)).astype(np.float16).astype(f32)
-
-    d_sub = (d[:, None] * ls).reshape(n * 8, 1)  # stored sub-block scale and minimum
-    m_sub = (dmin[:, None] * lm).reshape(n * 8, 1)
+    inv_scale = np.divide(f32(top), max_scale, out=np.zeros_like(max_scale), where=max_scale > 0)
+    inv_min = np.divide(f32(top), max_min, out=np.zeros_like(max_min), where=max_min > 0)
+    ls = np.clip(np.rint(inv_scale[:, None] * scales), 0, top).astype(np.uint8)  # [N, k]
+    lm = np.clip(np.rint(inv_min[:, None] * mins), 0, top).astype(np.uint8)
+    d = (max_scale / f32(top)).astype(np.float16).astype(f32)
+    dmin = (max_min / f32(top)).astype(np.float16).astype(f32)
+    d_sub = (d[:, None] * ls).reshape(n * k, 1)  # stored sub-block scale and minimum
+    m_sub = (dmin[:, None] * lm).reshape(n * k, 1)
     t = np.divide(xs + m_sub, d_sub, out=np.zeros_like(xs), where=d_sub != 0)
-    L = np.clip(np.rint(t), 0, 15).astype(np.uint8).reshape(n, 4, 2, SUB)
-    qs = (L[:, :, 0] | (L[:, :, 1] << np.uint8(4))).reshape(n, 128)
+    return ls, lm, d, dmin, np.clip(np.rint(t), 0, nmax).astype(np.uint8).reshape(n, BLOCK)
 
-    packed = np.empty((n, 12), np.uint8)
+
+def pack_scales(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """6-bit scales and minimums uint8 [N, 8] each -> the 12 packed bytes [N, 12] (Q4_K's, Q5_K's)."""
+    packed = np.empty((ls.shape[0], 12), np.uint8)
     packed[:, 0:4] = ls[:, 0:4] | ((ls[:, 4:8] >> 4) << 6)
     packed[:, 4:8] = lm[:, 0:4] | ((lm[:, 4:8] >> 4) << 6)
     packed[:, 8:12] = (ls[:, 4:8] & 0xF) | ((lm[:, 4:8] & 0xF) << 4)
-    return np.concatenate([f16_bytes(d), f16_bytes(dmin), packed, qs], axis=1)
+    return packed
+
+
+def _quantize_superblocks(x: np.ndarray) -> np.ndarray:
+    """x float32 [N, 256] -> uint8 [N, 144]."""
+    ls, lm, d, dmin, L = fit_subblocks(x, SUB, 15, 63, True)
+    L = L.reshape(-1, 4, 2, SUB)
+    qs = (L[:, :, 0] | (L[:, :, 1] << np.uint8(4))).reshape(-1, 128)
+    return np.concatenate([f16_bytes(d), f16_bytes(dmin), pack_scales(ls, lm), qs], axis=1)
 
 
 def quantize(w: np.ndarray) -> np.ndarray:
@@ -142,18 +157,26 @@ def unpack_scales(packed: np.ndarray):
     return sc, m
 
 
+def nibble_chunks(b: np.ndarray, o: int) -> np.ndarray:
+    """The 4 chunks of 32 bytes of nibbles at byte o of super-blocks b [R, nsb, bytes] -> levels
+    [R, nsb, 8, 32] (chunk c: sub-block 2c in the low nibbles, 2c + 1 in the high ones)."""
+    qs = b[..., o: o + 128].reshape(*b.shape[:2], 4, 1, SUB)
+    return np.concatenate([qs & np.uint8(0xF), qs >> np.uint8(4)], axis=3).reshape(*b.shape[:2], 8, SUB)
+
+
+def scale_subblocks(b: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Q4_K's and Q5_K's values: (d * sc) * q - dmin * m for super-blocks b [R, nsb, bytes] and their levels
+    q [R, nsb, 8, 32], as float32 [R, nsb * 256]."""
+    sc, m = unpack_scales(b[..., 4:16])
+    scale = (f16_field(b, 0)[..., None] * sc.astype(np.float32))[..., None]
+    offset = (f16_field(b, 2)[..., None] * m.astype(np.float32))[..., None]
+    return (scale * q.astype(np.float32) - offset).reshape(b.shape[0], b.shape[1] * BLOCK)
+
+
 def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
     """uint8 blocks [R, C // 256 * 144] -> float32 [R, C]."""
     b = as_blocks(blocks, cols, BLOCK, TYPE_SIZE, NAME)
-    rows, nsb = b.shape[:2]
-    d = f16_field(b, 0)[..., None]
-    dmin = f16_field(b, 2)[..., None]
-    sc, m = unpack_scales(b[..., 4:16])
-    qs = b[..., 16:].reshape(rows, nsb, 4, 1, SUB)
-    q = np.concatenate([qs & np.uint8(0xF), qs >> np.uint8(4)], axis=3).reshape(rows, nsb, 8, SUB)
-    scale = (d * sc.astype(np.float32))[..., None]
-    offset = (dmin * m.astype(np.float32))[..., None]
-    return (scale * q.astype(np.float32) - offset).reshape(rows, cols)
+    return scale_subblocks(b, nibble_chunks(b, 16))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,19 +194,38 @@ def scale_min(packed, j):
 
 
 @njit(inline="always")
-def decode_block(row, i, dst, xb, dot):
-    """Super-block i of a row (uint8 [C // 256 * 144]) into dst float32 [256] (see common.put)."""
+def decode_k(row, i, dst, xb, dot, spec):
+    """Super-block i of a row of Q4_K or Q5_K (spec = VNNI: super-block bytes, offset of the nibbles, fifth
+    bits) into dst float32 [256] (see common.put)."""
+    size, qs, high = spec[0], spec[1], spec[2]
     sub = dst.shape[0] // 8  # 32, from the shapes (see q8_0)
-    o = i * TYPE_SIZE
+    o = i * size
     d = f16_at(row, o)
     dmin = f16_at(row, o + 2)
     packed = row[o + 4: o + 16]
+    qh = row[o + 16: o + 16 + sub]  # Q5_K: bit s of qh[l] is bit 4 of element l of sub-block s
     for c in range(4):  # chunk c: sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles)
         s0, m0 = scale_min(packed, 2 * c)
         s1, m1 = scale_min(packed, 2 * c + 1)
-        e = 2 * c * sub
-        put_nibbles(row[o + 16 + c * sub: o + 16 + c * sub + sub], d * np.float32(s0), -dmin * np.float32(m0),
-                    d * np.float32(s1), -dmin * np.float32(m1), dst[e: e + 2 * sub], xb[e: e + 2 * sub], dot)
+        d0 = d * np.float32(s0)
+        d1 = d * np.float32(s1)
+        n0 = dmin * np.float32(m0)
+        n1 = dmin * np.float32(m1)
+        q = row[o + qs + c * sub: o + qs + c * sub + sub]
+        e0 = 2 * c * sub
+        y0, y1 = dst[e0: e0 + sub], dst[e0 + sub: e0 + 2 * sub]
+        x0, x1 = xb[e0: e0 + sub], xb[e0 + sub: e0 + 2 * sub]
+        for l in range(sub):
+            v = np.int32(q[l])
+            h = (np.int32(qh[l]) >> (2 * c)) if high else np.int32(0)
+            put(y0, l, d0 * np.float32((v & 15) | ((h & 1) << 4)) - n0, x0, dot)
+            put(y1, l, d1 * np.float32((v >> 4) | ((h & 2) << 3)) - n1, x1, dot)
+
+
+@njit(inline="always")
+def decode_block(row, i, dst, xb, dot):
+    """Super-block i of a row (uint8 [C // 256 * 144]) into dst float32 [256] (see decode_k)."""
+    decode_k(row, i, dst, xb, dot, VNNI)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,20 +259,25 @@ def _q4k_scales(row, o):
 
 
 @njit(inline="always")
-def vnni_setup(X):
-    """Per call: the planes of every token (K_ORDER) and the centring term of each sub-block."""
+def setup_k(X, spec):
+    """Per call (the family of Q4_K and Q5_K, spec = VNNI): the planes of every token (K_ORDER) and the
+    centring term of each sub-block (levels centred on spec[3])."""
     n, C = X.shape
     nb = C // 32
     H, L, sx, r16, xe = prepare_tokens(X, K_ORDER)
     cx = empty64(n * nb, np.float32)
     for e in range(n * nb):
-        cx[e] = centre(8, sx[e], r16[2 * e] + r16[2 * e + 1], xe[e], 1)
+        cx[e] = centre(spec[3], sx[e], r16[2 * e] + r16[2 * e + 1], xe[e], 1)
     return H, L, sx, xe, cx, C
 
 
 @njit(inline="always")
-def vnni_dot(row, ctx, t):
-    """Row . token t: one super-block (two 64-byte chunks of nibbles) per step."""
+def dot_k(row, ctx, t, step, spec):
+    """Row . token t (spec = (super-block bytes, offset of the nibbles, fifth bits, centre)): one super-block
+    (two 64-byte chunks of nibbles) per step. With fifth bits (Q5_K) each sub-block's are moved to bit 4
+    of its bytes: the 32 qh bytes at 16 hold bit s for sub-block s, so one shift per sub-block,
+    concatenated per pair of sub-blocks that share a 64-byte half, then & 16."""
+    size, qs, high = spec[0], spec[1], spec[2]
     H, L, sx, xe, cx, C = ctx
     nsb = C // 256
     p0 = t * C
@@ -239,41 +286,46 @@ def vnni_dot(row, ctx, t):
     acc1 = splat(np.float32(0.0), 16)
     acc8 = splat(np.float32(0.0), 8)  # per sub-block: centring terms and minimums
     for i in range(nsb):
-        o = i * 144
+        o = i * size
         scm = _q4k_scales(row, o)
         sd = FIRST8(scm) * splat(f16_at(row, o), 8)  # d * sc
         cs = sd * load(sx, e0 + 8 * i, 8)
         acc8 = fma(sd, load(cx, e0 + 8 * i, 8), acc8)
         acc8 = fma(LAST8(scm) * splat(-f16_at(row, o + 2), 8), load(xe, e0 + 8 * i, 8), acc8)
+        lo0 = load(row, o + qs, 64)
+        lo1 = load(row, o + qs + 64, 64)
         # chunks 0, 1: sub-blocks 0, 2 in the low nibbles and 1, 3 in the high ones; chunks 2, 3: 4..7
+        q0, q1, q2, q3 = lo0 & np.uint8(15), lo0 >> 4, lo1 & np.uint8(15), lo1 >> 4
+        if high:
+            h = load(row, o + 16, 32)
+            q0 = q0 | (CAT32(h << 4, h << 2) & np.uint8(16))  # sub-blocks 0, 2: bits 0, 2 of qh
+            q1 = q1 | (CAT32(h << 3, h << 1) & np.uint8(16))  # 1, 3
+            q2 = q2 | (CAT32(h, h >> 2) & np.uint8(16))  # 4, 6
+            q3 = q3 | (CAT32(h >> 1, h >> 3) & np.uint8(16))  # 5, 7
         p = p0 + 256 * i
-        q = load(row, o + 16, 64)
-        acc0 = fma(sitofp(byte_dot(q & np.uint8(15), H, L, p)), K_S0(cs), acc0)
-        acc0 = fma(sitofp(byte_dot(q >> 4, H, L, p + 64)), K_S1(cs), acc0)
-        q = load(row, o + 80, 64)
-        acc1 = fma(sitofp(byte_dot(q & np.uint8(15), H, L, p + 128)), K_S2(cs), acc1)
-        acc1 = fma(sitofp(byte_dot(q >> 4, H, L, p + 192)), K_S3(cs), acc1)
+        acc0 = fma(sitofp(byte_dot(q0, H, L, p)), K_S0(cs), acc0)
+        acc0 = fma(sitofp(byte_dot(q1, H, L, p + 64)), K_S1(cs), acc0)
+        acc1 = fma(sitofp(byte_dot(q2, H, L, p + 128)), K_S2(cs), acc1)
+        acc1 = fma(sitofp(byte_dot(q3, H, L, p + 192)), K_S3(cs), acc1)
     return hsum(acc0 + acc1) + hsum(acc8)
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def decode_vnni(a, b, c, X, oa, ob, oc):
-    """oa[t, r] = sum_i A[r, i] * X[t, i] (and B into ob, C into oc) for a few tokens, each row read once
-    (vnni.decode_rows). a, b, c uint8 [R, C // 256 * 144] (0 rows: unused), X float32 [n, C], oa float32 [n, Ra]."""
-    decode_rows(vnni_setup, vnni_dot, a, b, c, X, oa, ob, oc)
-
-
-def matvec_vnni(blocks, x, out):
-    """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 256 * 144], x float32 [C], out float32 [R]."""
-    decode_vnni(blocks, NO_ROWS, NO_ROWS, x.reshape(1, -1), out.reshape(1, -1), NO_OUT, NO_OUT)
-
-
 @njit(inline="always")
-def prefill_block(row, kb):
-    """Sub-block j = kb % 8 of super-block kb // 8 (chunk j // 2, low nibbles for even j), for the VNNI
-    prefill: (its 32 levels as <32 x u8>, its scale d * sc[j], its minimum -dmin * m[j])."""
+def prefill_k(row, kb, spec):
+    """Sub-block j = kb % 8 of super-block kb // 8 (chunk j // 2, low nibbles for even j; spec as dot_k's),
+    for the VNNI prefill: (its 32 levels as <32 x u8>, its scale d * sc[j], its minimum -dmin * m[j])."""
+    size, qs, high = spec[0], spec[1], spec[2]
     j = kb & 7
-    o = (kb >> 3) * 144
-    q = load(row, o + 16 + 32 * (j >> 1), 32)
+    o = (kb >> 3) * size
+    q = load(row, o + qs + 32 * (j >> 1), 32)
+    levels = q & np.uint8(15) if (j & 1) == 0 else q >> 4
+    if high:
+        levels = levels | (((load(row, o + 16, 32) >> j) & np.uint8(1)) << 4)
     sc, mn = scale_min(row[o + 4: o + 16], j)
-    return q & np.uint8(15) if (j & 1) == 0 else q >> 4, f16_at(row, o) * np.float32(sc), -f16_at(row, o + 2) * np.float32(mn)
+    return levels, f16_at(row, o) * np.float32(sc), -f16_at(row, o + 2) * np.float32(mn)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
+    """Its kernel (vnni.matmul): decode steps of a super-block, prefill k-blocks of a sub-block."""
+    matmul(setup_k, dot_k, None, VNNI, 0, decode_block, prefill_k, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)

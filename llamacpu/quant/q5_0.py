@@ -18,7 +18,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit
 
-from .common import as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put
+from .common import as_blocks, f16_at, f16_bytes, f16_field, put_nibbles5, symmetric_levels, u32_at
 
 ID = 6  # this format's index in kernels.MODULES
 NAME = "q5_0"
@@ -43,15 +43,9 @@ def unpack5(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
 
 def quantize(w: np.ndarray) -> np.ndarray:
     """float32 [R, C] -> uint8 blocks [R, C // 32 * 22]."""
-    w = as_matrix(w, BLOCK, NAME)
-    rows, cols = w.shape
-    x = w.reshape(rows, cols // BLOCK, BLOCK)
-    big = np.take_along_axis(x, np.abs(x).argmax(axis=-1)[..., None], axis=-1)[..., 0]
-    d = big / np.float32(-16)
-    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
-    q = np.minimum(np.trunc(x * inv[..., None] + np.float32(16.5)), 31).astype(np.uint8)
+    d, q = symmetric_levels(w, BLOCK, NAME, 16)
     qh, qs = pack5(q)
-    return np.concatenate([f16_bytes(d), qh, qs], axis=-1).reshape(rows, -1)
+    return np.concatenate([f16_bytes(d), qh, qs], axis=-1).reshape(q.shape[0], -1)
 
 
 def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
@@ -63,24 +57,8 @@ def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
 
 
 @njit(inline="always")
-def qh_at(row, o):
-    """The little-endian uint32 at byte o, as int64."""
-    return (np.int64(row[o]) | (np.int64(row[o + 1]) << 8) | (np.int64(row[o + 2]) << 16)
-            | (np.int64(row[o + 3]) << 24))
-
-
-@njit(inline="always")
 def decode_block(row, b, dst, xb, dot):
     """Block b of a row of blocks (uint8 [C // 32 * 22]) into dst float32 [32] (see common.put)."""
-    h = dst.shape[0] // 2  # 16, from the shapes (see q8_0)
     o = b * TYPE_SIZE
     d = f16_at(row, o)
-    qh = qh_at(row, o + 2)
-    qs = row[o + 6: o + 6 + h]
-    lo, hi, xlo, xhi = dst[:h], dst[h:], xb[:h], xb[h:]
-    for j in range(h):
-        v = np.int32(qs[j])
-        q0 = (v & 15) | np.int32(((qh >> j) & 1) << 4)
-        q1 = (v >> 4) | np.int32(((qh >> (j + 16)) & 1) << 4)
-        put(lo, j, d * np.float32(q0 - 16), xlo, dot)
-        put(hi, j, d * np.float32(q1 - 16), xhi, dot)
+    put_nibbles5(row[o + 6: o + 6 + dst.shape[0] // 2], u32_at(row, o + 2), d, np.float32(-16.0) * d, dst, xb, dot)

@@ -11,16 +11,16 @@ Block layout (24 bytes, identical to ggml's `block_q5_1`):
 
     value = d * q + m,  q = nibble | fifth bit << 4, in 0..31
 
-Quantization (ggml's `quantize_row_q5_1_ref`, byte for byte): d = (max - min) / 31, q = min(31,
-trunc((x - min) / d + 0.5)), d and m = min stored as fp16.
-Error bound, every element: |x - value| <= d/2 + 31 |fp16(d) - d| + |fp16(min) - min|.
+Error bound, every element: |x - value| <= d/2 + 31 |fp16(d) - d| + |fp16(min) - min|, for the
+quantization of ggml's `quantize_row_q5_1_ref`, byte for byte (common.affine_levels with top 31; the
+levels split into nibbles and fifth bits by q5_0.pack5).
 """
 import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit
 
-from .common import as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put
-from .q5_0 import pack5, qh_at, unpack5
+from .common import affine_levels, as_blocks, f16_at, f16_bytes, f16_field, put_nibbles5, u32_at
+from .q5_0 import pack5, unpack5
 
 ID = 7  # this format's index in kernels.MODULES
 NAME = "q5_1"
@@ -31,15 +31,9 @@ TYPE_SIZE = 24
 
 def quantize(w: np.ndarray) -> np.ndarray:
     """float32 [R, C] -> uint8 blocks [R, C // 32 * 24]."""
-    w = as_matrix(w, BLOCK, NAME)
-    rows, cols = w.shape
-    x = w.reshape(rows, cols // BLOCK, BLOCK)
-    lo = x.min(axis=-1)
-    d = (x.max(axis=-1) - lo) / np.float32(31)
-    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
-    q = np.minimum(np.trunc((x - lo[..., None]) * inv[..., None] + np.float32(0.5)), 31).astype(np.uint8)
+    d, lo, q = affine_levels(w, BLOCK, NAME, 31)
     qh, qs = pack5(q)
-    return np.concatenate([f16_bytes(d), f16_bytes(lo), qh, qs], axis=-1).reshape(rows, -1)
+    return np.concatenate([f16_bytes(d), f16_bytes(lo), qh, qs], axis=-1).reshape(q.shape[0], -1)
 
 
 def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
@@ -54,16 +48,5 @@ def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
 @njit(inline="always")
 def decode_block(row, b, dst, xb, dot):
     """Block b of a row of blocks (uint8 [C // 32 * 24]) into dst float32 [32] (see common.put)."""
-    h = dst.shape[0] // 2  # 16, from the shapes (see q8_0)
     o = b * TYPE_SIZE
-    d = f16_at(row, o)
-    m = f16_at(row, o + 2)
-    qh = qh_at(row, o + 4)
-    qs = row[o + 8: o + 8 + h]
-    lo, hi, xlo, xhi = dst[:h], dst[h:], xb[:h], xb[h:]
-    for j in range(h):
-        v = np.int32(qs[j])
-        q0 = (v & 15) | np.int32(((qh >> j) & 1) << 4)
-        q1 = (v >> 4) | np.int32(((qh >> (j + 16)) & 1) << 4)
-        put(lo, j, d * np.float32(q0) + m, xlo, dot)
-        put(hi, j, d * np.float32(q1) + m, xhi, dot)
+    put_nibbles5(row[o + 8: o + 8 + dst.shape[0] // 2], u32_at(row, o + 4), f16_at(row, o), f16_at(row, o + 2), dst, xb, dot)

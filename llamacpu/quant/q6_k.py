@@ -33,14 +33,13 @@ from numba import njit
 
 from ..kernels.simd import bitcast, fma, hsum, load, sext, shuffle, sitofp, splat
 from .common import FASTMATH, as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
-from .vnni import CAT32, NATURAL, NO_OUT, NO_ROWS, byte_dot, decode_rows, empty64, prepare_tokens
+from .vnni import CAT32, NATURAL, byte_dot, empty64, matmul, prepare_tokens, put4
 
 ID = 4  # this format's index in kernels.MODULES
 NAME = "q6_k"
 GGML_TYPE = GGMLQuantizationType.Q6_K
-BLOCK = 256
+BLOCK, SUB = 256, 16  # weights per super-block (16 sub-blocks), per sub-block
 TYPE_SIZE = 210
-SUB = 16
 PREFILL = 16, 32, False  # VNNI prefill: k-block columns (a sub-block), level offset (q - 32), minimums
 GROUP_MAX_EPS = 1e-15  # ggml: groups with a smaller largest magnitude quantize to zeros
 
@@ -164,7 +163,7 @@ SPREAD2X8 = shuffle([i // 2 for i in range(16)])  # 8 x-block scales -> 16 sub-b
 
 
 @njit(inline="always")
-def vnni_setup(X):
+def vnni_setup(X, spec):
     """Per call: the planes of every token and the level offset's correction of each sub-block of 16."""
     n, C = X.shape
     H, L, sx, r16, xe = prepare_tokens(X, NATURAL)
@@ -175,7 +174,7 @@ def vnni_setup(X):
 
 
 @njit(inline="always")
-def vnni_dot(row, ctx, t):
+def vnni_dot(row, ctx, t, step, spec):
     """Row . token t: one 128-element half per step."""
     H, L, sx, cq, C = ctx
     nsb = C // 256
@@ -208,20 +207,8 @@ def vnni_dot(row, ctx, t):
     return hsum((acc0 + acc1) + accc)
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def decode_vnni(a, b, c, X, oa, ob, oc):
-    """oa[t, r] = sum_i A[r, i] * X[t, i] (and B into ob, C into oc) for a few tokens, each row read once
-    (vnni.decode_rows). a, b, c uint8 [R, C // 256 * 210] (0 rows: unused), X float32 [n, C], oa float32 [n, Ra]."""
-    decode_rows(vnni_setup, vnni_dot, a, b, c, X, oa, ob, oc)
-
-
-def matvec_vnni(blocks, x, out):
-    """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 256 * 210], x float32 [C], out float32 [R]."""
-    decode_vnni(blocks, NO_ROWS, NO_ROWS, x.reshape(1, -1), out.reshape(1, -1), NO_OUT, NO_OUT)
-
-
 @njit(inline="always")
-def prefill_block(row, kb):
+def prefill_block(row, kb, spec):
     """Sub-block s = kb % 16 (16 columns; half h, quarter qq, part p with s = 8h + 2qq + p), for the VNNI
     prefill: (its 16 levels as <16 x u8>, its scale d * sc[s], no minimum)."""
     s = kb & 15
@@ -241,3 +228,9 @@ def prefill_block(row, kb):
     else:
         hi = c >> 2
     return lo | (hi & np.uint8(0x30)), f16_at(row, o + 208) * np.float32(np.int8(row[o + 192 + s])), np.float32(0.0)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
+    """Its kernel (vnni.matmul): decode steps of a half super-block, prefill k-blocks of a sub-block (16)."""
+    matmul(vnni_setup, vnni_dot, None, None, 0, decode_block, prefill_block, put4, PREFILL, a, b, c, X, oa, ob, oc, prefill)

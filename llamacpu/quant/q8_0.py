@@ -19,7 +19,7 @@ from numba import njit
 
 from ..kernels.simd import bitcast, fma, fp16_to_f32, hsum, load, shuffle, shuffle2, sitofp, splat
 from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put, round_half_away
-from .vnni import NATURAL, NO_OUT, NO_ROWS, XB, add_tails, byte_dot, decode_rows, empty64, lanes, prepare_tokens
+from .vnni import NATURAL, XB, byte_dot, empty64, lanes, matmul, prepare_tokens, put8
 
 ID = 0  # this format's index in kernels.MODULES
 NAME = "q8_0"
@@ -89,7 +89,7 @@ def _pair(row, p, H, L, p0):
 
 
 @njit(inline="always")
-def vnni_setup(X):
+def vnni_setup(X, spec):
     """Per call: the planes of every token and its scale lanes: per pair of blocks 16 lanes of sx and 16
     of the correction, or (rows wider than Q8_WIDE_BLOCKS blocks) sx0, sx1, c0, c1 spread by shuffles."""
     n, C = X.shape
@@ -113,7 +113,7 @@ def vnni_setup(X):
 
 
 @njit(inline="always")
-def vnni_dot(row, ctx, t):
+def vnni_dot(row, ctx, t, step, spec):
     """Row . token t: two blocks per step."""
     H, L, sc, npair, per, wide, C = ctx
     p0 = t * C
@@ -130,20 +130,13 @@ def vnni_dot(row, ctx, t):
     return hsum(acc)
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def decode_vnni(a, b, c, X, oa, ob, oc):
-    """oa[t, r] = sum_i A[r, i] * X[t, i] (and B into ob, C into oc) for a few tokens, each row read once
-    (vnni.decode_rows). a, b, c uint8 [R, C // 32 * 34] (0 rows: unused), X float32 [n, C], oa float32 [n, Ra]."""
-    decode_rows(vnni_setup, vnni_dot, a, b, c, X, oa, ob, oc)
-    add_tails(decode_block, a, b, c, X, oa, ob, oc, X.shape[1] // XB // 2 * 2, XB)  # an odd last block
-
-
-def matvec_vnni(blocks, x, out):
-    """out[r] = sum_c W[r, c] * x[c].  blocks uint8 [R, C // 32 * 34], x float32 [C], out float32 [R]."""
-    decode_vnni(blocks, NO_ROWS, NO_ROWS, x.reshape(1, -1), out.reshape(1, -1), NO_OUT, NO_OUT)
-
-
 @njit(inline="always")
-def prefill_block(row, kb):
+def prefill_block(row, kb, spec):
     """k-block kb of a row for the VNNI prefill: (its 32 levels as <32 x u8>, its scale, its minimum)."""
     return load(row, kb * 34 + 2, 32) ^ np.uint8(0x80), f16_at(row, kb * 34), np.float32(0.0)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
+    """Its kernel (vnni.matmul): decode steps of two blocks (an odd last one in fp32), prefill k-blocks of one."""
+    matmul(vnni_setup, vnni_dot, None, None, 2, decode_block, prefill_block, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)

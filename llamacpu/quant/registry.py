@@ -44,41 +44,30 @@ class QuantFormat:
         return f"QuantFormat({self.name}: {self.block_size} weights in {self.type_size} bytes)"
 
 
-def _vnni_matmul(module):
-    matvec, fid = module.matvec_vnni, module.ID
-    decode = getattr(module, "decode_vnni", None)  # a format without one: a matvec per token
+def _vnni_kernels(module):
+    """(matvec, matmul, fused) of a format with VNNI kernels: all three are its one kernel, matmul_vnni."""
+    kernel = module.matmul_vnni
+
+    def matvec(blocks, x, out):
+        """out[r] = sum_c W[r, c] * x[c]."""
+        kernel(blocks, NO_ROWS, NO_ROWS, x.reshape(1, -1), out.reshape(1, -1), NO_OUT, NO_OUT, False)
 
     def matmul(blocks, X, out):
-        """out[t, r] = sum_c W[r, c] * X[t, c]: the format's decode kernel for up to DECODE_MAX_TOKENS tokens
-        (each row read once for all of them: decode, batched decode), the VNNI prefill kernel above."""
-        n = X.shape[0]
-        if n > kernels.DECODE_MAX_TOKENS:
-            kernels.matmul_vnni(fid, blocks, X, out)
-        elif decode is not None:
-            decode(blocks, NO_ROWS, NO_ROWS, X, out, NO_OUT, NO_OUT)
-        else:
-            for t in range(n):
-                matvec(blocks, X[t], out[t])
-
-    matmul.__name__ = matmul.__qualname__ = "matmul_vnni_" + module.NAME
-    return matmul
-
-
-def _vnni_fused(module):
-    decode = getattr(module, "decode_vnni", None)
-    if decode is None:
-        return None
+        """out[t, r] = sum_c W[r, c] * X[t, c]: the decode path for up to DECODE_MAX_TOKENS tokens (each row
+        read once for all of them: decode, batched decode), the prefill tile above."""
+        kernel(blocks, NO_ROWS, NO_ROWS, X, out, NO_OUT, NO_OUT, X.shape[0] > kernels.DECODE_MAX_TOKENS)
 
     def fused(blocks, X, outs):
         """outs[i][t] = W_i @ X[t] for two or three matrices of this format sharing X (q/k/v, gate/up) and
         up to DECODE_MAX_TOKENS tokens: one launch, the activations prepared once."""
         if len(blocks) == 2:
-            decode(blocks[0], blocks[1], NO_ROWS, X, outs[0], outs[1], NO_OUT)
+            kernel(blocks[0], blocks[1], NO_ROWS, X, outs[0], outs[1], NO_OUT, False)
         else:
-            decode(blocks[0], blocks[1], blocks[2], X, outs[0], outs[1], outs[2])
+            kernel(blocks[0], blocks[1], blocks[2], X, outs[0], outs[1], outs[2], False)
 
-    fused.__name__ = fused.__qualname__ = "fused_vnni_" + module.NAME
-    return fused
+    for f, kind in ((matvec, "matvec"), (matmul, "matmul"), (fused, "fused")):
+        f.__name__ = f.__qualname__ = f"{kind}_vnni_{module.NAME}"
+    return matvec, matmul, fused
 
 
 def _portable_matmul(module):
@@ -102,10 +91,10 @@ PORTABLE: dict[str, QuantFormat] = {
                         partial(kernels.matvec, m.ID), _portable_matmul(m))
     for m in kernels.MODULES}
 # The VNNI kernels (same results within their documented 16-bit activation bound), or none.
-FAST_MATVEC = {m.NAME: m.matvec_vnni for m in kernels.VNNI_MODULES} if HAS_AVX512_VNNI else {}
-FAST_MATMUL = {m.NAME: _vnni_matmul(m) for m in kernels.VNNI_MODULES} if HAS_AVX512_VNNI else {}
-
-FAST_FUSED = {m.NAME: _vnni_fused(m) for m in kernels.MODULES} if HAS_AVX512_VNNI else {}
+_FAST = {m.NAME: _vnni_kernels(m) for m in kernels.VNNI_MODULES} if HAS_AVX512_VNNI else {}
+FAST_MATVEC = {name: k[0] for name, k in _FAST.items()}
+FAST_MATMUL = {name: k[1] for name, k in _FAST.items()}
+FAST_FUSED = {name: k[2] for name, k in _FAST.items()}
 
 FORMATS: dict[str, QuantFormat] = {
     name: replace(f, matvec=FAST_MATVEC[name], matmul=FAST_MATMUL[name], fused=FAST_FUSED[name])

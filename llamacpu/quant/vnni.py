@@ -199,14 +199,16 @@ def prepare_tokens(X, layout):
 
 
 @njit(inline="always")
-def decode_rows(setup, dot, a, b, c, X, oa, ob, oc):
+def decode_rows(setup, dot, step, spec, a, b, c, X, oa, ob, oc):
     """oa[t] = A @ X[t], ob[t] = B @ X[t], oc[t] = C @ X[t] for a few tokens (one decode step of n
     sequences) and up to three matrices that share the input (q/k/v, gate/up; pass 0-row blocks for
-    the unused ones): `setup(X)` prepares every token's activations once, then each row is read from
-    memory once and, while it sits in L1, multiplied by every token (`dot(row, ctx, t)`: the format's
-    matvec step loop). So n sequences stream the weights once, not n times, and a fused q/k/v is one
-    launch over all their rows. The matrices are never copied together: a row index picks one."""
-    ctx = setup(X)
+    the unused ones): `setup(X, spec)` prepares every token's activations once, then each row is read
+    from memory once and, while it sits in L1, multiplied by every token (`dot(row, ctx, t, step, spec)`:
+    the format's matvec step loop; a family's setup and dot serve several formats, which differ by their
+    `step` function and their constants `spec`). So n sequences stream the weights once, not n times,
+    and a fused q/k/v is one launch over all their rows. The matrices are never copied together: a row
+    index picks one."""
+    ctx = setup(X, spec)
     n = X.shape[0]
     ra = a.shape[0]
     rab = ra + b.shape[0]
@@ -220,7 +222,7 @@ def decode_rows(setup, dot, a, b, c, X, oa, ob, oc):
         else:
             w_row, dst, dst_r = c[ri - rab], oc, ri - rab
         for tok in range(n):
-            dst[tok, dst_r] = dot(w_row, ctx, tok)
+            dst[tok, dst_r] = dot(w_row, ctx, tok, step, spec)
 
 
 @njit(inline="always")
@@ -472,10 +474,12 @@ def add_tail(decode_block, blocks, x, out, b0, bs):
 
 
 @njit(inline="always")
-def setup_4blocks(X, has_min, layout):
-    """The decode set-up (see decode_rows) of the formats whose step is 64 bytes of nibbles covering four
-    x-blocks (Q4_0, Q4_1: four blocks; int4_g128: one group): every token's planes and, per step, 16 lanes
-    of sx and 16 of the centring term. Levels are centred on 8 (Q4_0's offset; `centre` for the others)."""
+def setup_4blocks(X, spec):
+    """The decode set-up (see decode_rows) of the family whose step is 64 bytes of 4-bit levels covering four
+    x-blocks (Q4_0, Q4_1: four blocks; int4_g128: one group), spec = (has minimums, activation layout):
+    every token's planes and, per step, 16 lanes of sx and 16 of the centring term. Levels are centred
+    on 8 (Q4_0's offset; `centre` for the others)."""
+    has_min, layout = spec
     n, C = X.shape
     nb = C // XB
     nstep = nb // 4
@@ -490,10 +494,11 @@ def setup_4blocks(X, has_min, layout):
 
 
 @njit(inline="always")
-def dot_4blocks(step, has_min, row, ctx, t):
-    """Row . token t for those formats: `step(row, s, H, L)` gives the int32 lanes of sum q * x16 of step s
-    (4 lanes per x-block), its 16 lanes of weight scales and, with minimums (`has_min`, literal), its 4
+def dot_4blocks(row, ctx, t, step, spec):
+    """Row . token t for that family: `step(row, s, H, L)` gives the int32 lanes of sum q * x16 of step s
+    (4 lanes per x-block), its 16 lanes of weight scales and, with minimums (spec[0], a constant), its 4
     minimums, which multiply the exact x-block sums."""
+    has_min = spec[0]
     H, L, sc, xe, nstep, C = ctx
     Ht, Lt = H[t * C: t * C + C], L[t * C: t * C + C]  # this token's planes, as `step` indexes them
     s0 = 32 * t * nstep
@@ -509,17 +514,73 @@ def dot_4blocks(step, has_min, row, ctx, t):
 
 
 @njit(inline="always")
-def matvec_4blocks(step, has_min, layout, decode_block, blocks, x, out):
-    """out[r] = sum_c W[r, c] * x[c] through setup_4blocks / dot_4blocks, for a 4-block format without a
-    decode kernel of its own (the formats here have one: their decode_vnni)."""
-    ctx = setup_4blocks(x.reshape(1, x.shape[0]), has_min, layout)
-    for r in prange(blocks.shape[0]):
-        out[r] = dot_4blocks(step, has_min, blocks[r], ctx, 0)
-    add_tail(decode_block, blocks, x, out, x.shape[0] // XB // 4 * 4, XB)  # the last 1-3 blocks
-
-
-@njit(inline="always")
 def nibble_levels(row, o):
     """The 32 levels of the 16 bytes at o (low nibbles, then high ones) as <32 x u8>: a k-block of Q4_0, Q4_1."""
     q = load(row, o, 16)
     return CAT16(q & np.uint8(15), q >> 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# The body of every format's kernel
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(inline="always")
+def _repack(block, put, spec, blocks, r0, rows, nkb, Wt32, Dt, Mt):
+    """Rows r0 .. r0 + 16 of W into the row-interleaved tile Wt32, their k-block scales and minimums into
+    Dt, Mt [16 kb + row]. `block(row, kb, spec)` is the format's prefill_block; rows past the end repeat
+    the last row (their lanes are computed and never stored)."""
+    for quad in range(4):
+        ra, rb, rc, rd = quad_rows(r0, quad, rows)
+        for kb in range(nkb):
+            la, Dt[16 * kb + 4 * quad], Mt[16 * kb + 4 * quad] = block(blocks[ra], kb, spec)
+            lb, Dt[16 * kb + 4 * quad + 1], Mt[16 * kb + 4 * quad + 1] = block(blocks[rb], kb, spec)
+            lc, Dt[16 * kb + 4 * quad + 2], Mt[16 * kb + 4 * quad + 2] = block(blocks[rc], kb, spec)
+            ld, Dt[16 * kb + 4 * quad + 3], Mt[16 * kb + 4 * quad + 3] = block(blocks[rd], kb, spec)
+            put(Wt32, kb, quad, la, lb, lc, ld)
+
+
+@njit(inline="always")
+def prefill_rows(block, put, pcfg, spec, blocks, X, out):
+    """out[t, r] = sum_c W[r, c] * X[t, c] for any n >= 1: each group of 16 rows repacked once by the format's
+    `block` (prefill_block) and `put` (put8, or put4 for 16-column k-blocks), then multiplied by every token
+    (mm_group). pcfg = the format's PREFILL (k-block columns, level offset, has minimums)."""
+    nrows = blocks.shape[0]
+    n, C = X.shape
+    kcols, offset, has_min = pcfg
+    nkb = C // kcols
+    XH32, XL32, sxk, cck, xek, n4 = mm_setup(X, kcols, offset, has_min)
+    for grp in prange((nrows + MM_ROWS - 1) // MM_ROWS):
+        g0 = MM_ROWS * grp
+        Wt = np.empty(nkb * kcols * 16, np.uint8)
+        Dt = np.empty(nkb * 16, np.float32)
+        Mt = np.empty(nkb * 16, np.float32)
+        tmpf = np.empty(64, np.float32)
+        _repack(block, put, spec, blocks, g0, nrows, nkb, Wt.view(np.uint32), Dt, Mt)
+        # mm_group with literal (minimums, k-groups per k-block): with a run-time k-group count its loop is
+        # not unrolled and the kernel runs 40% slower
+        if has_min:
+            mm_group(Wt, Dt, Mt, True, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, g0, nrows, tmpf)
+        elif kcols == 32:
+            mm_group(Wt, Dt, Mt, False, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, g0, nrows, tmpf)
+        else:
+            mm_group(Wt, Dt, Mt, False, 4, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, g0, nrows, tmpf)
+
+
+@njit(inline="always")
+def matmul(setup, dot, step, spec, tail, decode_block, block, put, pcfg, a, b, c, X, oa, ob, oc, prefill):
+    """The body of every format's `matmul_vnni(a, b, c, X, oa, ob, oc, prefill)` kernel, compiled once per
+    format with its pieces (setup, dot, step, spec: decode; block, put, pcfg: prefill; see kernels.py):
+
+    prefill False: oa[t] = A @ X[t], ob[t] = B @ X[t], oc[t] = C @ X[t] for a few tokens (decode_rows:
+        each row read once for all of them; 0-row blocks for unused matrices), then, for formats whose
+        decode step spans `tail` 32-element blocks, the 1 .. tail - 1 blocks left at the end of a row in
+        fp32 by the format's portable `decode_block` (tail 0: the step is a whole block);
+    prefill True: oa = X @ A.T by the row-interleaved tile (prefill_rows; B and C unused).
+    The caller (the registry) chooses: prefill above kernels.DECODE_MAX_TOKENS tokens."""
+    if prefill:
+        prefill_rows(block, put, pcfg, spec, a, X, oa)
+    else:
+        decode_rows(setup, dot, step, spec, a, b, c, X, oa, ob, oc)
+        if tail > 0:
+            add_tails(decode_block, a, b, c, X, oa, ob, oc, X.shape[1] // XB // tail * tail, XB)
