@@ -228,7 +228,7 @@ def load_test(server: Server, n_requests: int, clients: int, tokens: int, seed: 
 def mask_cost(model_path: Path) -> dict:
     """Per-token time of llguidance's allowed-token mask while following a JSON answer token by token."""
     from llamacpu import AutoTokenizer, LlamaForCausalLM
-    from llamacpu.serving.structured import Constraint, ll_tokenizer
+    from llamacpu.generation.structured import Constraint, ll_tokenizer
 
     model = LlamaForCausalLM.from_pretrained(model_path, max_context=64)
     tok = AutoTokenizer.from_pretrained(model_path)

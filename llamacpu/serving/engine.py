@@ -31,6 +31,7 @@ from ..generation.sampling import Sampler
 from ..generation.stopping import find_stop
 from ..tokenizer.streaming import IncrementalDecoder
 from .batch import SlotCache, check_model, forward_slots
+from ..generation.structured import sample_allowed
 
 
 class EngineBusy(LlamacpuError):
@@ -189,7 +190,7 @@ class Engine:
         if logprobs is not None and (not isinstance(logprobs, int) or not 0 <= logprobs <= 20):
             raise InputError(f"logprobs: expected an integer in [0, 20], got {logprobs!r}")
         if constraint is None and (json_schema is not None or regex is not None or lark is not None):
-            from .structured import Constraint
+            from ..generation.structured import Constraint
 
             constraint = Constraint(self.ll_tokenizer(), json_schema=json_schema, regex=regex, lark=lark)
         req = Request(self, ids, config, logprobs, constraint, loop)
@@ -206,7 +207,7 @@ class Engine:
         """llguidance's view of the vocabulary, built once (about a second for a 50k vocabulary)."""
         with self._cv:
             if self._ll_tokenizer is None:
-                from .structured import ll_tokenizer
+                from ..generation.structured import ll_tokenizer
 
                 self._ll_tokenizer = ll_tokenizer(self.tokenizer, self.model.config.vocab_size,
                                                   self.model.config.eos_token_ids)
@@ -317,25 +318,11 @@ class Engine:
                 self._finish(r, Event(finish_reason="error", error=f"{type(e).__name__}: {e}"))
 
     def _sample(self, r: Request, logits: np.ndarray):
-        z = logits[None].astype(np.float32)  # [1, vocab]
+        draw = lambda z: r.sampler(z, [r.history])[0]  # noqa: E731  [1, vocab] -> id, the request's own sampler
         if r.constraint is not None:
-            z[0, ~r.constraint.allowed(len(logits))] = -np.inf
-        tok = int(r.sampler(z.copy(), [r.history])[0])
-        for _ in range(16):  # the mask may allow a token the grammar then refuses: draw again without it
-            if r.constraint is None or r.constraint.accepts(tok):
-                break
-            z[0, tok] = -np.inf
-            if not np.isfinite(z).any():
-                break
-            tok = int(r.sampler(z.copy(), [r.history])[0])
+            tok = sample_allowed(r.constraint, logits, draw)
         else:
-            z[0] = -np.inf  # to the exact mask below
-        if r.constraint is not None and not r.constraint.accepts(tok):
-            z = logits[None].astype(np.float32)
-            z[0, ~r.constraint.allowed_exact(len(logits))] = -np.inf
-            if not np.isfinite(z).any():
-                raise InputError("structured output: no token satisfies the grammar here")
-            tok = int(r.sampler(z, [r.history])[0])
+            tok = int(draw(logits[None].astype(np.float32)))
         ev = Event(token=tok)
         if r.logprobs is not None:
             lp = logits.astype(np.float64) - logits.max()
