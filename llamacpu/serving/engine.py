@@ -329,7 +329,8 @@ class Engine:
             lp -= np.log(np.exp(lp).sum())
             ev.logprob = float(lp[tok])
             if r.logprobs:
-                top = np.argsort(-lp, kind="stable")[:r.logprobs]
+                cand = np.argpartition(-lp, r.logprobs - 1)[:r.logprobs]  # the k best: a full sort of 49k ids costs ~6x more
+                top = cand[np.lexsort((cand, -lp[cand]))]  # best first, ties by id
                 ev.top_logprobs = [(int(t), float(lp[t])) for t in top]
         r.usage.completion_tokens += 1
         r.history = np.append(r.history, tok)
