@@ -216,6 +216,8 @@ def load_test(server: Server, n_requests: int, clients: int, tokens: int, ctx: i
     valid = [{"model": "m", "prompt": p, "max_tokens": tokens, "temperature": 0, "stream": True} for p in PROMPTS]
     valid += [{"model": "m", "prompt": p, "max_tokens": tokens // 2, "temperature": 0, "stream": False}
               for p in PROMPTS]
+    valid += [{"model": "m", "prompt": p, "max_tokens": tokens, "temperature": 0.8, "seed": 7, "stream": True}
+              for p in PROMPTS[:4]]  # seeded sampling: counted apart (see bench/README.md: batch shapes)
     # each one alone first, with its top-5 log-probabilities (to tell a near-tie from a mix-up below)
     want = [completion(port, {**b, "stream": False, "logprobs": 5}) for b in valid]
     assert all(w["status"] == 200 for w in want), "a request alone failed"
@@ -224,7 +226,7 @@ def load_test(server: Server, n_requests: int, clients: int, tokens: int, ctx: i
     rng = random.Random(seed)
     plan = [rng.choice(["valid"] * 8 + ["cut"] * 2 + list(BAD_KINDS)) for _ in range(n_requests)]
     counts = {"valid": 0, "cut": 0, "bad": 0, "5xx_on_valid": 0, "429_on_valid": 0, "lost": 0, "mixed_up": 0,
-              "near_tie": 0, "bad_not_4xx": 0, "5xx_on_bad": 0}
+              "near_tie": 0, "seeded": 0, "seeded_differ": 0, "bad_not_4xx": 0, "5xx_on_bad": 0}
     gaps = []
     lock = threading.Lock()
     queue = list(enumerate(plan))
@@ -247,7 +249,11 @@ def load_test(server: Server, n_requests: int, clients: int, tokens: int, ctx: i
                     counts["5xx_on_valid"] += (r["status"] or 500) >= 500
                     counts["429_on_valid"] += r["status"] == 429
                     counts["lost"] += r["status"] == 200 and not r["done"]
-                    if r["status"] == 200 and r["done"] and r["text"] != want[k]["text"]:
+                    seeded = "seed" in valid[k]
+                    counts["seeded"] += seeded
+                    if seeded:
+                        counts["seeded_differ"] += r["status"] == 200 and r["done"] and r["text"] != want[k]["text"]
+                    elif r["status"] == 200 and r["done"] and r["text"] != want[k]["text"]:
                         kind, gap = divergence(r["text"], want[k])
                         counts[kind] += 1
                         gaps.append(gap)
@@ -277,14 +283,15 @@ def load_test(server: Server, n_requests: int, clients: int, tokens: int, ctx: i
             break
         time.sleep(0.2)
     again = [completion(port, b)["text"] for b in valid]
-    again_kinds = [divergence(t, w)[0] if t != w["text"] else "same" for t, w in zip(again, want)]
+    again_kinds = [divergence(t, w)[0] if t != w["text"] else "same" for t, w, b in zip(again, want, valid)
+                   if "seed" not in b]
     cancelled = health.get("finished", {}).get("cancelled", 0) - health0.get("finished", {}).get("cancelled", 0)
     return {**counts, "requests": n_requests, "clients": clients, "wall_s": wall, "rss_before_mib": rss_before,
             "rss_after_mib": rss_mib(server.proc.pid), "rss_every_100_mib": rss_trace, "slots_free_after": health.get("slots_free"),
             "slots": health.get("slots"), "waiting_after": health.get("waiting"),
             "cancelled_by_server": cancelled, "same_answers_after": again_kinds.count("same"),
             "near_tie_after": again_kinds.count("near_tie"), "mixed_up_after": again_kinds.count("mixed_up"),
-            "checked_after": len(again), "near_tie_gaps": sorted(round(g, 4) for g in gaps if g is not None)}
+            "checked_after": len(again_kinds), "near_tie_gaps": sorted(round(g, 4) for g in gaps if g is not None)}
 
 
 NEAR_TIE = 0.1  # nats between the best token and the one taken instead
@@ -481,12 +488,13 @@ def main(argv=None) -> int:
               f"vocabulary build {m['tokenizer_build_s']:.2f} s")
     for name, lt in loads.items():
         print(f"\nload test ({name}, {lt['requests']} requests from {lt['clients']} clients, {lt['wall_s']:.0f} s): "
-              f"{lt['valid']} valid, {lt['cut']} cut off mid-stream, {lt['bad']} bad; "
+              f"{lt['valid']} valid ({lt['seeded']} of them seeded sampling, {lt['seeded_differ']} of those differing from alone), "
+              f"{lt['cut']} cut off mid-stream, {lt['bad']} bad; "
               f"5xx on valid {lt['5xx_on_valid']}, 429 on valid {lt['429_on_valid']}, lost {lt['lost']}, "
-              f"mixed up {lt['mixed_up']}, parted at a near-tie {lt['near_tie']} (gaps {lt['near_tie_gaps']} nats), bad not 4xx {lt['bad_not_4xx']} (5xx on bad {lt['5xx_on_bad']}); "
+              f"greedy answers mixed up {lt['mixed_up']}, parted at a near-tie {lt['near_tie']} (gaps {lt['near_tie_gaps']} nats), bad not 4xx {lt['bad_not_4xx']} (5xx on bad {lt['5xx_on_bad']}); "
               f"slots free after {lt['slots_free_after']} of {lt['slots']}, waiting {lt['waiting_after']}, "
               f"sequences cancelled by the server {lt['cancelled_by_server']}; the {lt['checked_after']} reference "
-              f"requests again: {lt['same_answers_after']} same, {lt['near_tie_after']} near-tie, {lt['mixed_up_after']} mixed up; RSS {lt['rss_before_mib']:.1f} MiB before, "
+              f"greedy requests again: {lt['same_answers_after']} same, {lt['near_tie_after']} near-tie, {lt['mixed_up_after']} mixed up; RSS {lt['rss_before_mib']:.1f} MiB before, "
               f"{lt['rss_after_mib']:.1f} MiB after (every 100 requests: {lt['rss_every_100_mib']})")
     print(f"\n(whole run {time.perf_counter() - t_start:.0f} s)")
     if args.json:
