@@ -9,8 +9,9 @@
 One background thread runs continuous batching: at each step it feeds every running sequence's next
 token together with chunks of the prompts of sequences that are joining (at most `max_batch_tokens` a
 step, so the running ones keep decoding while a long prompt is prefilled), samples each sequence's
-token with that request's own sampler (its own seeded generator: reproducible whatever runs beside
-it), and sends it to the caller. A finished or cancelled sequence leaves at the next step boundary
+token with that request's own sampler (its own seeded generator: no other request takes its draws;
+on quantized weights the logits still move in the last bits with the step's row count, see
+bench/README.md "Serving"), and sends it to the caller. A finished or cancelled sequence leaves at the next step boundary
 and its slot is free at once. Requests beyond the free slots wait in a queue of `max_queue`; beyond
 that, `submit` refuses with `EngineBusy`.
 """
