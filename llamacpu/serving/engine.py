@@ -205,14 +205,15 @@ class Engine:
         return req
 
     def ll_tokenizer(self):
-        """llguidance's view of the vocabulary, built once (about a second for a 50k vocabulary)."""
-        with self._cv:
-            if self._ll_tokenizer is None:
-                from ..generation.structured import ll_tokenizer
+        """llguidance's view of the vocabulary, built once per tokenizer (a second or two for a 50k
+        vocabulary) and shared with model.generate; under structured.py's lock, not the engine's, so the
+        running sequences keep decoding while the first structured request waits for it."""
+        if self._ll_tokenizer is None:
+            from ..generation.structured import cached_ll_tokenizer
 
-                self._ll_tokenizer = ll_tokenizer(self.tokenizer, self.model.config.vocab_size,
-                                                  self.model.config.eos_token_ids)
-            return self._ll_tokenizer
+            self._ll_tokenizer = cached_ll_tokenizer(self.tokenizer, self.model.config.vocab_size,
+                                                     self.model.config.eos_token_ids)
+        return self._ll_tokenizer
 
     def generate(self, prompt_ids, **kwargs) -> dict:
         """Submit and wait (blocking): see `Request.result`."""
