@@ -431,7 +431,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="smollm2,tinyllama-q4_0")
     p.add_argument("--clients", default="1,4,8,16")
-    p.add_argument("--tokens", type=int, default=48, help="max_tokens per request")
+    p.add_argument("--tokens", type=int, default=32, help="max_tokens per request")
     p.add_argument("--requests", type=int, default=4,
                    help="at least this many requests per N: each client sends max(1, ceil(this / N)) in a row")
     p.add_argument("--threads", type=int, default=os.cpu_count())
