@@ -40,9 +40,9 @@ format's portable decoder, in a loop of their own.
 import numpy as np
 from numba import njit, prange
 
-from ..kernels.simd import (bitcast, dpbusd, fma, hmax, hsum, hsum_int, load, load_splat, round_i32, shuffle,
-                            shuffle2, sitofp, splat, store, trunc, vmax)
-from .common import FASTMATH
+from ..kernels.simd import (bit_bytes, bitcast, dpbusd, fma, hmax, hsum, hsum_int, load, load_splat, pshufb,
+                            round_i32, shuffle, shuffle2, sitofp, splat, store, trunc, vmax)
+from .common import FASTMATH, KVALUES, u32_at
 
 Q16 = np.float32(32639.0)  # largest |x16|: (32639 + 128) >> 8 = 127 keeps H a signed byte
 XB = 32  # elements per x-block (two runs of 16)
@@ -441,11 +441,26 @@ def byte_dot(q, H, L, p):
     return dpbusd(ia << 8, q, load(L, p, 64))
 
 
+# IQ4_NL's levels as unsigned bytes (+ 128, an offset like Q8_0's), repeated in each 16-byte lane for pshufb
+NL_LEVELS = np.tile((KVALUES.astype(np.int16) + 128).astype(np.uint8), 4)
+
+
 @njit(inline="always")
-def nibble_dot(q, H, L, p):
-    """<16 x i32>: the same for 64 bytes of nibbles, low nibbles against the planes at p, high ones at p + 64."""
+def nibble_dot(q, H, L, p, nl):
+    """<16 x i32>: the same for 64 bytes of nibbles, low nibbles against the planes at p, high ones at p + 64;
+    with `nl` (a constant) the nibbles are IQ4_NL codes, looked up in NL_LEVELS (one vpshufb each)."""
     lo = q & np.uint8(15)
     hi = q >> 4
+    if nl:
+        table = load(NL_LEVELS, 0, 64)
+        lo = pshufb(table, lo)
+        hi = pshufb(table, hi)
+    return pair_dot(lo, hi, H, L, p)
+
+
+@njit(inline="always")
+def pair_dot(lo, hi, H, L, p):
+    """<16 x i32>: byte_dot of two 64-byte vectors of levels, lo against the planes at p, hi at p + 64."""
     ia = dpbusd(splat(np.int32(0), 16), lo, load(H, p, 64))
     ia = dpbusd(ia, hi, load(H, p + 64, 64))
     ia = dpbusd(ia << 8, lo, load(L, p, 64))
@@ -475,11 +490,12 @@ def add_tail(decode_block, blocks, x, out, b0, bs):
 
 @njit(inline="always")
 def setup_4blocks(X, spec):
-    """The decode set-up (see decode_rows) of the family whose step is 64 bytes of 4-bit levels covering four
-    x-blocks (Q4_0, Q4_1: four blocks; int4_g128: one group), spec = (has minimums, activation layout):
-    every token's planes and, per step, 16 lanes of sx and 16 of the centring term. Levels are centred
-    on 8 (Q4_0's offset; `centre` for the others)."""
-    has_min, layout = spec
+    """The decode set-up (see decode_rows) of the family whose step is 64 bytes of 4-bit codes covering four
+    x-blocks (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL: four blocks; int4_g128: one group), spec = (has minimums,
+    activation layout, centre k, IQ4_NL table): every token's planes and, per step, 16 lanes of sx and
+    16 of the centring term. Levels are centred on k (the level offset of Q4_0 (8), Q5_0 (16), IQ4_NL
+    (128); `centre` for the formats with minimums)."""
+    has_min, layout, k = spec[0], spec[1], spec[2]
     n, C = X.shape
     nb = C // XB
     nstep = nb // 4
@@ -489,13 +505,13 @@ def setup_4blocks(X, spec):
         for b in range(4 * nstep):
             e = t * nb + b
             lanes(sc, 32 * (t * nstep + (b >> 2)) + 4 * (b & 3), 4, sx[e],
-                  centre(8, sx[e], r16[2 * e] + r16[2 * e + 1], xe[e] if has_min else np.float32(0.0), 4))
+                  centre(k, sx[e], r16[2 * e] + r16[2 * e + 1], xe[e] if has_min else np.float32(0.0), 4))
     return H, L, sc, xe, nstep, C
 
 
 @njit(inline="always")
 def dot_4blocks(row, ctx, t, step, spec):
-    """Row . token t for that family: `step(row, s, H, L)` gives the int32 lanes of sum q * x16 of step s
+    """Row . token t for that family: `step(row, s, H, L, spec)` gives the int32 lanes of sum q * x16 of step s
     (4 lanes per x-block), its 16 lanes of weight scales and, with minimums (spec[0], a constant), its 4
     minimums, which multiply the exact x-block sums."""
     has_min = spec[0]
@@ -506,7 +522,7 @@ def dot_4blocks(row, ctx, t, step, spec):
     acc = splat(np.float32(0.0), 16)
     macc = splat(np.float32(0.0), 4)  # sum of m * sum(x) per x-block
     for s in range(nstep):
-        ia, d, m = step(row, s, Ht, Lt)
+        ia, d, m = step(row, s, Ht, Lt, spec)
         acc = fma(fma(sitofp(ia), load(sc, s0 + 32 * s, 16), load(sc, s0 + 32 * s + 16, 16)), d, acc)
         if has_min:
             macc = fma(m, load(xe, e0 + 4 * s, 4), macc)
@@ -514,10 +530,34 @@ def dot_4blocks(row, ctx, t, step, spec):
 
 
 @njit(inline="always")
-def nibble_levels(row, o):
-    """The 32 levels of the 16 bytes at o (low nibbles, then high ones) as <32 x u8>: a k-block of Q4_0, Q4_1."""
+def nibble_levels(row, o, nl):
+    """The 32 levels of the 16 bytes at o (low nibbles, then high ones) as <32 x u8>: a k-block of Q4_0, Q4_1,
+    Q5_0, Q5_1, or with `nl` (a constant) of IQ4_NL (its codes looked up in NL_LEVELS)."""
     q = load(row, o, 16)
-    return CAT16(q & np.uint8(15), q >> 4)
+    levels = CAT16(q & np.uint8(15), q >> 4)
+    if nl:
+        levels = pshufb(load(NL_LEVELS, 0, 32), levels)
+    return levels
+
+
+def four_blocks(size, field, words, b_off):
+    """shuffle2 lanes that gather `words` 16-bit words at byte `field` of each of four consecutive blocks of
+    `size` bytes from A = the 32 words at the first block and B = the 32 words b_off bytes further on
+    (a word past A from B)."""
+    lanes = [(size * k + field) // 2 + i for k in range(4) for i in range(words)]
+    assert all(w < 32 or 0 <= w - b_off // 2 < 32 for w in lanes)
+    return [w if w < 32 else 32 + w - b_off // 2 for w in lanes]
+
+
+@njit(inline="always")
+def fifth_bits(row, o, size):
+    """Bit 4 of the levels of four blocks of `size` bytes whose little-endian uint32 of fifth bits is at byte
+    o, o + size, ...: (low half, high half) as <64 x u8> of 0 or 16 in the step order of nibble_dot (byte
+    16k + j: element j of block k, and element 16 + j). Q5_0, Q5_1."""
+    h0, h1, h2, h3 = u32_at(row, o), u32_at(row, o + size), u32_at(row, o + 2 * size), u32_at(row, o + 3 * size)
+    lo = (h0 & 0xFFFF) | ((h1 & 0xFFFF) << 16) | ((h2 & 0xFFFF) << 32) | ((h3 & 0xFFFF) << 48)
+    hi = (h0 >> 16) | ((h1 >> 16) << 16) | ((h2 >> 16) << 32) | ((h3 >> 16) << 48)
+    return bit_bytes(lo, 64) & np.uint8(16), bit_bytes(hi, 64) & np.uint8(16)
 
 
 # ---------------------------------------------------------------------------------------------
