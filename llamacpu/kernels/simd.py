@@ -443,14 +443,22 @@ def shuffle2(mask):
 
 @intrinsic
 def bit_bytes(typingctx, m, n):
-    """<n x u8> from the low n bits of the integer m: lane i = 0xFF where bit i is set, else 0 (n = 32 or
-    64, a literal; one kmov + vpmovm2b)."""
+    """<n x u8> from the low n bits of the integer m (or of a vector of n bits): lane i = 0xFF where bit i is
+    set, else 0 (n = 32 or 64, a literal; kmov + vpmovm2b)."""
     nn = _lit(n)
-    if not isinstance(m, types.Integer) or nn not in (32, 64) or m.bitwidth < nn:
+    if nn not in (32, 64):
+        return None
+    if isinstance(m, VecType) and isinstance(m.dtype, types.Integer) and m.n * m.dtype.bitwidth == nn:
+        width = nn  # a vector of exactly n bits (e.g. <4 x i16> for 64): its bits in lane order
+    elif isinstance(m, types.Integer) and m.bitwidth >= nn:
+        width = m.bitwidth
+    else:
         return None
 
     def codegen(context, builder, sig, args):
-        bits = args[0] if m.bitwidth == nn else builder.trunc(args[0], ir.IntType(nn))
+        bits = builder.bitcast(args[0], ir.IntType(nn)) if isinstance(m, VecType) else args[0]
+        if width > nn:
+            bits = builder.trunc(bits, ir.IntType(nn))
         return builder.sext(builder.bitcast(bits, ir.VectorType(ir.IntType(1), nn)), ir.VectorType(ir.IntType(8), nn))
 
     return VecType(types.uint8, nn)(m, n), codegen

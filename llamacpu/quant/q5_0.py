@@ -73,6 +73,7 @@ def decode_block(row, b, dst, xb, dot):
 
 Q50_QS = shuffle2(four_blocks(22, 6, 8, 24))  # the 4 x 16 bytes of nibbles from A = words at 88 s, B at 88 s + 24
 Q50_D = shuffle2([w for w in four_blocks(22, 0, 1, 24) for _ in range(4)])  # each block's d on its 4 lanes
+Q50_HL, Q50_HH = shuffle2(four_blocks(22, 2, 1, 24)), shuffle2(four_blocks(22, 4, 1, 24))  # qh: low, high words
 
 
 @njit(inline="always")
@@ -81,7 +82,7 @@ def _step(row, s, H, L, spec):
     wa = bitcast(load(row, 88 * s, 64), np.int16)
     wb = bitcast(load(row, 88 * s + 24, 64), np.int16)
     q = bitcast(Q50_QS(wa, wb), np.uint8)
-    blo, bhi = fifth_bits(row, 88 * s + 2, 22)
+    blo, bhi = fifth_bits(Q50_HL(wa, wb), Q50_HH(wa, wb))
     ia = pair_dot((q & np.uint8(15)) | blo, (q >> 4) | bhi, H, L, 128 * s)
     return ia, fp16_to_f32(Q50_D(wa, wb)), splat(np.float32(0.0), 4)
 

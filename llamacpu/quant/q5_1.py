@@ -64,6 +64,7 @@ PREFILL = 32, 16, True  # VNNI prefill: k-block columns, levels centred on 16, m
 # four blocks: A = the words at 96 s, B = the words at 96 s + 32
 Q51_QS, Q51_D, Q51_M = (shuffle2(four_blocks(24, 8, 8, 32)), shuffle2([w for w in four_blocks(24, 0, 1, 32) for _ in range(4)]),
                         shuffle2(four_blocks(24, 2, 1, 32)))
+Q51_HL, Q51_HH = shuffle2(four_blocks(24, 4, 1, 32)), shuffle2(four_blocks(24, 6, 1, 32))  # qh: low, high words
 
 
 @njit(inline="always")
@@ -71,7 +72,7 @@ def _step(row, s, H, L, spec):
     """Blocks 4s .. 4s + 3 (vnni.dot_4blocks), with their minimums."""
     wa = bitcast(load(row, 96 * s, 64), np.int16)
     wb = bitcast(load(row, 96 * s + 32, 64), np.int16)
-    blo, bhi = fifth_bits(row, 96 * s + 4, 24)
+    blo, bhi = fifth_bits(Q51_HL(wa, wb), Q51_HH(wa, wb))
     q = bitcast(Q51_QS(wa, wb), np.uint8)
     return pair_dot((q & np.uint8(15)) | blo, (q >> 4) | bhi, H, L, 128 * s), fp16_to_f32(Q51_D(wa, wb)), fp16_to_f32(Q51_M(wa, wb))
 

@@ -42,7 +42,7 @@ from numba import njit, prange
 
 from ..kernels.simd import (bit_bytes, bitcast, dpbusd, fma, hmax, hsum, hsum_int, load, load_splat, pshufb,
                             round_i32, shuffle, shuffle2, sitofp, splat, store, trunc, vmax)
-from .common import FASTMATH, KVALUES, u32_at
+from .common import FASTMATH, KVALUES
 
 Q16 = np.float32(32639.0)  # largest |x16|: (32639 + 128) >> 8 = 127 keeps H a signed byte
 XB = 32  # elements per x-block (two runs of 16)
@@ -270,7 +270,7 @@ def _prep_tokens(X, bk, z, centre, XH, XL, sxk, cck, xek):
     sxk      float32 [n4 * nkb]   x scale of each k-block (its x-block's)
     cck      float32 [n4 * nkb]   correction: -z * sum(x16) * sx (levels offset by z), plus z * sum(x)
                                   when `centre` (formats with minimums: levels centred on z, see _centre)
-    xek      float32 [n4 * nkb]   exact sum of x over each k-block (for minimums; bk = 32 only)
+    xek      float32 [n4 * nkb]   exact sum of x over each k-block (for minimums)
 
     Serial (about 1 ns per element, 1-2% of a matmul): a parallel function called from the parallel
     matmul kernels costs 0.25 ms per call in Numba's nested-launch path.
@@ -288,11 +288,16 @@ def _prep_tokens(X, bk, z, centre, XH, XL, sxk, cck, xek):
             b = kb // per
             s16 = r16[kb] if per == 2 else r16[2 * b] + r16[2 * b + 1]
             sxk[t * nkb + kb] = sx[b]
+            xs = xe[b]
+            if per == 2 and centre:  # the exact sum of x over this 16-column k-block
+                xs = np.float32(0.0)
+                for l in range(bk):
+                    xs += X[t, bk * kb + l]
             c = np.float32(-z) * np.float32(s16) * sx[b]
             if centre:
-                c += np.float32(z) * xe[b]
+                c += np.float32(z) * xs
             cck[t * nkb + kb] = c
-            xek[t * nkb + kb] = xe[b]
+            xek[t * nkb + kb] = xs
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -300,8 +305,8 @@ def mm_group(Wt, Dt, Mt, has_min, gpb, nkb, XH32, XL32, sxk, cck, xek, C4, n, n4
     """out[t, r0 : r0 + 16] for every token t, from one repacked group of 16 rows.
 
     Not inlined: called once per group (the call costs nothing), and compiled once per literal
-    (has_min, gpb) pair, shared by the formats: (False, 8) Q8_0 and Q4_0, (True, 8) Q4_1, Q4_K and
-    int4_g128, (False, 4) Q6_K. The literals matter: with a run-time gpb the k-group loop is not
+    (has_min, gpb) pair, shared by the formats: (False, 8) Q8_0, Q4_0 and the like, (True, 8) Q4_1, Q4_K,
+    int4_g128 and the like, (False, 4) Q6_K and Q3_K, (True, 4) Q2_K. The literals matter: with a run-time gpb the k-group loop is not
     unrolled and the kernel runs 40% slower."""
     for tq in range(n4 // MM_TOKENS):
         t0 = MM_TOKENS * tq
@@ -550,13 +555,10 @@ def four_blocks(size, field, words, b_off):
 
 
 @njit(inline="always")
-def fifth_bits(row, o, size):
-    """Bit 4 of the levels of four blocks of `size` bytes whose little-endian uint32 of fifth bits is at byte
-    o, o + size, ...: (low half, high half) as <64 x u8> of 0 or 16 in the step order of nibble_dot (byte
-    16k + j: element j of block k, and element 16 + j). Q5_0, Q5_1."""
-    h0, h1, h2, h3 = u32_at(row, o), u32_at(row, o + size), u32_at(row, o + 2 * size), u32_at(row, o + 3 * size)
-    lo = (h0 & 0xFFFF) | ((h1 & 0xFFFF) << 16) | ((h2 & 0xFFFF) << 32) | ((h3 & 0xFFFF) << 48)
-    hi = (h0 >> 16) | ((h1 >> 16) << 16) | ((h2 >> 16) << 32) | ((h3 >> 16) << 48)
+def fifth_bits(lo, hi):
+    """Bit 4 of the levels of four Q5_0 / Q5_1 blocks, given the low and the high 16-bit word of each block's
+    qh (<4 x i16> each, gathered by the step's shuffles): (low half, high half) as <64 x u8> of 0 or 16
+    in the step order of nibble_dot (byte 16k + j: element j of block k, and element 16 + j)."""
     return bit_bytes(lo, 64) & np.uint8(16), bit_bytes(hi, 64) & np.uint8(16)
 
 
@@ -599,8 +601,10 @@ def prefill_rows(block, put, pcfg, spec, blocks, X, out):
         _repack(block, put, spec, blocks, g0, nrows, nkb, Wt.view(np.uint32), Dt, Mt)
         # mm_group with literal (minimums, k-groups per k-block): with a run-time k-group count its loop is
         # not unrolled and the kernel runs 40% slower
-        if has_min:
+        if has_min and kcols == 32:
             mm_group(Wt, Dt, Mt, True, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, g0, nrows, tmpf)
+        elif has_min:
+            mm_group(Wt, Dt, Mt, True, 4, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, g0, nrows, tmpf)
         elif kcols == 32:
             mm_group(Wt, Dt, Mt, False, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, g0, nrows, tmpf)
         else:
