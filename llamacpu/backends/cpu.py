@@ -1,6 +1,8 @@
 """The CPU backend: NumPy arrays and the Numba kernels of `llamacpu.kernels`."""
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from ..kernels.attention import attention, attention_serial
@@ -8,6 +10,9 @@ from ..kernels.rmsnorm import rmsnorm, rmsnorm_serial
 from ..kernels.rope import rope, rope_serial
 from ..kernels.swiglu import swiglu, swiglu_serial
 from .base import Backend
+
+# Buffers at least this large (the KV cache) come from their own anonymous mapping in 4 KiB pages.
+LAZY_BYTES = 4 << 20
 
 # Below this much work (multiply-adds) a kernel runs on the calling thread: a parallel launch costs
 # tens of microseconds with the workqueue layer, more than a decode token's norm, RoPE or SwiGLU.
@@ -19,7 +24,22 @@ class CPUBackend(Backend):
 
     # ---- memory --------------------------------------------------------------------------------------
     def zeros(self, shape, dtype=np.float32):
-        return np.zeros(shape, dtype)
+        """Zero-filled array. A large one is an anonymous mapping advised against transparent huge pages:
+        NumPy advises huge pages for every allocation over 4 MiB, so the first write to a KV-cache head
+        faulted in (and zeroed) its whole 2 MiB slot range, which made a SmolLM2 cache of 8192 slots
+        resident at once (+360 MB RSS) and cost ~1.5 s on the first token here. With 4 KiB pages a cache
+        costs memory only as it fills."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes < LAZY_BYTES or not hasattr(mmap, "MADV_NOHUGEPAGE"):  # only Linux has THP
+            return np.zeros(shape, dtype)
+        # anonymous and private (a forked child gets its own copy on write): zero pages, mapped on first touch
+        try:
+            buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError as e:  # ENOMEM: as np.zeros would say it
+            raise MemoryError(f"cannot map {nbytes} bytes for an array {tuple(shape)}: {e}") from e
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+        return np.frombuffer(buf, dtype).reshape(shape)
 
     def upload(self, host: np.ndarray):
         """Host array -> backend array (here: the same array)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ..backends.cpu import CPUBackend
 from ..errors import InputError, UnsupportedError
 from ..kernels.slot_attention import slot_attention, slot_attention_serial
 from ..limits import check_allocation
@@ -33,8 +34,9 @@ class SlotCache:
         need = 2 * L * n_slots * KV * context * hd * 4
         check_allocation(need, f"a KV cache of {n_slots} slots x {context} tokens", InputError,
                          "use fewer slots or a smaller context", lazy=True)  # zero pages, filled as used
-        self.k = np.zeros((L, n_slots, KV, context, hd), np.float32)  # [layer, slot, kv_head, position, head_dim]
-        self.v = np.zeros((L, n_slots, KV, context, hd), np.float32)
+        zeros = CPUBackend().zeros  # 4 KiB pages: a slot costs memory only as it fills
+        self.k = zeros((L, n_slots, KV, context, hd))  # [layer, slot, kv_head, position, head_dim]
+        self.v = zeros((L, n_slots, KV, context, hd))
         self.scores = np.zeros((numba.config.NUMBA_NUM_THREADS, context), np.float32)  # attention scratch
         self.tokens: list[list[int]] = [[] for _ in range(n_slots)]  # the ids each slot holds, in order
         self.n_slots, self.context = n_slots, context
@@ -60,8 +62,6 @@ class SlotCache:
 
 
 def check_model(model) -> None:
-    from ..backends.cpu import CPUBackend
-
     if not isinstance(model.backend, CPUBackend):
         raise UnsupportedError("the generation engine runs on the CPU backend only")
     if model.config.rope_type == "dynamic":
