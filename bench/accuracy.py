@@ -6,7 +6,10 @@ fp32 is the reference: for stories260K its own F32 checkpoint; for SmolLM2, whos
 GGUF, the exact dequantization of that file (each format is then quantized from those fp32 weights,
 and "q4_1 (as stored)" is the file itself). Perplexity = exp(mean next-token NLL) over a fixed text,
 teacher-forced in one pass. Quantization follows llamacpu's policy: projections in the format,
-embedding/LM head in Q8_0, matrices whose widths do not fit the blocks fall back (reported).
+embedding/LM head in Q8_0, matrices whose widths do not fit the blocks fall back (reported). KL to
+fp32 = mean over positions of KL(fp32 || format) of the next-token distributions. For SmolLM2, two
+more int4_g128 rows: its clip search with plain squared error, and activation-aware (importance from
+512 tokens of the GPL-3 text, checkpoint/calibrate.py), both against the min-max default row.
 """
 import copy
 import sys
@@ -16,11 +19,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llamacpu import LlamaForCausalLM  # noqa: E402
+from llamacpu.checkpoint.calibrate import input_importance  # noqa: E402
 from llamacpu.checkpoint.quantize import quantize_weights  # noqa: E402
 from llamacpu.model.weights import DenseWeight  # noqa: E402
 from llamacpu.tokenizer.auto import AutoTokenizer  # noqa: E402
 
 FORMATS = ["q8_0", "q4_0", "q4_1", "q4_k", "int4_g128"]
+CALIBRATION_TEXT = "/usr/share/common-licenses/GPL-3"  # int4_g128's activation-aware rows (else STORY)
 STORY = (
     "Once upon a time, there was a little girl named Sue. She had a red ball that she loved very much. "
     "Every day she took the ball to the park and played with her friend Tom. One day the ball rolled into "
@@ -38,11 +43,21 @@ ESSAY = (
 )
 
 
-def perplexity(model, ids) -> float:
+def log_probs(model, ids) -> np.ndarray:
     logits = model(np.array([ids])).logits[0, :-1].astype(np.float64)
     z = logits - logits.max(-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-    return float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def perplexity(model, ids, ref_logp=None):
+    """exp(mean next-token NLL); with ref_logp (the fp32 model's log_probs) also the mean KL divergence
+    KL(fp32 || model) over the positions, a steadier measure of a format's damage than perplexity on a
+    short text (llama-perplexity's --kl-divergence)."""
+    logp = log_probs(model, ids)
+    ppl = float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))
+    if ref_logp is None:
+        return ppl
+    return ppl, float((np.exp(ref_logp) * (ref_logp - logp)).sum(-1).mean())
 
 
 def dequantized(model):
@@ -65,24 +80,38 @@ def dequantized(model):
     return m
 
 
-def table(name, base, ids, extra_rows=()):
-    rows = []
+def table(name, base, ids, extra_rows=(), calibration=None):
+    """calibration: token ids (another text than `ids`) for int4_g128's activation-aware clip search."""
+    ref_logp = log_probs(base, ids)
     ref = perplexity(base, ids)
-    rows.append(("fp32", ref, base.weights.nbytes, ""))
-    rows.extend(extra_rows)
-    for fmt in FORMATS:
+    rows = [("fp32", ref, 0.0, base.weights.nbytes, "")]
+    rows.extend((fmt, *perplexity(m, ids, ref_logp), m.weights.nbytes, note) for fmt, m, note in extra_rows)
+
+    def quantized(fmt, importance=None):
         m = copy.copy(base)
-        m.weights, chosen = quantize_weights(copy.deepcopy(base.weights), fmt)
+        m.weights, chosen = quantize_weights(copy.deepcopy(base.weights), fmt, importance=importance)
         m._workspace = None
         m._cache = None
+        return m, chosen
+
+    for fmt in FORMATS:
+        m, chosen = quantized(fmt)
         fallbacks = sorted({f"{k.split('.')[-1]}->{v or 'f32'}" for k, v in chosen.items()
                             if k not in ("embed", "lm_head") and v != fmt})
-        rows.append((fmt, perplexity(m, ids), m.weights.nbytes, ", ".join(fallbacks)))
+        rows.append((fmt, *perplexity(m, ids, ref_logp), m.weights.nbytes, ", ".join(fallbacks)))
+    if calibration is not None:
+        importance = input_importance(base, calibration)
+        flat = {k: np.ones_like(v) for k, v in importance.items()}
+        for label, imp, note in [("int4_g128, clip search (unweighted)", flat, "plain squared error of the weights"),
+                                 ("int4_g128, clip search (activation-aware)", importance,
+                                  f"importance from {len(calibration)} calibration tokens of another text")]:
+            m, _ = quantized("int4_g128", imp)
+            rows.append((label, *perplexity(m, ids, ref_logp), m.weights.nbytes, note))
     print(f"\n### {name} ({len(ids)} tokens)\n")
-    print("| format | perplexity | vs fp32 | weight memory | fallbacks |")
-    print("| --- | --- | --- | --- | --- |")
-    for fmt, ppl, nbytes, note in rows:
-        print(f"| {fmt} | {ppl:.4f} | {100 * (ppl / ref - 1):+.2f}% | {nbytes / 2**20:.2f} MiB | {note} |")
+    print("| format | perplexity | vs fp32 | KL to fp32 | weight memory | fallbacks / notes |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for fmt, ppl, kl, nbytes, note in rows:
+        print(f"| {fmt} | {ppl:.4f} | {100 * (ppl / ref - 1):+.2f}% | {kl:.4f} | {nbytes / 2**20:.2f} MiB | {note} |")
 
 
 def main():
@@ -103,8 +132,10 @@ def main():
     tok = AutoTokenizer.from_pretrained(path)
     ids = tok.encode(ESSAY)
     base = dequantized(stored)
+    gpl = Path(CALIBRATION_TEXT)
+    calibration = tok.encode(gpl.read_text()[:4000])[:512] if gpl.is_file() else tok.encode(STORY)
     table("SmolLM2-135M-Instruct (fp32 = the Q4_1 file dequantized)", base, ids,
-          extra_rows=[("q4_1 (as stored)", perplexity(stored, ids), stored.weights.nbytes, "")])
+          extra_rows=[("q4_1 (as stored)", stored, "")], calibration=np.array(calibration))
 
 
 if __name__ == "__main__":

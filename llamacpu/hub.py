@@ -48,17 +48,26 @@ def resolve_model(model: str | os.PathLike | None, revision: str | None = None, 
     path = Path(model).expanduser()
     if path.exists():
         return path
-    name = str(model)
-    quant = None
-    if ":" in name and "/" in name.split(":", 1)[0]:  # org/name:Q4_K_M, as llama.cpp's -hf
-        name, quant = name.split(":", 1)
-    if "@" in name and revision is None:
-        name, revision = name.split("@", 1)
+    name, rev, quant = split_repo_spec(str(model))
+    revision = revision if revision is not None else rev
     if not could_be_repo_id(name):
         raise CheckpointError(f"{model}: no such file or folder (and not a Hugging Face repo id 'org/name')")
     if quant and not gguf_file:
         return download_quant(name, revision, quant)
     return download(name, revision, gguf_file)
+
+
+def split_repo_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """'org/name[:QUANT][@REV]' (or '@REV:QUANT') -> (org/name, revision, quant); the one parser of
+    MODEL strings for the CLI's check and resolve_model. QUANT is llama.cpp's -hf form (repo:Q4_K_M)."""
+    name, rev, quant = spec, None, None
+    if ":" in name and "/" in name.split(":", 1)[0]:
+        name, quant = name.split(":", 1)
+        if "@" in quant:
+            quant, rev = quant.split("@", 1)
+    if "@" in name:
+        name, rev = name.split("@", 1)
+    return name, rev, quant
 
 
 def pick_gguf(names: list[str], quant: str) -> str | None:

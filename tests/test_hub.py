@@ -85,6 +85,7 @@ def test_repo_colon_quant_picks_the_matching_gguf(tmp_path, llama3_gguf):
     llama3 = llama3_gguf
     shutil.copy(llama3, snap / "tiny-Q8_0.gguf")
     shutil.copy(llama3, snap / "tiny-F32.gguf")
+
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "home"))
     code = ("from llamacpu.hub import resolve_model; from llamacpu import CheckpointError\n"
             "print(resolve_model('llamacpu-test/gguf:q8_0').name)\n"
@@ -98,3 +99,26 @@ def test_repo_colon_quant_picks_the_matching_gguf(tmp_path, llama3_gguf):
     assert lines[0] == "tiny-Q8_0.gguf"
     assert lines[1] == "True"  # from_pretrained takes the same form
     assert lines[2].startswith("error") and "Q2_K" in lines[2]
+    # the CLI takes the same form as MODEL and as llama.cpp's -hf, through the same resolver
+    replies = []
+    for how in ([str(snap / "tiny-Q8_0.gguf")], ["-hf", "llamacpu-test/gguf:Q8_0"], ["llamacpu-test/gguf:q8_0"]):
+        cli = subprocess.run([sys.executable, "-m", "llamacpu.cli", "generate", *how, "-p", "Hello", "-n", "3",
+                              "--temp", "0", "--ignore-eos", "--quiet", "--no-echo"],
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert cli.returncode == 0, cli.stderr
+        replies.append(cli.stdout)
+    assert replies[0].strip() and replies[1] == replies[0] and replies[2] == replies[0]  # the same file
+    cli = subprocess.run([sys.executable, "-m", "llamacpu.cli", "generate", "-hf", "llamacpu-test/gguf:Q2_K", "-n", "1"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert cli.returncode == 1 and "Q2_K" in cli.stderr and "Traceback" not in cli.stderr
+
+
+def test_repo_spec_parts():
+    from llamacpu.hub import split_repo_spec
+
+    assert split_repo_spec("org/name") == ("org/name", None, None)
+    assert split_repo_spec("org/name:Q4_K_M") == ("org/name", None, "Q4_K_M")
+    assert split_repo_spec("org/name@v1") == ("org/name", "v1", None)
+    assert split_repo_spec("org/name@v1:q8_0") == ("org/name", "v1", "q8_0")
+    assert split_repo_spec("org/name:Q8_0@v1") == ("org/name", "v1", "Q8_0")
+    assert split_repo_spec("model:v2") == ("model:v2", None, None)  # no "/" before the colon: not a quant suffix

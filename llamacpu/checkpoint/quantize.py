@@ -13,6 +13,9 @@ Policy (`quantize_weights`):
 """
 from __future__ import annotations
 
+import inspect
+
+import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, InputError
@@ -37,7 +40,10 @@ def choose_format(fmt: str, cols: int) -> str | None:
     return None
 
 
-def quantize_weight(w, fmt: str):
+def quantize_weight(w, fmt: str, importance=None):
+    """-> (the weight in fmt or its fallback, the format chosen). importance: float32 [in_features], the
+    mean squared input per column (checkpoint/calibrate.py), used by formats whose quantizer takes it
+    (int4_g128's clip search), ignored by the others."""
     chosen = choose_format(fmt, w.shape[1])
     if chosen is None or chosen == w.dtype:
         return w, chosen
@@ -47,6 +53,10 @@ def quantize_weight(w, fmt: str):
         _warn_requantize(w.dtype, chosen)
     with KERNEL_LOCK:  # dequantize may launch a parallel kernel (see llamacpu.runtime)
         dense = w.dequantize()
+    fmt_ = get_format(chosen)
+    if importance is not None and "importance" in inspect.signature(fmt_.quantize).parameters:
+        return QuantizedWeight(fmt_, fmt_.quantize(np.ascontiguousarray(dense, np.float32), importance=importance),
+                               dense.shape), chosen
     return QuantizedWeight.quantize(chosen, dense), chosen
 
 
@@ -59,8 +69,11 @@ def _warn_requantize(stored: str, target: str, _seen=set()) -> None:
                       f"roundings add up (load a float checkpoint for the best {target} model)", stacklevel=4)
 
 
-def quantize_weights(weights: LlamaWeights, fmt: str, progress: bool = False) -> tuple[LlamaWeights, dict]:
-    """Quantize in place (see the policy above). Returns the weights and {name: format or None}."""
+def quantize_weights(weights: LlamaWeights, fmt: str, progress: bool = False,
+                     importance: dict | None = None) -> tuple[LlamaWeights, dict]:
+    """Quantize in place (see the policy above). Returns the weights and {name: format or None}.
+    importance: {"layers.{i}.{projection}": [in_features]} from checkpoint.calibrate.input_importance
+    (activation-aware rounding for the formats that use it: int4_g128)."""
     fmt = get_format(fmt).name
     if fmt not in FALLBACK:
         raise InputError(f"quantization: {fmt!r} cannot be used at load; choose one of {sorted(FALLBACK)}")
@@ -76,7 +89,7 @@ def quantize_weights(weights: LlamaWeights, fmt: str, progress: bool = False) ->
         weights.lm_head, chosen["lm_head"] = quantize_weight(weights.lm_head, HEAD_FORMAT)
     bar.update()
     for name, layer, attr, f in jobs:
-        q, chosen[name] = quantize_weight(getattr(layer, attr), f)
+        q, chosen[name] = quantize_weight(getattr(layer, attr), f, (importance or {}).get(name))
         setattr(layer, attr, q)
         bar.update()
     bar.close()

@@ -25,15 +25,16 @@ from ..limits import read_json
 from ..quant import QuantizedWeight
 from .hf import NAME_TABLE
 from .load import load
-from .quantize import FORMAT_VERSION, PROJECTIONS
+from .quantize import FORMAT_VERSION, PROJECTIONS, quantize_weights
 from .writer import write_safetensors
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "generation_config.json", "chat_template.jinja")
 
 
-def quantize_checkpoint(src, dst, fmt: str, progress: bool = False) -> Path:
-    """Write DST: SRC (a float checkpoint folder) quantized to `fmt` in llamacpu's format."""
+def quantize_checkpoint(src, dst, fmt: str, progress: bool = False, importance: dict | None = None) -> Path:
+    """Write DST: SRC (a float checkpoint folder) quantized to `fmt` in llamacpu's format. importance:
+    checkpoint.calibrate.input_importance of SRC's model (activation-aware rounding, int4_g128)."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise CheckpointError(f"{src}: quantize reads a checkpoint folder (config.json + safetensors)")
@@ -43,7 +44,8 @@ def quantize_checkpoint(src, dst, fmt: str, progress: bool = False) -> Path:
         raise InputError(f"{dst} exists and is not empty")
     if dst.resolve() == src.resolve():
         raise InputError(f"{dst}: the destination is the source folder")
-    config, weights, tensors = load(src, quantization=fmt, progress=progress)
+    config, weights, tensors = load(src, progress=progress)
+    weights, _ = quantize_weights(weights, fmt, progress=progress, importance=importance)
     # Written into a temporary folder beside DST and renamed when complete: a failure (disk full, a file
     # size limit, Ctrl-C) leaves no partial DST, and SRC is only ever read.
     try:

@@ -192,9 +192,9 @@ def validate(args) -> None:
 
 def check_model_argument(model: str) -> None:
     """A name that can only be a local path must exist here: it is never sent to the Hub."""
-    from ..hub import could_be_repo_id
+    from ..hub import could_be_repo_id, split_repo_spec
 
-    if not Path(model).expanduser().exists() and not could_be_repo_id(model.split("@", 1)[0]):
+    if not Path(model).expanduser().exists() and not could_be_repo_id(split_repo_spec(model)[0]):
         raise InputError(f"{model}: no such file or folder; MODEL is a local folder, a .gguf file, "
                          "or a Hugging Face repo id 'org/name'")
 
