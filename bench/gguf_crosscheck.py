@@ -99,9 +99,10 @@ def random_source(path: Path, smol: Path) -> Path:
     return write_gguf(path, cfg, shapes, tensor, meta, "F16", name="random-llama-512")
 
 
-def prompt(model: str, smol: Path) -> np.ndarray:
+def prompt(model: str, smol: Path, text: str | None = None, tokens: int = 0) -> np.ndarray:
     if model == "smollm2":
-        return np.array(AutoTokenizer.from_pretrained(smol).encode(STORY + " " + ESSAY), np.int64)
+        ids = AutoTokenizer.from_pretrained(smol).encode(text if text is not None else STORY + " " + ESSAY)
+        return np.array(ids[:tokens] if tokens else ids, np.int64)
     return np.random.default_rng(0).integers(0, 49152, 128).astype(np.int64)
 
 
@@ -154,6 +155,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mixes", default=",".join(MIXES))
     ap.add_argument("--models", default="smollm2,random")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--text", type=Path, help="SmolLM2 reads this file instead of the two paragraphs "
+                    "(more positions: a tighter top-1 estimate)")
+    ap.add_argument("--tokens", type=int, default=0, help="with --text: its first N tokens")
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     smol = default_model()
@@ -166,7 +170,7 @@ def main(argv=None) -> int:
                 quantize_to_gguf(smol, src, "F16")
             else:
                 random_source(src, smol)
-        ids = prompt(model, smol)
+        ids = prompt(model, smol, args.text.read_text() if args.text else None, args.tokens)
         for mix in [m for m in args.mixes.split(",") if m and m != "none"]:
             path = args.workdir / f"{model}-llamacpp-{mix}.gguf"
             if not path.exists():

@@ -100,6 +100,7 @@ class LlamaConfig:
             raise ConfigError(f"head_dim: RoPE needs an even head dimension, found {self.head_dim}")
         if not _positive_number(self.rms_norm_eps):
             raise ConfigError(f"rms_norm_eps: expected a positive number, found {self.rms_norm_eps!r}")
+        self.rms_norm_eps = float(self.rms_norm_eps)  # the kernels take a float (an int of 2**64 fits no int64)
         if not _positive_number(self.rope_theta):
             raise ConfigError(f"rope_theta: expected a positive number, found {self.rope_theta!r}")
         if self.hidden_act != "silu":

@@ -163,7 +163,7 @@ def test_threads_share_one_engine(stories, engine):
 
 def test_json_schema_constraint(stories, engine):
     jsonschema = pytest.importorskip("jsonschema")
-    from llamacpu.serving.structured import Constraint
+    from llamacpu.generation.structured import Constraint
 
     model, tok = stories
     schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10},

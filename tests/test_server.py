@@ -200,6 +200,30 @@ def test_malformed_requests(server):
     assert server.request("POST", "/v1/chat/completions", raw=b"[" * 100_000, headers=auth)[0] == 400
     assert server.request("POST", "/v1/chat/completions", raw=b"{" + b" " * (5 << 20) + b"}", headers=auth)[0] == 413
     assert server.request("POST", "/v1/chat/completions", {"model": "stories", "messages": "hi"}, auth)[0] == 400
+    assert server.health()["status"] == "ok"
+
+
+def test_request_limits(server):
+    """Bodies are bounded before anything reads them: nesting (llamacpu.limits.MAX_JSON_DEPTH, valid JSON
+    that json.loads would accept) and size, with or without a Content-Length (chunked upload)."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+
+    def nested(depth):
+        return b'{"model": "stories", "prompt": "x", "max_tokens": 2, "user": ' + b"[" * depth + b"]" * depth + b"}"
+
+    status, raw = server.request("POST", "/v1/completions", raw=nested(150), headers=auth)
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "body" and "nested deeper than 100" in err["message"]
+    status, raw = server.request("POST", "/v1/completions", raw=nested(20), headers=auth)
+    assert status == 200 and json.loads(raw)["choices"][0]["text"]  # shallow nesting is fine (`user` is ignored)
+    status, raw = server.request("POST", "/v1/completions", raw=b'{"max_tokens": ' + b"9" * 5000 + b"}", headers=auth)
+    assert status == 400 and json.loads(raw)["error"]["param"] == "body"
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)  # chunked: no Content-Length
+    conn.request("POST", "/v1/completions", body=iter([b'{"prompt": "'] + [b"x" * (1 << 20)] * 4 + [b'x"}']),
+                 headers={"Content-Type": "application/json", **auth}, encode_chunked=True)
+    r = conn.getresponse()
+    assert r.status == 413 and json.loads(r.read())["error"]["type"] == "invalid_request_error"
+    conn.close()
     assert server.request("GET", "/v1/nothing-here", headers=auth)[0] == 404
     with pytest.raises(openai.BadRequestError):
         server.client().chat.completions.create(model="stories", messages=[{"role": "user", "content": "x"}],

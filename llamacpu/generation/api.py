@@ -52,15 +52,25 @@ def generation_settings(model, input_len: int, generation_config=None, kwargs=No
 
 
 def generate(model, input_ids, attention_mask=None, streamer=None, tokenizer=None, generation_config=None,
-             **kwargs):
+             json_schema=None, regex: str | None = None, grammar: str | None = None, **kwargs):
     """transformers' generate(): -> int64 [B * num_return_sequences, T + new], or a
-    GenerateDecoderOnlyOutput / GenerateBeamDecoderOnlyOutput with return_dict_in_generate=True."""
+    GenerateDecoderOnlyOutput / GenerateBeamDecoderOnlyOutput with return_dict_in_generate=True.
+    json_schema (a dict) / regex / grammar (Lark, llguidance's dialect): every row's new tokens follow it
+    (llamacpu.generation.structured; needs tokenizer= and the llguidance package); a row ends when its
+    text is complete."""
     from ..model.inputs import as_batch
 
     ids, mask = as_batch(input_ids, attention_mask, model.config.vocab_size)
     config = generation_settings(model, ids.shape[1], generation_config, kwargs)
     if config.stop_strings and tokenizer is None:
         raise InputError("stop_strings need the tokenizer: generate(..., stop_strings=[...], tokenizer=tok)")
+    constrained = any(g is not None for g in (json_schema, regex, grammar))
+    if constrained:
+        if tokenizer is None:
+            raise InputError("json_schema / regex / grammar need the tokenizer: generate(..., tokenizer=tok)")
+        if config.num_beams > 1 or config.output_scores or config.output_logits:
+            raise UnsupportedError("structured output (json_schema / regex / grammar) samples row by row: it "
+                                   "cannot be combined with num_beams > 1, output_scores or output_logits")
     if config.num_beams > 1:
         if streamer is not None or config.stop_strings or config.do_sample:
             raise UnsupportedError("beam search in llamacpu is deterministic and unstreamed: num_beams > 1 "
@@ -71,6 +81,12 @@ def generate(model, input_ids, attention_mask=None, streamer=None, tokenizer=Non
     if config.num_return_sequences > 1:  # sampling: each prompt repeated, rows drawn independently
         ids = np.repeat(ids, config.num_return_sequences, axis=0)
         mask = np.repeat(mask, config.num_return_sequences, axis=0)
+    constraints = None
+    if constrained:  # one grammar state per row, built after the rows are repeated
+        from .structured import Constraint, cached_ll_tokenizer
+
+        lt = cached_ll_tokenizer(tokenizer, model.config.vocab_size, config.eos_token_id)
+        constraints = [Constraint(lt, json_schema=json_schema, regex=regex, lark=grammar) for _ in range(len(ids))]
     sampler = Sampler(config)
     # a returned cache must be the call's own, not the model's shared static one
     cache = model.new_cache(ids.shape[0]) if config.return_dict_in_generate else None
@@ -78,7 +94,8 @@ def generate(model, input_ids, attention_mask=None, streamer=None, tokenizer=Non
     if streamer is not None:
         streamer.put(ids)
     try:
-        for nxt in generate_tokens(model, ids, mask, config, cache=cache, tokenizer=tokenizer, sampler=sampler):
+        for nxt in generate_tokens(model, ids, mask, config, cache=cache, tokenizer=tokenizer, sampler=sampler,
+                                   constraints=constraints):
             columns.append(nxt[:, None])
             if config.output_scores:
                 scores.append(sampler.last_scores.astype(np.float32))

@@ -48,11 +48,13 @@ def model_defaults(model) -> dict:
 
 
 def generate_tokens(model, input_ids, attention_mask, config: GenerationConfig, cache=None,
-                    tokenizer=None, history=None, sampler=None) -> Iterator[np.ndarray]:
+                    tokenizer=None, history=None, sampler=None, constraints=None) -> Iterator[np.ndarray]:
     """Yield the next token of every row, int64 [B], until max_new_tokens, all rows at EOS, or a stop
     string. Finished rows get pad_token_id. `cache` defaults to an empty one lent for this call; a
     cache that already holds a prefix gets input_ids appended (chat reuses the shared history so),
-    and `history` then lists each row's earlier ids for the repetition penalty."""
+    and `history` then lists each row's earlier ids for the repetition penalty. `constraints`: one
+    structured-output grammar state per row (llamacpu.generation.structured.Constraint); a row ends when
+    its grammar is complete."""
 
     ids, mask = as_batch(input_ids, attention_mask, model.config.vocab_size)
     batch = ids.shape[0]
@@ -63,13 +65,13 @@ def generate_tokens(model, input_ids, attention_mask, config: GenerationConfig, 
         cache.check_room(ids.shape[1] + max(config.max_new_tokens - 1, 0))
         if config.max_new_tokens == 0:
             return
-        yield from _decode(model, ids, mask, config, cache, tokenizer, history, sampler)
+        yield from _decode(model, ids, mask, config, cache, tokenizer, history, sampler, constraints)
     finally:
         if own:
             model.give_back_cache(cache)
 
 
-def _decode(model, ids, mask, config, cache, tokenizer, history, sampler=None):
+def _decode(model, ids, mask, config, cache, tokenizer, history, sampler=None, constraints=None):
     batch = ids.shape[0]
     stops = StopStrings(config.stop_strings, tokenizer, batch) if config.stop_strings else None
     earlier = history if history is not None else [[]] * batch  # per row: ids before input_ids
@@ -80,15 +82,33 @@ def _decode(model, ids, mask, config, cache, tokenizer, history, sampler=None):
     done = np.zeros(batch, bool)
     logits = model.next_token_logits(ids, mask, cache)
     for step in range(config.max_new_tokens):
-        nxt = np.where(done, config.pad_token_id, sampler(logits, history))
+        if constraints is None:
+            nxt = np.where(done, config.pad_token_id, sampler(logits, history))
+        else:
+            nxt = _constrained(logits, history, done, constraints, sampler, config.pad_token_id)
         yield nxt
         done |= np.isin(nxt, eos)
+        if constraints is not None:
+            done |= np.array([c.done() for c in constraints])
         if stops is not None:
             done |= stops.update(nxt, done)
         if done.all() or step == config.max_new_tokens - 1:
             return
         history = [np.append(h, t) for h, t in zip(history, nxt)]
         logits = model.next_token_logits(nxt[:, None], np.ones((batch, 1), np.uint8), cache)
+
+
+def _constrained(logits, history, done, constraints, sampler, pad) -> np.ndarray:
+    """One step under per-row grammars: each live row's token drawn under its mask by the call's sampler
+    (row by row, in order: a seed gives the same tokens every run), then fed to its grammar."""
+    from .structured import sample_allowed
+
+    nxt = np.full(len(constraints), pad, np.int64)
+    for b, c in enumerate(constraints):
+        if not done[b]:
+            nxt[b] = sample_allowed(c, logits[b], lambda z: sampler(z, [history[b]])[0])
+            c.advance(int(nxt[b]))
+    return nxt
 
 
 def generate(model, input_ids, attention_mask=None, streamer=None, tokenizer=None, **kwargs) -> np.ndarray:

@@ -18,6 +18,8 @@ and call one tiny intrinsic per instruction:
     round_i32(v)             float32 lanes rounded to nearest-even int32 lanes
     hsum(v), hsum_int(v)     the sum of the lanes (float: reassociated into one reduction tree)
     shuffle(mask), shuffle2(mask)   factories of constant shuffles: shuffle(m)(a), shuffle2(m)(a, b)
+    bit_bytes(m, n)          <n x u8>: 0xFF where bit i of the integer m is set (AVX512-BW)
+    pshufb(table, idx)       16-entry byte lookup per 16-byte lane (AVX2 / AVX512-BW)
     dpbusd(acc, u8, s8)      VNNI: acc[i] += sum_k u8[4i + k] * s8[4i + k]  (u8 unsigned, s8 signed bytes)
     dpwssd(acc, a16, b16)    VNNI: acc[i] += a16[2i] * b16[2i] + a16[2i + 1] * b16[2i + 1]  (signed words)
     dpbf16ps(acc, a, b)      AVX512-BF16: acc[i] += a[2i] * b[2i] + a[2i + 1] * b[2i + 1]  (bf16 bits as i16)
@@ -458,6 +460,45 @@ def shuffle2(mask):
         return VecType(a.dtype, len(mask))(a, b), codegen
 
     return shuf
+
+
+@intrinsic
+def bit_bytes(typingctx, m, n):
+    """<n x u8> from the low n bits of the integer m (or of a vector of n bits): lane i = 0xFF where bit i is
+    set, else 0 (n = 32 or 64, a literal; kmov + vpmovm2b)."""
+    nn = _lit(n)
+    if nn not in (32, 64):
+        return None
+    if isinstance(m, VecType) and isinstance(m.dtype, types.Integer) and m.n * m.dtype.bitwidth == nn:
+        width = nn  # a vector of exactly n bits (e.g. <4 x i16> for 64): its bits in lane order
+    elif isinstance(m, types.Integer) and m.bitwidth >= nn:
+        width = m.bitwidth
+    else:
+        return None
+
+    def codegen(context, builder, sig, args):
+        bits = builder.bitcast(args[0], ir.IntType(nn)) if isinstance(m, VecType) else args[0]
+        if width > nn:
+            bits = builder.trunc(bits, ir.IntType(nn))
+        return builder.sext(builder.bitcast(bits, ir.VectorType(ir.IntType(1), nn)), ir.VectorType(ir.IntType(8), nn))
+
+    return VecType(types.uint8, nn)(m, n), codegen
+
+
+@intrinsic
+def pshufb(typingctx, table, idx):
+    """A 16-entry byte lookup: lane i = table[16 (i // 16) + idx[i]] for idx lanes in 0..15 (vpshufb: the
+    table repeated in every 16-byte lane). <32 x u8> or <64 x u8> (AVX2 / AVX512-BW)."""
+    if not (isinstance(table, VecType) and table == idx and table.dtype.bitwidth == 8 and table.n in (32, 64)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = ir.VectorType(ir.IntType(8), table.n)
+        name = "llvm.x86.avx512.pshuf.b.512" if table.n == 64 else "llvm.x86.avx2.pshuf.b"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty]), name)
+        return builder.call(fn, [args[0], args[1]])
+
+    return table(table, idx), codegen
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,9 @@ from numba import njit
 from ..errors import InputError
 from ..kernels.halfbits import f16_to_f32
 
+# IQ4_NL's and IQ4_XS's 16 levels (ggml's kvalues_iq4nl), indexed by 4-bit codes
+KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
+
 # Fast-math flags of the quantized kernels: `contract` lets LLVM fuse multiply-adds, `reassoc` lets
 # it vectorize the dot products of matmul. No `nnan`/`ninf`: a NaN in the weights or activations
 # must still come out as NaN.

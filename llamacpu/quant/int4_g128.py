@@ -198,10 +198,10 @@ def decode_block(row, b, dst, xb, dot):
 
 
 @njit(inline="always")
-def _step(row, g, H, L):
+def _step(row, g, H, L, spec):
     """Group g (vnni.dot_4blocks): its scale on all 16 lanes, its minimum for its 4 x-blocks."""
     o = g * 68
-    return nibble_dot(load(row, o + 4, 64), H, L, 128 * g), splat(f16_at(row, o), 16), splat(f16_at(row, o + 2), 4)
+    return nibble_dot(load(row, o + 4, 64), H, L, 128 * g, False), splat(f16_at(row, o), 16), splat(f16_at(row, o + 2), 4)
 
 
 @njit(inline="always")
@@ -214,7 +214,7 @@ def prefill_block(row, kb, spec):
     return q & np.uint8(15) if j < 2 else q >> 4, f16_at(row, o), f16_at(row, o + 2)
 
 
-VNNI = True, GROUP128, TYPE_SIZE  # the family vnni.setup_4blocks / dot_4blocks: minimums, layout, step bytes
+VNNI = True, GROUP128, 8, False, TYPE_SIZE  # vnni.setup_4blocks / dot_4blocks: minimums, layout, centre, table, step bytes
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)

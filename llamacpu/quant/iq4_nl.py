@@ -20,18 +20,19 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit
 
-from .common import as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put
+from .common import FASTMATH, KVALUES, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put
+from .q4_0 import prefill_block, step
+from .vnni import NIBBLE32, dot_4blocks, dot4_4blocks, matmul, put8, setup_4blocks
 
 ID = 11  # this format's index in kernels.MODULES
 NAME = "iq4_nl"
 GGML_TYPE = GGMLQuantizationType.IQ4_NL
 BLOCK = 32
 TYPE_SIZE = 18
-KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
+_KV = KVALUES.astype(np.float32)  # the table (common.KVALUES: IQ4_XS shares it)
+_MID = (_KV[1:] + _KV[:-1]) / np.float32(2)  # decision boundaries of best_index_int8
 NTRY = 7
 GROUP_MAX_EPS = 1e-15
-_KV = KVALUES.astype(np.float32)
-_MID = (_KV[1:] + _KV[:-1]) / np.float32(2)  # decision boundaries of best_index_int8
 
 
 def best_index(v: np.ndarray) -> np.ndarray:
@@ -109,3 +110,18 @@ def decode_block(row, b, dst, xb, dot):
         v = np.int32(qs[j])
         put(lo, j, d * np.float32(KV[v & 15]), xlo, dot)
         put(hi, j, d * np.float32(KV[v >> 4]), xhi, dot)
+
+
+# ---------------------------------------------------------------------------------------------
+# VNNI (see vnni.py): Q4_0's layout, so Q4_0's step and prefill block, with the codes looked up in the
+# table as unsigned bytes KVALUES + 128 (vnni.NL_LEVELS: one vpshufb per 64 codes), offset 128.
+# ---------------------------------------------------------------------------------------------
+
+VNNI = False, NIBBLE32, 128, True, 4 * TYPE_SIZE  # vnni.setup_4blocks / dot_4blocks: minimums, layout, level offset, table, step bytes
+PREFILL = 32, 128, False  # VNNI prefill: k-block columns, level offset (KVALUES + 128), minimums
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
+    """Its kernel (vnni.matmul): Q4_0's with the table lookup."""
+    matmul(setup_4blocks, dot_4blocks, dot4_4blocks, step, VNNI, 4, decode_block, prefill_block, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)

@@ -21,8 +21,10 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit
 
-from .common import as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
+from ..kernels.simd import bitcast, load, sitofp, splat
+from .common import FASTMATH, as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows, u32_at
 from .iq4_nl import KV, best_index, pack4, search, unpack4
+from .vnni import NIBBLE32, dot_4blocks, dot4_4blocks, matmul, nibble_dot, nibble_levels, put8, setup_4blocks
 
 ID = 12  # this format's index in kernels.MODULES
 NAME = "iq4_xs"
@@ -81,16 +83,21 @@ def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
 
 
 @njit(inline="always")
+def scale_at(row, o, s):
+    """The signed scale ls[s] - 32 of sub-block s of the super-block at byte o, as int32."""
+    sh = np.int32(row[o + 2]) | (np.int32(row[o + 3]) << 8)
+    return (((np.int32(row[o + 4 + (s >> 1)]) >> (4 * (s & 1))) & 15) | (((sh >> (2 * s)) & 3) << 4)) - 32
+
+
+@njit(inline="always")
 def decode_block(row, i, dst, xb, dot):
     """Super-block i of a row (uint8 [C // 256 * 136]) into dst float32 [256] (see common.put)."""
     sub = dst.shape[0] // 8  # 32, from the shapes (see q8_0)
     h = sub // 2
     o = i * TYPE_SIZE
     d = f16_at(row, o)
-    sh = np.int32(row[o + 2]) | (np.int32(row[o + 3]) << 8)
     for s in range(8):
-        ls = ((np.int32(row[o + 4 + (s >> 1)]) >> (4 * (s & 1))) & 15) | (((sh >> (2 * s)) & 3) << 4)
-        dl = d * np.float32(ls - 32)
+        dl = d * np.float32(scale_at(row, o, s))
         qs = row[o + 8 + h * s: o + 8 + h * s + h]
         e = sub * s
         lo, hi, xlo, xhi = dst[e: e + h], dst[e + h: e + sub], xb[e: e + h], xb[e + h: e + sub]
@@ -98,3 +105,41 @@ def decode_block(row, i, dst, xb, dot):
             v = np.int32(qs[j])
             put(lo, j, dl * np.float32(KV[v & 15]), xlo, dot)
             put(hi, j, dl * np.float32(KV[v >> 4]), xhi, dot)
+
+
+# ---------------------------------------------------------------------------------------------
+# VNNI (see vnni.py): IQ4_NL's table (vnni.nibble_dot) in the 4-block family: a step is half a super-block,
+# four sub-blocks whose 64 bytes of codes are contiguous, low nibbles the first 16 elements of each
+# (NIBBLE32 activations, no gathering); the four 6-bit scales unpacked with per-lane shifts.
+# ---------------------------------------------------------------------------------------------
+
+VNNI = False, NIBBLE32, 128, True, TYPE_SIZE // 2  # vnni.setup_4blocks / dot_4blocks: minimums, layout, level offset, table, step bytes (rows are whole super-blocks: never a tail step)
+PREFILL = 32, 128, False  # VNNI prefill: k-blocks of a sub-block, level offset (KVALUES + 128), minimums
+# 4 s for the sub-block s = 4 h + i // 4 of lane i, for the halves h = 0, 1: where its low 4 scale bits are
+XS_SHIFTS = np.array([4 * (4 * h + i // 4) for h in range(2) for i in range(16)], np.uint32)
+
+
+@njit(inline="always")
+def _step(row, s, H, L, spec):
+    """Half s & 1 of super-block s >> 1 (vnni.dot_4blocks): its four sub-blocks' scales d * (ls - 32), 4 lanes each."""
+    o = 136 * (s >> 1)
+    k4 = load(XS_SHIFTS, 16 * (s & 1), 16)
+    lo = (splat(np.uint32(u32_at(row, o + 4)), 16) >> k4) & np.uint32(15)
+    hi = (splat(np.uint32(np.int32(row[o + 2]) | (np.int32(row[o + 3]) << 8)), 16) >> (k4 >> 1)) & np.uint32(3)
+    dl = sitofp(bitcast(lo | (hi << 4), np.int32) - np.int32(32)) * splat(f16_at(row, o), 16)
+    return nibble_dot(load(row, o + 8 + 64 * (s & 1), 64), H, L, 128 * s, True), dl, splat(np.float32(0.0), 4)
+
+
+@njit(inline="always")
+def prefill_block(row, kb, spec):
+    """Sub-block j = kb % 8 of super-block kb // 8, for the VNNI prefill: (its 32 levels as <32 x u8>, its
+    scale d * (ls - 32), no minimum)."""
+    j = kb & 7
+    o = (kb >> 3) * 136
+    return nibble_levels(row, o + 8 + 16 * j, True), f16_at(row, o) * np.float32(scale_at(row, o, j)), np.float32(0.0)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
+    """Its kernel (vnni.matmul): decode steps of half a super-block, prefill k-blocks of a sub-block."""
+    matmul(setup_4blocks, dot_4blocks, dot4_4blocks, _step, VNNI, 0, decode_block, prefill_block, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)

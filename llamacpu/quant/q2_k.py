@@ -22,8 +22,11 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit
 
-from .common import as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
+from ..kernels.simd import load, sitofp, splat, zext
+from .common import FASTMATH, as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
 from .q4_k import fit_subblocks
+from .q6_k import DOT4, dot_16, setup_16
+from .vnni import CAT32, matmul, put4
 
 ID = 9  # this format's index in kernels.MODULES
 NAME = "q2_k"
@@ -87,3 +90,39 @@ def decode_block(row, i, dst, xb, dot):
                 y, xk = dst[e: e + sub], xb[e: e + sub]
                 for l in range(sub):
                     put(y, l, dl * np.float32((np.int32(qs[l]) >> (2 * s)) & 3) - ml, xk, dot)
+
+
+# ---------------------------------------------------------------------------------------------
+# VNNI (see vnni.py): Q6_K's family (q6_k.setup_16 / dot_16), levels 0..3 centred on 2, minimums.
+# ---------------------------------------------------------------------------------------------
+
+VNNI = 84, 2, True  # q6_k.setup_16 / dot_16: super-block bytes, centre, minimums
+PREFILL = 16, 2, True  # VNNI prefill: k-blocks of a sub-block, levels centred on 2, minimums
+
+
+@njit(inline="always")
+def _step(row, o):
+    """The super-block at byte o: each 32-byte chunk of qs holds four 32-element runs, 2 bits each."""
+    qa = load(row, o + 16, 32)
+    qb = load(row, o + 48, 32)
+    sb = zext(load(row, o, 16), np.int32)
+    return (CAT32(qa & np.uint8(3), (qa >> 2) & np.uint8(3)), CAT32((qa >> 4) & np.uint8(3), qa >> 6),
+            CAT32(qb & np.uint8(3), (qb >> 2) & np.uint8(3)), CAT32((qb >> 4) & np.uint8(3), qb >> 6),
+            sitofp(sb & np.int32(15)) * splat(f16_at(row, o + 80), 16), sitofp(sb >> 4) * splat(-f16_at(row, o + 82), 16))
+
+
+@njit(inline="always")
+def prefill_block(row, kb, spec):
+    """Sub-block k = kb % 16 of super-block kb // 16 (elements 16k ..: chunk k // 8, shift 2 ((k // 2) % 4),
+    bytes 16 (k % 2) ..), for the VNNI prefill: (its 16 levels as <16 x u8>, d * sc, -dmin * m)."""
+    k = kb & 15
+    o = (kb >> 4) * 84
+    q = (load(row, o + 16 + 32 * (k >> 3) + 16 * (k & 1), 16) >> (2 * ((k >> 1) & 3))) & np.uint8(3)
+    sc = np.int32(row[o + k])
+    return q, f16_at(row, o + 80) * np.float32(sc & 15), -f16_at(row, o + 82) * np.float32(sc >> 4)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
+    """Its kernel (vnni.matmul): decode steps of a super-block, prefill k-blocks of a sub-block (16)."""
+    matmul(setup_16, dot_16, DOT4, _step, VNNI, 0, decode_block, prefill_block, put4, PREFILL, a, b, c, X, oa, ob, oc, prefill)

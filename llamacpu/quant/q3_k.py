@@ -23,8 +23,11 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit
 
-from .common import as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
+from ..kernels.simd import load, shuffle, shuffle2, sitofp, splat, zext
+from .common import FASTMATH, as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
 from .q2_k import pack2, unpack2
+from .q6_k import DOT4, dot_16, setup_16
+from .vnni import CAT32, matmul, put4
 
 ID = 10  # this format's index in kernels.MODULES
 NAME = "q3_k"
@@ -147,3 +150,51 @@ def decode_block(row, i, dst, xb, dot):
                 for l in range(sub):
                     q = ((np.int32(qs[l]) >> (2 * s)) & 3) - 4 + 4 * ((np.int32(hm[l]) >> bit) & 1)
                     put(y, l, dl * np.float32(q), xk, dot)
+
+
+# ---------------------------------------------------------------------------------------------
+# VNNI (see vnni.py): Q6_K's family (q6_k.setup_16 / dot_16) with levels u = low bits + 4 * high bit in
+# 0..7, offset 4; the 16 signed 6-bit scales unpacked 16 lanes at a time.
+# ---------------------------------------------------------------------------------------------
+
+VNNI = 110, 4, False  # q6_k.setup_16 / dot_16: super-block bytes, level offset (u - 4), minimums
+PREFILL = 16, 4, False  # VNNI prefill: k-blocks of a sub-block, level offset (u - 4), minimums
+CAT8 = shuffle2(list(range(16)))  # two <8 x u8> -> <16 x u8>
+SPREAD4 = shuffle([k & 3 for k in range(16)])  # scales[8 + k % 4] for lane k
+Q3_SHIFTS = np.array([2 * (k >> 2) for k in range(16)], np.int32)  # where sub-block k's high scale bits are
+
+
+@njit(inline="always")
+def _step(row, o):
+    """The super-block at byte o: runs of 32 elements as Q2_K's, each level's high bit from hmask (bit
+    4 c + s of hmask[l] for run s of chunk c) moved to bit 2."""
+    h = load(row, o, 32)
+    qa = load(row, o + 32, 32)
+    qb = load(row, o + 64, 32)
+    four = np.uint8(4)
+    a = load(row, o + 96, 8)
+    hi = (zext(SPREAD4(load(row, o + 104, 4)), np.int32) >> load(Q3_SHIFTS, 0, 16)) & np.int32(3)
+    dsc = sitofp((zext(CAT8(a & np.uint8(15), a >> 4), np.int32) | (hi << 4)) - np.int32(32)) * splat(f16_at(row, o + 108), 16)
+    return (CAT32((qa & np.uint8(3)) | ((h << 2) & four), ((qa >> 2) & np.uint8(3)) | ((h << 1) & four)),
+            CAT32(((qa >> 4) & np.uint8(3)) | (h & four), (qa >> 6) | ((h >> 1) & four)),
+            CAT32((qb & np.uint8(3)) | ((h >> 2) & four), ((qb >> 2) & np.uint8(3)) | ((h >> 3) & four)),
+            CAT32(((qb >> 4) & np.uint8(3)) | ((h >> 4) & four), (qb >> 6) | ((h >> 5) & four)),
+            dsc, splat(np.float32(0.0), 16))
+
+
+@njit(inline="always")
+def prefill_block(row, kb, spec):
+    """Sub-block k = kb % 16 of super-block kb // 16 (run s = (k // 2) % 4 of chunk c = k // 8), for the VNNI
+    prefill: (its 16 levels u in 0..7 as <16 x u8>, its scale d * (sc - 32), no minimum)."""
+    k = kb & 15
+    o = (kb >> 4) * 110
+    c, s, half = k >> 3, (k >> 1) & 3, k & 1
+    low = (load(row, o + 32 + 32 * c + 16 * half, 16) >> (2 * s)) & np.uint8(3)
+    high = ((load(row, o + 16 * half, 16) >> (4 * c + s)) & np.uint8(1)) << 2
+    return low | high, f16_at(row, o + 108) * np.float32(scale_at(row, o, k)), np.float32(0.0)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
+    """Its kernel (vnni.matmul): decode steps of a super-block, prefill k-blocks of a sub-block (16)."""
+    matmul(setup_16, dot_16, DOT4, _step, VNNI, 0, decode_block, prefill_block, put4, PREFILL, a, b, c, X, oa, ob, oc, prefill)

@@ -70,23 +70,25 @@ Q40_D = shuffle([9 * (i // 4) for i in range(16)])
 
 
 @njit(inline="always")
-def _step(row, s, H, L):
-    """Blocks 4s .. 4s + 3 (vnni.dot_4blocks): A = the words at 72 s, B = the words at 72 s + 8."""
+def step(row, s, H, L, spec):
+    """Blocks 4s .. 4s + 3 (vnni.dot_4blocks): A = the words at 72 s, B = the words at 72 s + 8; IQ4_NL's
+    too (same layout, spec[3]: its codes looked up)."""
     wa = bitcast(load(row, 72 * s, 64), np.int16)
     q = bitcast(Q40_QS(wa, bitcast(load(row, 72 * s + 8, 64), np.int16)), np.uint8)
-    return nibble_dot(q, H, L, 128 * s), fp16_to_f32(Q40_D(wa)), splat(np.float32(0.0), 4)
+    return nibble_dot(q, H, L, 128 * s, spec[3]), fp16_to_f32(Q40_D(wa)), splat(np.float32(0.0), 4)
 
 
 @njit(inline="always")
 def prefill_block(row, kb, spec):
-    """k-block kb of a row for the VNNI prefill: (its 32 levels as <32 x u8>, its scale, its minimum)."""
-    return nibble_levels(row, kb * 18 + 2), f16_at(row, kb * 18), np.float32(0.0)
+    """k-block kb of a row for the VNNI prefill: (its 32 levels as <32 x u8>, its scale, its minimum); IQ4_NL's
+    too (spec[3])."""
+    return nibble_levels(row, kb * 18 + 2, spec[3]), f16_at(row, kb * 18), np.float32(0.0)
 
 
-VNNI = False, NIBBLE32, 4 * TYPE_SIZE  # the family vnni.setup_4blocks / dot_4blocks: minimums, layout, step bytes
+VNNI = False, NIBBLE32, 8, False, 4 * TYPE_SIZE  # vnni.setup_4blocks / dot_4blocks: minimums, layout, level offset, table, step bytes
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
     """Its kernel (vnni.matmul): decode steps of four blocks (the last 1-3 in fp32), prefill k-blocks of one."""
-    matmul(setup_4blocks, dot_4blocks, dot4_4blocks, _step, VNNI, 4, decode_block, prefill_block, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)
+    matmul(setup_4blocks, dot_4blocks, dot4_4blocks, step, VNNI, 4, decode_block, prefill_block, put8, PREFILL, a, b, c, X, oa, ob, oc, prefill)

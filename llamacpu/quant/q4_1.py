@@ -61,20 +61,20 @@ Q41_M = shuffle([1, 11, 21, 31])
 
 
 @njit(inline="always")
-def _step(row, s, H, L):
+def _step(row, s, H, L, spec):
     """Blocks 4s .. 4s + 3 (vnni.dot_4blocks), with their minimums: words at 80 s and at 80 s + 16."""
     wa = bitcast(load(row, 80 * s, 64), np.int16)
-    ia = nibble_dot(bitcast(Q41_QS(wa, bitcast(load(row, 80 * s + 16, 64), np.int16)), np.uint8), H, L, 128 * s)
+    ia = nibble_dot(bitcast(Q41_QS(wa, bitcast(load(row, 80 * s + 16, 64), np.int16)), np.uint8), H, L, 128 * s, False)
     return ia, fp16_to_f32(Q41_D(wa)), fp16_to_f32(Q41_M(wa))
 
 
 @njit(inline="always")
 def prefill_block(row, kb, spec):
     """k-block kb of a row for the VNNI prefill: (its 32 levels as <32 x u8>, its scale, its minimum)."""
-    return nibble_levels(row, kb * 20 + 4), f16_at(row, kb * 20), f16_at(row, kb * 20 + 2)
+    return nibble_levels(row, kb * 20 + 4, False), f16_at(row, kb * 20), f16_at(row, kb * 20 + 2)
 
 
-VNNI = True, NIBBLE32, 4 * TYPE_SIZE  # the family vnni.setup_4blocks / dot_4blocks: minimums, layout, step bytes
+VNNI = True, NIBBLE32, 8, False, 4 * TYPE_SIZE  # vnni.setup_4blocks / dot_4blocks: minimums, layout, centre, table, step bytes
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)

@@ -33,7 +33,7 @@ from numba import njit
 
 from ..kernels.simd import bitcast, fma, hsum, load, sext, shuffle, sitofp, splat
 from .common import FASTMATH, as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
-from .vnni import CAT32, NATURAL, byte_dot, each4, empty64, matmul, prepare_tokens, put4
+from .vnni import CAT32, NATURAL, byte_dot, centre, each4, empty64, matmul, prepare_tokens, put4
 
 ID = 4  # this format's index in kernels.MODULES
 NAME = "q6_k"
@@ -153,61 +153,83 @@ def decode_block(row, i, dst, xb, dot):
 
 
 # ---------------------------------------------------------------------------------------------
-# VNNI (see vnni.py). Matvec: one 128-element half per step: 64 bytes of low bits and 32 bytes of high
-# bits make two 64-byte vectors of 6-bit levels, in natural order (NATURAL activations).
+# VNNI (see vnni.py). The family of the K-quants with 16 sub-blocks of 16 (Q6_K, Q3_K, Q2_K): one
+# super-block per step, its levels as four 64-byte vectors in natural order (NATURAL activations), each
+# sub-block's scale on the 4 lanes of its 16 elements; the level offset or centring term and the
+# minimums per sub-block, 16 at a time.
 # ---------------------------------------------------------------------------------------------
 
-# 16 sub-block scales -> 4 lanes each, for the two accumulators of each half
+# 16 sub-block scales -> 4 lanes each, for each 64-element quarter of a super-block
 Q6_S0, Q6_S1, Q6_S2, Q6_S3 = [shuffle([j0 + i // 4 for i in range(16)]) for j0 in (0, 4, 8, 12)]
 SPREAD2X8 = shuffle([i // 2 for i in range(16)])  # 8 x-block scales -> 16 sub-block lanes
+VNNI = 210, 32, False  # setup_16 / dot_16: super-block bytes, level offset (q - 32), minimums
 
 
 @njit(inline="always")
-def vnni_setup(X, spec):
-    """Per call: the planes of every token and the level offset's correction of each sub-block of 16."""
+def setup_16(X, spec):
+    """Per call: the planes of every token and, per sub-block j of 16, cx[j] = k * (sum(x) - sx * sum(x16)):
+    with minimums (spec[2]) the centring term on k = spec[1], and the exact sums of x (xs) for the
+    minimums; without, the correction of the level offset k (sum(x) taken as 0)."""
+    k, has_min = spec[1], spec[2]
     n, C = X.shape
     H, L, sx, r16, xe = prepare_tokens(X, NATURAL)
-    cq = empty64(n * C // 16, np.float32)  # levels q - 32: -32 * sum(x16) per sub-block of 16
-    for j in range(n * C // 16):
-        cq[j] = np.float32(-32.0) * np.float32(r16[j])
-    return H, L, sx, cq, C
+    nsub = C // 16
+    cx = empty64(n * nsub, np.float32)
+    xs = empty64(n * nsub, np.float32)
+    for t in range(n):
+        for j in range(nsub):
+            s = np.float32(0.0)
+            if has_min:
+                for l in range(16):
+                    s += X[t, 16 * j + l]
+            xs[t * nsub + j] = s
+            cx[t * nsub + j] = centre(k, sx[(t * nsub + j) >> 1], r16[t * nsub + j], s, 1)
+    return H, L, sx, cx, xs, C
 
 
 @njit(inline="always")
-def vnni_dot(row, ctx, t, step, spec):
-    """Row . token t: one 128-element half per step."""
-    H, L, sx, cq, C = ctx
+def dot_16(row, ctx, t, step, spec):
+    """Row . token t, one super-block of spec[0] bytes per step: `step(row, o)` gives its levels as four
+    64-byte vectors (elements 0..63, .., 192..255), its 16 sub-block scales and its 16 negated minimums."""
+    H, L, sx, cx, xs, C = ctx
     nsb = C // 256
     p0 = t * C
     e0 = t * (C // 32)  # this token's x-block scales
-    c0 = t * (C // 16)  # and sub-block corrections
+    c0 = t * (C // 16)  # and sub-block terms
     acc0 = splat(np.float32(0.0), 16)  # three accumulators: shorter FMA chains
     acc1 = splat(np.float32(0.0), 16)
     accc = splat(np.float32(0.0), 16)
     for i in range(nsb):
-        o = i * 210
-        scf = sitofp(sext(bitcast(load(row, o + 192, 16), np.int8), np.int32))
-        cs = scf * splat(f16_at(row, o + 208), 16) * SPREAD2X8(load(sx, e0 + 8 * i, 8))  # per sub-block
-        accc = fma(cs, load(cq, c0 + 16 * i, 16), accc)
-        for h in range(2):
-            a = load(row, o + 64 * h, 64)  # low 4 bits: elements l (bytes 0..31), l + 32 (32..63)
-            c = load(row, o + 128 + 32 * h, 32)  # high 2 bits of l, l+32, l+64, l+96 in bits 0-1 .. 6-7
-            c2 = CAT32(c, c >> 2)  # bits 0-1: elements l, l + 32; bits 4-5: l + 64, l + 96
-            qa = (a & np.uint8(15)) | ((c2 << 4) & np.uint8(0x30))  # elements 0..63 of the half
-            qb = (a >> 4) | (c2 & np.uint8(0x30))  # elements 64..127
-            p = p0 + 256 * i + 128 * h
-            ia = byte_dot(qa, H, L, p)
-            ib = byte_dot(qb, H, L, p + 64)
-            if h == 0:
-                acc0 = fma(sitofp(ia), Q6_S0(cs), acc0)
-                acc0 = fma(sitofp(ib), Q6_S1(cs), acc0)
-            else:
-                acc1 = fma(sitofp(ia), Q6_S2(cs), acc1)
-                acc1 = fma(sitofp(ib), Q6_S3(cs), acc1)
+        q0, q1, q2, q3, dsc, mneg = step(row, i * spec[0])
+        cs = dsc * SPREAD2X8(load(sx, e0 + 8 * i, 8))  # per sub-block
+        accc = fma(dsc, load(cx, c0 + 16 * i, 16), accc)
+        if spec[2]:
+            accc = fma(mneg, load(xs, c0 + 16 * i, 16), accc)
+        p = p0 + 256 * i
+        acc0 = fma(sitofp(byte_dot(q0, H, L, p)), Q6_S0(cs), acc0)
+        acc0 = fma(sitofp(byte_dot(q1, H, L, p + 64)), Q6_S1(cs), acc0)
+        acc1 = fma(sitofp(byte_dot(q2, H, L, p + 128)), Q6_S2(cs), acc1)
+        acc1 = fma(sitofp(byte_dot(q3, H, L, p + 192)), Q6_S3(cs), acc1)
     return hsum((acc0 + acc1) + accc)
 
 
-DOT4 = each4(vnni_dot)  # four tokens: four passes (see vnni.decode_rows)
+DOT4 = each4(dot_16)  # four tokens: four passes (see vnni.decode_rows); Q2_K and Q3_K use it too
+
+
+@njit(inline="always")
+def _step(row, o):
+    """The super-block at byte o: 64 bytes of low bits and 32 bytes of high bits per 128-element half make
+    two 64-byte vectors of 6-bit levels; int8 scales times d; no minimums."""
+    dsc = sitofp(sext(bitcast(load(row, o + 192, 16), np.int8), np.int32)) * splat(f16_at(row, o + 208), 16)
+    a = load(row, o, 64)  # low 4 bits: elements l (bytes 0..31), l + 32 (32..63)
+    c = load(row, o + 128, 32)  # high 2 bits of l, l+32, l+64, l+96 in bits 0-1 .. 6-7
+    c2 = CAT32(c, c >> 2)  # bits 0-1: elements l, l + 32; bits 4-5: l + 64, l + 96
+    b = load(row, o + 64, 64)
+    d = load(row, o + 160, 32)
+    d2 = CAT32(d, d >> 2)
+    return ((a & np.uint8(15)) | ((c2 << 4) & np.uint8(0x30)), (a >> 4) | (c2 & np.uint8(0x30)),
+            (b & np.uint8(15)) | ((d2 << 4) & np.uint8(0x30)), (b >> 4) | (d2 & np.uint8(0x30)), dsc,
+            splat(np.float32(0.0), 16))
 
 
 @njit(inline="always")
@@ -236,4 +258,4 @@ def prefill_block(row, kb, spec):
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
     """Its kernel (vnni.matmul): decode steps of a half super-block, prefill k-blocks of a sub-block (16)."""
-    matmul(vnni_setup, vnni_dot, DOT4, None, None, 0, decode_block, prefill_block, put4, PREFILL, a, b, c, X, oa, ob, oc, prefill)
+    matmul(setup_16, dot_16, DOT4, _step, VNNI, 0, decode_block, prefill_block, put4, PREFILL, a, b, c, X, oa, ob, oc, prefill)

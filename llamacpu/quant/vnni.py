@@ -45,9 +45,9 @@ than one step (tiny test matrices) go through the format's portable decoder in f
 import numpy as np
 from numba import njit, prange
 
-from ..kernels.simd import (bitcast, dpbusd, fma, hmax, hsum, hsum_int, load, load_splat, round_i32, shuffle,
-                            shuffle2, sitofp, splat, store, trunc, view, vmax)
-from .common import FASTMATH
+from ..kernels.simd import (bit_bytes, bitcast, dpbusd, fma, hmax, hsum, hsum_int, load, load_splat, pshufb,
+                            round_i32, shuffle, shuffle2, sitofp, splat, store, trunc, view, vmax)
+from .common import FASTMATH, KVALUES
 
 Q16 = np.float32(32639.0)  # largest |x16|: (32639 + 128) >> 8 = 127 keeps H a signed byte
 XB = 32  # elements per x-block (two runs of 16)
@@ -330,7 +330,7 @@ def _prep_tokens(X, bk, z, centre, XH, XL, sxk, cck, xek):
     sxk      float32 [n4 * nkb]   x scale of each k-block (its x-block's)
     cck      float32 [n4 * nkb]   correction: -z * sum(x16) * sx (levels offset by z), plus z * sum(x)
                                   when `centre` (formats with minimums: levels centred on z, see _centre)
-    xek      float32 [n4 * nkb]   exact sum of x over each k-block (for minimums; bk = 32 only)
+    xek      float32 [n4 * nkb]   exact sum of x over each k-block (for minimums)
 
     Serial (about 1 ns per element, 1-2% of a matmul): a parallel function called from the parallel
     matmul kernels costs 0.25 ms per call in Numba's nested-launch path.
@@ -348,11 +348,16 @@ def _prep_tokens(X, bk, z, centre, XH, XL, sxk, cck, xek):
             b = kb // per
             s16 = r16[kb] if per == 2 else r16[2 * b] + r16[2 * b + 1]
             sxk[t * nkb + kb] = sx[b]
+            xs = xe[b]
+            if per == 2 and centre:  # the exact sum of x over this 16-column k-block
+                xs = np.float32(0.0)
+                for l in range(bk):
+                    xs += X[t, bk * kb + l]
             c = np.float32(-z) * np.float32(s16) * sx[b]
             if centre:
-                c += np.float32(z) * xe[b]
+                c += np.float32(z) * xs
             cck[t * nkb + kb] = c
-            xek[t * nkb + kb] = xe[b]
+            xek[t * nkb + kb] = xs
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -360,8 +365,8 @@ def mm_group(Wt, Dt, Mt, has_min, gpb, nkb, XH32, XL32, sxk, cck, xek, C4, n, n4
     """out[t, r0 : r0 + 16] for every token t, from one repacked group of 16 rows.
 
     Not inlined: called once per group (the call costs nothing), and compiled once per literal
-    (has_min, gpb) pair, shared by the formats: (False, 8) Q8_0 and Q4_0, (True, 8) Q4_1, Q4_K and
-    int4_g128, (False, 4) Q6_K. The literals matter: with a run-time gpb the k-group loop is not
+    (has_min, gpb) pair, shared by the formats: (False, 8) Q8_0, Q4_0 and the like, (True, 8) Q4_1, Q4_K,
+    int4_g128 and the like, (False, 4) Q6_K and Q3_K, (True, 4) Q2_K. The literals matter: with a run-time gpb the k-group loop is not
     unrolled and the kernel runs 40% slower."""
     for tq in range(n4 // MM_TOKENS):
         t0 = MM_TOKENS * tq
@@ -501,11 +506,26 @@ def byte_dot(q, H, L, p):
     return dpbusd(ia << 8, q, load(L, p, 64))
 
 
+# IQ4_NL's levels as unsigned bytes (+ 128, an offset like Q8_0's), repeated in each 16-byte lane for pshufb
+NL_LEVELS = np.tile((KVALUES.astype(np.int16) + 128).astype(np.uint8), 4)
+
+
 @njit(inline="always")
-def nibble_dot(q, H, L, p):
-    """<16 x i32>: the same for 64 bytes of nibbles, low nibbles against the planes at p, high ones at p + 64."""
+def nibble_dot(q, H, L, p, nl):
+    """<16 x i32>: the same for 64 bytes of nibbles, low nibbles against the planes at p, high ones at p + 64;
+    with `nl` (a constant) the nibbles are IQ4_NL codes, looked up in NL_LEVELS (one vpshufb each)."""
     lo = q & np.uint8(15)
     hi = q >> 4
+    if nl:
+        table = load(NL_LEVELS, 0, 64)
+        lo = pshufb(table, lo)
+        hi = pshufb(table, hi)
+    return pair_dot(lo, hi, H, L, p)
+
+
+@njit(inline="always")
+def pair_dot(lo, hi, H, L, p):
+    """<16 x i32>: byte_dot of two 64-byte vectors of levels, lo against the planes at p, hi at p + 64."""
     ia = dpbusd(splat(np.int32(0), 16), lo, load(H, p, 64))
     ia = dpbusd(ia, hi, load(H, p + 64, 64))
     ia = dpbusd(ia << 8, lo, load(L, p, 64))
@@ -534,27 +554,29 @@ def add_tail(decode_block, blocks, x, out, b0, bs):
 
 @njit(inline="always")
 def setup_4blocks(X, spec):
-    """The decode set-up (see decode_rows) of the family whose step is 64 bytes of 4-bit levels covering four
-    x-blocks (Q4_0, Q4_1: four blocks; int4_g128: one group), spec = (has minimums, activation layout, bytes
-    of a row per step): every token's planes in steps (prepare_steps) and, per step, 16 lanes of sx and 16
-    of the centring term. Levels are centred on 8 (Q4_0's offset; `centre` for the others)."""
-    has_min, layout, step_bytes = spec
+    """The decode set-up (see decode_rows) of the family whose step is 64 bytes of 4-bit codes covering four
+    x-blocks (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL: four blocks; IQ4_XS: four sub-blocks; int4_g128: one group),
+    spec = (has minimums, activation layout, centre k, IQ4_NL table, bytes of a row per step): every
+    token's planes in steps (prepare_steps) and, per step, 16 lanes of sx and 16 of the centring term.
+    Levels are centred on k (the level offset of Q4_0 (8), Q5_0 (16), IQ4_NL (128); `centre` for the
+    formats with minimums)."""
+    has_min, layout, k = spec[0], spec[1], spec[2]
     n = X.shape[0]
     H, L, sx, r16, xe, nstep, nfull = prepare_steps(X, layout, 4)
     sc = empty64(n * 32 * nstep, np.float32)
     for e in range(n * 4 * nstep):  # block e = 4 (t * nstep + s) + j lies in step e >> 2 of the whole buffer
         lanes(sc, 32 * (e >> 2) + 4 * (e & 3), 4, sx[e],
-              centre(8, sx[e], r16[2 * e] + r16[2 * e + 1], xe[e] if has_min else np.float32(0.0), 4))
+              centre(k, sx[e], r16[2 * e] + r16[2 * e + 1], xe[e] if has_min else np.float32(0.0), 4))
     return H, L, sc, xe, nstep, nfull
 
 
 @njit(inline="always")
 def dot_4blocks(row, ctx, t, step, spec):
-    """Row . token t for that family: `step(row, s, H, L)` gives the int32 lanes of sum q * x16 of step s
+    """Row . token t for that family: `step(row, s, H, L, spec)` gives the int32 lanes of sum q * x16 of step s
     (4 lanes per x-block), its 16 lanes of weight scales and, with minimums (spec[0], a constant), its 4
     minimums, which multiply the exact x-block sums. The last step of a row with a tail reads the row's
     last step_bytes (`view` shifts the row so that step nfull lands there; see prepare_steps)."""
-    has_min, step_bytes = spec[0], spec[2]
+    has_min, step_bytes = spec[0], spec[4]
     H, L, sc, xe, nstep, nfull = ctx
     P = 128 * nstep
     Ht, Lt = view(H, t * P), view(L, t * P)  # this token's planes, as `step` indexes them
@@ -566,7 +588,7 @@ def dot_4blocks(row, ctx, t, step, spec):
     for s in range(nstep):
         # one code path for every step (a branch that builds other arrays for the last one costs reference
         # counting per row: atomics on counters the threads share)
-        ia, d, m = step(view(row, 0 if s < nfull else shift), s, Ht, Lt)
+        ia, d, m = step(view(row, 0 if s < nfull else shift), s, Ht, Lt, spec)
         acc = fma(fma(sitofp(ia), load(sc, s0 + 32 * s, 16), load(sc, s0 + 32 * s + 16, 16)), d, acc)
         if has_min:
             macc = fma(m, load(xe, e0 + 4 * s, 4), macc)
@@ -574,11 +596,11 @@ def dot_4blocks(row, ctx, t, step, spec):
 
 
 @njit(inline="always")
-def _acc4blocks(step, has_min, r, s, Ht, Lt, sc, e, xe, acc, macc):
+def _acc4blocks(step, spec, r, s, Ht, Lt, sc, e, xe, acc, macc):
     """One step of dot_4blocks for one token (scale lanes at sc[e], minimums' x sums at xe[e // 8])."""
-    ia, d, m = step(r, s, Ht, Lt)
+    ia, d, m = step(r, s, Ht, Lt, spec)
     acc = fma(fma(sitofp(ia), load(sc, e, 16), load(sc, e + 16, 16)), d, acc)
-    if has_min:
+    if spec[0]:
         macc = fma(m, load(xe, e // 8, 4), macc)
     return acc, macc
 
@@ -588,7 +610,7 @@ def dot4_4blocks(row, ctx, t, step, spec):
     """dot_4blocks for tokens t .. t + 3 in one pass over the row's steps: the four `step` calls of a step
     read the same row bytes, so LLVM loads and unpacks them once (batched decode: 4-8 sequences); per
     token the same operations in the same order as dot_4blocks, hence the same results."""
-    has_min, step_bytes = spec[0], spec[2]
+    step_bytes = spec[4]
     H, L, sc, xe, nstep, nfull = ctx
     P = 128 * nstep
     H0, L0, H1, L1 = view(H, t * P), view(L, t * P), view(H, t * P + P), view(L, t * P + P)
@@ -603,18 +625,39 @@ def dot4_4blocks(row, ctx, t, step, spec):
     for s in range(nstep):
         r = view(row, 0 if s < nfull else shift)
         e = e0 + 32 * s
-        a0, m0 = _acc4blocks(step, has_min, r, s, H0, L0, sc, e, xe, a0, m0)
-        a1, m1 = _acc4blocks(step, has_min, r, s, H1, L1, sc, e + S, xe, a1, m1)
-        a2, m2 = _acc4blocks(step, has_min, r, s, H2, L2, sc, e + 2 * S, xe, a2, m2)
-        a3, m3 = _acc4blocks(step, has_min, r, s, H3, L3, sc, e + 3 * S, xe, a3, m3)
+        a0, m0 = _acc4blocks(step, spec, r, s, H0, L0, sc, e, xe, a0, m0)
+        a1, m1 = _acc4blocks(step, spec, r, s, H1, L1, sc, e + S, xe, a1, m1)
+        a2, m2 = _acc4blocks(step, spec, r, s, H2, L2, sc, e + 2 * S, xe, a2, m2)
+        a3, m3 = _acc4blocks(step, spec, r, s, H3, L3, sc, e + 3 * S, xe, a3, m3)
     return hsum(a0) + hsum(m0), hsum(a1) + hsum(m1), hsum(a2) + hsum(m2), hsum(a3) + hsum(m3)
 
 
 @njit(inline="always")
-def nibble_levels(row, o):
-    """The 32 levels of the 16 bytes at o (low nibbles, then high ones) as <32 x u8>: a k-block of Q4_0, Q4_1."""
+def nibble_levels(row, o, nl):
+    """The 32 levels of the 16 bytes at o (low nibbles, then high ones) as <32 x u8>: a k-block of Q4_0, Q4_1,
+    Q5_0, Q5_1, or with `nl` (a constant) of IQ4_NL (its codes looked up in NL_LEVELS)."""
     q = load(row, o, 16)
-    return CAT16(q & np.uint8(15), q >> 4)
+    levels = CAT16(q & np.uint8(15), q >> 4)
+    if nl:
+        levels = pshufb(load(NL_LEVELS, 0, 32), levels)
+    return levels
+
+
+def four_blocks(size, field, words, b_off):
+    """shuffle2 lanes that gather `words` 16-bit words at byte `field` of each of four consecutive blocks of
+    `size` bytes from A = the 32 words at the first block and B = the 32 words b_off bytes further on
+    (a word past A from B)."""
+    lanes = [(size * k + field) // 2 + i for k in range(4) for i in range(words)]
+    assert all(w < 32 or 0 <= w - b_off // 2 < 32 for w in lanes)
+    return [w if w < 32 else 32 + w - b_off // 2 for w in lanes]
+
+
+@njit(inline="always")
+def fifth_bits(lo, hi):
+    """Bit 4 of the levels of four Q5_0 / Q5_1 blocks, given the low and the high 16-bit word of each block's
+    qh (<4 x i16> each, gathered by the step's shuffles): (low half, high half) as <64 x u8> of 0 or 16
+    in the step order of nibble_dot (byte 16k + j: element j of block k, and element 16 + j)."""
+    return bit_bytes(lo, 64) & np.uint8(16), bit_bytes(hi, 64) & np.uint8(16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,8 +699,10 @@ def prefill_rows(block, put, pcfg, spec, blocks, X, out):
         _repack(block, put, spec, blocks, g0, nrows, nkb, Wt.view(np.uint32), Dt, Mt)
         # mm_group with literal (minimums, k-groups per k-block): with a run-time k-group count its loop is
         # not unrolled and the kernel runs 40% slower
-        if has_min:
+        if has_min and kcols == 32:
             mm_group(Wt, Dt, Mt, True, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, g0, nrows, tmpf)
+        elif has_min:
+            mm_group(Wt, Dt, Mt, True, 4, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, g0, nrows, tmpf)
         elif kcols == 32:
             mm_group(Wt, Dt, Mt, False, 8, nkb, XH32, XL32, sxk, cck, xek, np.int64(C // 4), n, n4, out, g0, nrows, tmpf)
         else:

@@ -9,8 +9,9 @@
 One background thread runs continuous batching: at each step it feeds every running sequence's next
 token together with chunks of the prompts of sequences that are joining (at most `max_batch_tokens` a
 step, so the running ones keep decoding while a long prompt is prefilled), samples each sequence's
-token with that request's own sampler (its own seeded generator: reproducible whatever runs beside
-it), and sends it to the caller. A finished or cancelled sequence leaves at the next step boundary
+token with that request's own sampler (its own seeded generator: no other request takes its draws;
+on quantized weights the logits still move in the last bits with the step's row count, see
+bench/README.md "Serving"), and sends it to the caller. A finished or cancelled sequence leaves at the next step boundary
 and its slot is free at once. Requests beyond the free slots wait in a queue of `max_queue`; beyond
 that, `submit` refuses with `EngineBusy`.
 """
@@ -31,6 +32,7 @@ from ..generation.sampling import Sampler
 from ..generation.stopping import find_stop
 from ..tokenizer.streaming import IncrementalDecoder
 from .batch import SlotCache, check_model, forward_slots
+from ..generation.structured import sample_allowed
 
 
 class EngineBusy(LlamacpuError):
@@ -189,7 +191,7 @@ class Engine:
         if logprobs is not None and (not isinstance(logprobs, int) or not 0 <= logprobs <= 20):
             raise InputError(f"logprobs: expected an integer in [0, 20], got {logprobs!r}")
         if constraint is None and (json_schema is not None or regex is not None or lark is not None):
-            from .structured import Constraint
+            from ..generation.structured import Constraint
 
             constraint = Constraint(self.ll_tokenizer(), json_schema=json_schema, regex=regex, lark=lark)
         req = Request(self, ids, config, logprobs, constraint, loop)
@@ -203,14 +205,15 @@ class Engine:
         return req
 
     def ll_tokenizer(self):
-        """llguidance's view of the vocabulary, built once (about a second for a 50k vocabulary)."""
-        with self._cv:
-            if self._ll_tokenizer is None:
-                from .structured import ll_tokenizer
+        """llguidance's view of the vocabulary, built once per tokenizer (a second or two for a 50k
+        vocabulary) and shared with model.generate; under structured.py's lock, not the engine's, so the
+        running sequences keep decoding while the first structured request waits for it."""
+        if self._ll_tokenizer is None:
+            from ..generation.structured import cached_ll_tokenizer
 
-                self._ll_tokenizer = ll_tokenizer(self.tokenizer, self.model.config.vocab_size,
-                                                  self.model.config.eos_token_ids)
-            return self._ll_tokenizer
+            self._ll_tokenizer = cached_ll_tokenizer(self.tokenizer, self.model.config.vocab_size,
+                                                     self.model.config.eos_token_ids)
+        return self._ll_tokenizer
 
     def generate(self, prompt_ids, **kwargs) -> dict:
         """Submit and wait (blocking): see `Request.result`."""
@@ -317,32 +320,19 @@ class Engine:
                 self._finish(r, Event(finish_reason="error", error=f"{type(e).__name__}: {e}"))
 
     def _sample(self, r: Request, logits: np.ndarray):
-        z = logits[None].astype(np.float32)  # [1, vocab]
+        draw = lambda z: r.sampler(z, [r.history])[0]  # noqa: E731  [1, vocab] -> id, the request's own sampler
         if r.constraint is not None:
-            z[0, ~r.constraint.allowed(len(logits))] = -np.inf
-        tok = int(r.sampler(z.copy(), [r.history])[0])
-        for _ in range(16):  # the mask may allow a token the grammar then refuses: draw again without it
-            if r.constraint is None or r.constraint.accepts(tok):
-                break
-            z[0, tok] = -np.inf
-            if not np.isfinite(z).any():
-                break
-            tok = int(r.sampler(z.copy(), [r.history])[0])
+            tok = sample_allowed(r.constraint, logits, draw)
         else:
-            z[0] = -np.inf  # to the exact mask below
-        if r.constraint is not None and not r.constraint.accepts(tok):
-            z = logits[None].astype(np.float32)
-            z[0, ~r.constraint.allowed_exact(len(logits))] = -np.inf
-            if not np.isfinite(z).any():
-                raise InputError("structured output: no token satisfies the grammar here")
-            tok = int(r.sampler(z, [r.history])[0])
+            tok = int(draw(logits[None].astype(np.float32)))
         ev = Event(token=tok)
         if r.logprobs is not None:
             lp = logits.astype(np.float64) - logits.max()
             lp -= np.log(np.exp(lp).sum())
             ev.logprob = float(lp[tok])
             if r.logprobs:
-                top = np.argsort(-lp, kind="stable")[:r.logprobs]
+                cand = np.argpartition(-lp, r.logprobs - 1)[:r.logprobs]  # the k best: a full sort of 49k ids costs ~6x more
+                top = cand[np.lexsort((cand, -lp[cand]))]  # best first, ties by id
                 ev.top_logprobs = [(int(t), float(lp[t])) for t in top]
         r.usage.completion_tokens += 1
         r.history = np.append(r.history, tok)

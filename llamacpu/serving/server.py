@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 
 from ..errors import InputError, LlamacpuError, UnsupportedError
+from ..limits import MAX_JSON_DEPTH, loads_json
 from .engine import EngineBusy, EngineClosed
 from .openai_api import ModelNotFound, ParamError, Service, dumps
 
 log = logging.getLogger("llamacpu.serve")
 MAX_BODY = 4 << 20  # bytes of a request body
+MAX_DEPTH = MAX_JSON_DEPTH  # nesting of a request body (a JSON schema in response_format nests ~10 levels)
 
 
 class BodyTooLarge(InputError):
@@ -38,8 +39,10 @@ def _deps():
         raise UnsupportedError("llamacpu serve needs the server extra: pip install 'llamacpu[server]'") from None
 
 
-def create_app(service: Service, api_key: str | None = None, max_body: int = MAX_BODY):
-    """The ASGI app serving `service`; `api_key` requires `Authorization: Bearer <key>` on /v1/*."""
+def create_app(service: Service, api_key: str | None = None, max_body: int = MAX_BODY, max_depth: int = MAX_DEPTH):
+    """The ASGI app serving `service`; `api_key` requires `Authorization: Bearer <key>` on /v1/*.
+    Request bodies are bounded: at most `max_body` bytes (413) and `max_depth` levels of nesting (400),
+    checked before anything reads the values (llamacpu.limits, as for files)."""
     _deps()
     import anyio
     from starlette.applications import Starlette
@@ -86,15 +89,17 @@ def create_app(service: Service, api_key: str | None = None, max_body: int = MAX
         size = request.headers.get("content-length")
         if size is not None and (not size.isdigit() or int(size) > max_body):
             raise BodyTooLarge(f"request body over {max_body} bytes")
-        raw = b""
+        raw = bytearray()
         async for part in request.stream():
             raw += part
             if len(raw) > max_body:
                 raise BodyTooLarge(f"request body over {max_body} bytes")
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError) as e:
-            raise ParamError("body", f"invalid JSON ({type(e).__name__})") from None
+        try:  # invalid JSON, or nested deeper than max_depth: 400 (json's C parser recurses per level)
+            body = loads_json(bytes(raw), "request body", lambda m: ParamError("body", m), max_depth)
+        except ParamError:
+            raise
+        except ValueError as e:  # what loads_json leaves: e.g. an integer of more than 4300 digits
+            raise ParamError("body", f"invalid JSON ({e})") from None
         if not isinstance(body, dict):
             raise ParamError("body", "expected a JSON object")
         return body

@@ -5,14 +5,19 @@ llguidance builds its token trie from the vocabulary once (about a second) and c
 mask lazily from the grammar's current lexer state, with no per-schema index to build, so a new schema
 costs milliseconds where outlines-core compiles a full regex-to-token automaton (seconds for
 non-trivial schemas). The per-token mask cost is measured in bench/serving.py (bench/README.md).
+Used by the serving engine (response_format, per request) and by model.generate(json_schema=...,
+regex=..., grammar=...) (one grammar state per row).
 
-    lt = ll_tokenizer(tokenizer, vocab_size)              # once per tokenizer (cached on the engine)
+    lt = cached_ll_tokenizer(tokenizer, vocab_size)       # once per tokenizer (built once, then cached)
     c = Constraint(lt, json_schema={"type": "object", ...})   # per request
     c.allowed(vocab)  -> bool [vocab];  c.advance(token);  c.done()
+    tok = sample_allowed(c, logits_row, draw)             # one constrained pick (engine and model.generate)
 """
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 
 import numpy as np
 
@@ -80,6 +85,24 @@ def ll_tokenizer(tokenizer, vocab_size: int, eos_ids=None):
     raise UnsupportedError(f"structured output: no llguidance vocabulary for {type(tokenizer).__name__}")
 
 
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CACHE_LOCK = threading.Lock()
+
+
+def cached_ll_tokenizer(tokenizer, vocab_size: int, eos_ids=None):
+    """ll_tokenizer(...) built once per tokenizer object (and vocabulary size, EOS ids): model.generate
+    calls it on every constrained call, and the build takes seconds for a 50k vocabulary."""
+    key = (int(vocab_size), tuple(eos_ids or ()))
+    with _CACHE_LOCK:
+        try:
+            per_tok = _CACHE.setdefault(tokenizer, {})
+        except TypeError:  # not weak-referenceable: build every time
+            per_tok = {}
+        if key not in per_tok:
+            per_tok[key] = ll_tokenizer(tokenizer, vocab_size, eos_ids)
+        return per_tok[key]
+
+
 class Constraint:
     """One request's grammar state. Exactly one of json_schema (a dict; {} or True = any JSON object),
     regex, lark."""
@@ -134,3 +157,25 @@ class Constraint:
 
     def done(self) -> bool:
         return self.matcher.is_stopped()
+
+
+def sample_allowed(constraint: Constraint, logits: np.ndarray, draw) -> int:
+    """The next token of one sequence under `constraint`. logits: float [vocab]; draw(z) samples one id
+    from float32 z [1, vocab] (the request's sampler, so greedy stays greedy and a seed stays
+    reproducible). A drawn token the grammar refuses (see Constraint.accepts) is masked and drawn again;
+    after 16 refusals, or when the mask admits nothing the grammar takes, the exact mask decides."""
+    vocab = len(logits)
+    z = logits[None].astype(np.float32)
+    z[0, ~constraint.allowed(vocab)] = -np.inf
+    for _ in range(16):
+        tok = int(draw(z.copy()))
+        if constraint.accepts(tok):
+            return tok
+        z[0, tok] = -np.inf
+        if not np.isfinite(z).any():
+            break
+    z = logits[None].astype(np.float32)
+    z[0, ~constraint.allowed_exact(vocab)] = -np.inf
+    if not np.isfinite(z).any():
+        raise InputError("structured output: no token satisfies the grammar here")
+    return int(draw(z))
