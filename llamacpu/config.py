@@ -101,8 +101,9 @@ class LlamaConfig:
         if not _positive_number(self.rms_norm_eps):
             raise ConfigError(f"rms_norm_eps: expected a positive number, found {self.rms_norm_eps!r}")
         self.rms_norm_eps = float(self.rms_norm_eps)  # the kernels take a float (an int of 2**64 fits no int64)
-        if not _positive_number(self.rope_theta):
-            raise ConfigError(f"rope_theta: expected a positive number, found {self.rope_theta!r}")
+        # RoPE's frequencies theta ** (-2i / d) must stay finite, non-zero float32 numbers
+        if not _positive_number(self.rope_theta) or not 1e-30 <= self.rope_theta <= 1e30:
+            raise ConfigError(f"rope_theta: expected a positive number between 1e-30 and 1e30, found {self.rope_theta!r}")
         if self.hidden_act != "silu":
             raise ConfigError(f"hidden_act: only 'silu' (SwiGLU) is supported, found {self.hidden_act!r}")
         for name in ("tie_word_embeddings", "attention_bias", "mlp_bias"):

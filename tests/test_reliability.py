@@ -40,6 +40,7 @@ FIELDS = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
 @FUZZ
 @given(changes=st.dictionaries(st.sampled_from(FIELDS), ABSURD, min_size=1, max_size=3))
 @example(changes={"rms_norm_eps": 2**64})  # once reached the kernel as an int too large for it
+@example(changes={"rope_theta": 5.9e-298})  # once gave infinite RoPE frequencies: NaN in attention
 def test_fuzzed_config_values(tmp_path_factory, changes):
     dst = tmp_path_factory.mktemp("cfg")
     shutil.copy(FIXTURES / "mha_f32" / "model.safetensors", dst)
