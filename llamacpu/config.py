@@ -162,11 +162,7 @@ class LlamaConfig:
             rp = d.pop("rope_parameters") or {}
             if not isinstance(rp, dict):
                 raise ConfigError(f"rope_parameters: expected an object, found {rp!r}")
-            rp = dict(rp)
-            if "rope_theta" in rp:
-                d["rope_theta"] = rp.pop("rope_theta")
-            kind = rp.get("rope_type", rp.get("type", "default"))
-            d["rope_scaling"] = None if kind == "default" else rp
+            d.update(_from_rope_parameters(rp))
         if "dtype" in d:
             d["torch_dtype"] = d.pop("dtype")
         if isinstance(d.get("rope_scaling"), dict) and "type" in d["rope_scaling"]:
@@ -233,11 +229,7 @@ def _init(self, *args, rope_parameters=None, dtype=None, id2label=None, label2id
     if rope_parameters is not None:
         if not isinstance(rope_parameters, dict):
             raise ConfigError(f"rope_parameters: expected a dict, found {rope_parameters!r}")
-        rp = dict(rope_parameters)
-        if "rope_theta" in rp:
-            kwargs["rope_theta"] = rp.pop("rope_theta")
-        kind = rp.get("rope_type", rp.get("type", "default"))
-        kwargs["rope_scaling"] = None if kind == "default" else rp
+        kwargs.update(_from_rope_parameters(rope_parameters))
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
     if id2label is not None:
@@ -281,6 +273,15 @@ def config_v5_dict(c: LlamaConfig) -> dict:
 
 def _positive_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _from_rope_parameters(rp: dict) -> dict:
+    """transformers 5's rope_parameters -> our rope_theta (when given) and rope_scaling."""
+    rp = dict(rp)
+    out = {"rope_theta": rp.pop("rope_theta")} if "rope_theta" in rp else {}
+    kind = rp.get("rope_type", rp.get("type", "default"))
+    out["rope_scaling"] = None if kind == "default" else rp
+    return out
 
 
 def _positive_number(v) -> bool:

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InputError, UnsupportedError
 from ..model.outputs import GenerateDecoderOnlyOutput
-from .generate import generate_tokens, model_defaults
+from .generate import config_for, generate_tokens, model_defaults
 from .sampling import GENERATE_NO_OPS, GenerationConfig, Sampler
 
 TRANSFORMERS_DEFAULT_MAX_LENGTH = 20  # transformers' default when neither max_length nor max_new_tokens is set
@@ -34,14 +34,7 @@ def generation_settings(model, input_len: int, generation_config=None, kwargs=No
     if not explicit_new:
         max_length = merged.get("max_length") or TRANSFORMERS_DEFAULT_MAX_LENGTH
         merged["max_new_tokens"] = max(0, int(max_length) - input_len)
-    if merged.get("eos_token_id") is None:
-        merged["eos_token_id"] = model.config.eos_token_ids
-    config = GenerationConfig.from_kwargs(**merged)
-    if config.pad_token_id is None:
-        pad = model.config.pad_token_id
-        config.pad_token_id = pad if pad is not None else (config.eos_token_id[0] if config.eos_token_id else 0)
-    if not 0 <= config.pad_token_id < model.config.vocab_size:  # finished rows feed it back
-        raise InputError(f"pad_token_id: {config.pad_token_id} is outside the vocabulary [0, {model.config.vocab_size})")
+    config = config_for(model, merged)
     if config.num_return_sequences > 1 and config.num_beams == 1 and not config.do_sample:
         raise InputError("num_return_sequences > 1 needs do_sample=True or num_beams >= num_return_sequences "
                          "(greedy decoding gives one sequence per prompt, as in transformers)")

@@ -26,6 +26,11 @@ def resolve_config(model, kwargs) -> GenerationConfig:
         raise UnsupportedError(f"{whole}: streaming generates one sequence per prompt token by token; use "
                                f"model.generate(...) for these (and max_new_tokens for the length)")
     kwargs = {**{k: v for k, v in model_defaults(model).items() if k not in _WHOLE_CALL}, **kwargs}
+    return config_for(model, kwargs)
+
+
+def config_for(model, kwargs: dict) -> GenerationConfig:
+    """GenerationConfig from merged arguments, the model's end tokens and pad token filled in where unset."""
     if kwargs.get("eos_token_id") is None:
         kwargs["eos_token_id"] = model.config.eos_token_ids
     config = GenerationConfig.from_kwargs(**kwargs)
