@@ -3,12 +3,19 @@
 W: [out_features, in_features] stored as float32, or float16 / bfloat16 bits in uint16 (Numba has no
 16-bit float scalars; `halfbits` widens them in registers). Activations and accumulation are float32.
 Decode reads every weight once: one contiguous row per iteration, rows split across threads.
-Prefill widens a tile of rows once and lets BLAS multiply it by all tokens (see `matmul_tiled`).
+Prefill (`matmul_panels`): output tiles of 4 rows x 4 tokens in 16 float32 vector accumulators, the
+16-bit weights widened in registers (`vcvtph2ps`, or a shift for bf16) and multiplied into float32
+activations with FMA: the arithmetic of the decode kernels, so no rounding of x. (`kernels/bf16.py` has
+the faster `vdpbf16ps` kernel that rounds x to bf16, when the user asks for bf16 compute.)
+The former route, widening a tile to float32 and calling NumPy's BLAS (`matmul_tiled`, kept for
+widths that are not a multiple of 16), ran at 0.37x llama.cpp: OpenBLAS's own threads and Numba's
+team took turns spinning on the 2 cores (2 BLAS threads were 4x slower than 1 around Numba kernels).
 """
 import numpy as np
 from numba import njit, prange
 
 from .halfbits import bf16_to_f32, f16_to_f32
+from .simd import bitcast, fma, fp16_to_f32, hsum, load, splat, zext
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -74,6 +81,100 @@ def matmul_tiled(widen, w, x, out):
         r1 = min(rows, r0 + tile_rows)
         widen(w, r0, r1, tile)
         np.matmul(x, tile[: r1 - r0].T, out=out[:, r0:r1])
+
+
+# ---- prefill: register tiles over the rows as stored ------------------------------------------------------
+
+PANEL = 32  # rows per parallel task: a panel's weights (32 x 2048 x 2 bytes = 128 KB) stay in L2 across tokens
+LANES = 16  # float32 lanes of one accumulator; the width must be a multiple of it
+
+
+@njit(inline="always")
+def _w_f32(w, i):
+    return load(w, i, 16)
+
+
+@njit(inline="always")
+def _w_f16(w, i):
+    return fp16_to_f32(load(w, i, 16))
+
+
+@njit(inline="always")
+def _w_bf16(w, i):
+    return bitcast(zext(load(w, i, 16), np.uint32) << 16, np.float32)
+
+
+@njit(inline="always")
+def _put(out, rows, t0, r0, nt, nr, dt, dr, acc):
+    if dt < nt and dr < nr:
+        out[(t0 + dt) * rows + r0 + dr] = hsum(acc)
+
+
+@njit(inline="always")
+def _panel(w, x, rows, cols, n, out, p, widen):
+    """The outputs of rows [p*PANEL, (p+1)*PANEL) for every token. Tails of rows and tokens compute on
+    clamped (repeated) indices and store only the valid outputs."""
+    p0 = p * PANEL
+    p1 = min(rows, p0 + PANEL)
+    for t0 in range(0, n, 4):
+        b0 = t0 * cols
+        b1 = min(n - 1, t0 + 1) * cols
+        b2 = min(n - 1, t0 + 2) * cols
+        b3 = min(n - 1, t0 + 3) * cols
+        for r0 in range(p0, p1, 4):
+            a0 = r0 * cols
+            a1 = min(p1 - 1, r0 + 1) * cols
+            a2 = min(p1 - 1, r0 + 2) * cols
+            a3 = min(p1 - 1, r0 + 3) * cols
+            z = splat(np.float32(0.0), 16)
+            c00 = z; c01 = z; c02 = z; c03 = z  # noqa: E702  c<row><token>
+            c10 = z; c11 = z; c12 = z; c13 = z  # noqa: E702
+            c20 = z; c21 = z; c22 = z; c23 = z  # noqa: E702
+            c30 = z; c31 = z; c32 = z; c33 = z  # noqa: E702
+            for k in range(0, cols, 16):
+                x0 = load(x, b0 + k, 16)
+                x1 = load(x, b1 + k, 16)
+                x2 = load(x, b2 + k, 16)
+                x3 = load(x, b3 + k, 16)
+                w0 = widen(w, a0 + k)
+                c00 = fma(w0, x0, c00); c01 = fma(w0, x1, c01); c02 = fma(w0, x2, c02); c03 = fma(w0, x3, c03)  # noqa: E702
+                w1 = widen(w, a1 + k)
+                c10 = fma(w1, x0, c10); c11 = fma(w1, x1, c11); c12 = fma(w1, x2, c12); c13 = fma(w1, x3, c13)  # noqa: E702
+                w2 = widen(w, a2 + k)
+                c20 = fma(w2, x0, c20); c21 = fma(w2, x1, c21); c22 = fma(w2, x2, c22); c23 = fma(w2, x3, c23)  # noqa: E702
+                w3 = widen(w, a3 + k)
+                c30 = fma(w3, x0, c30); c31 = fma(w3, x1, c31); c32 = fma(w3, x2, c32); c33 = fma(w3, x3, c33)  # noqa: E702
+            nt = min(4, n - t0)
+            nr = min(4, p1 - r0)
+            _put(out, rows, t0, r0, nt, nr, 0, 0, c00); _put(out, rows, t0, r0, nt, nr, 1, 0, c01)  # noqa: E702
+            _put(out, rows, t0, r0, nt, nr, 2, 0, c02); _put(out, rows, t0, r0, nt, nr, 3, 0, c03)  # noqa: E702
+            _put(out, rows, t0, r0, nt, nr, 0, 1, c10); _put(out, rows, t0, r0, nt, nr, 1, 1, c11)  # noqa: E702
+            _put(out, rows, t0, r0, nt, nr, 2, 1, c12); _put(out, rows, t0, r0, nt, nr, 3, 1, c13)  # noqa: E702
+            _put(out, rows, t0, r0, nt, nr, 0, 2, c20); _put(out, rows, t0, r0, nt, nr, 1, 2, c21)  # noqa: E702
+            _put(out, rows, t0, r0, nt, nr, 2, 2, c22); _put(out, rows, t0, r0, nt, nr, 3, 2, c23)  # noqa: E702
+            _put(out, rows, t0, r0, nt, nr, 0, 3, c30); _put(out, rows, t0, r0, nt, nr, 1, 3, c31)  # noqa: E702
+            _put(out, rows, t0, r0, nt, nr, 2, 3, c32); _put(out, rows, t0, r0, nt, nr, 3, 3, c33)  # noqa: E702
+
+
+@njit(parallel=True, cache=True)
+def matmul_panels_f32(w, x, rows, cols, n, out):
+    """out[t * rows + r] = sum_c w[r * cols + c] * x[t * cols + c]; w float32, all flat, cols % 16 == 0."""
+    for p in prange((rows + PANEL - 1) // PANEL):
+        _panel(w, x, rows, cols, n, out, p, _w_f32)
+
+
+@njit(parallel=True, cache=True)
+def matmul_panels_f16(w, x, rows, cols, n, out):
+    """As matmul_panels_f32 with w: IEEE half bits, uint16."""
+    for p in prange((rows + PANEL - 1) // PANEL):
+        _panel(w, x, rows, cols, n, out, p, _w_f16)
+
+
+@njit(parallel=True, cache=True)
+def matmul_panels_bf16(w, x, rows, cols, n, out):
+    """As matmul_panels_f32 with w: bfloat16 bits, uint16."""
+    for p in prange((rows + PANEL - 1) // PANEL):
+        _panel(w, x, rows, cols, n, out, p, _w_bf16)
 
 
 def matvec_ref(w_f32, x):
