@@ -17,6 +17,7 @@ from numba import njit, prange
 
 from .simd import HAS_AVX512_BF16, dpbf16ps, hsum, load, splat
 
+LANES = 32  # bf16 lanes of one vdpbf16ps operand; the width must be a multiple of it
 PANEL = 32  # rows per parallel task: 32 x 2048 bf16 = 128 KB of weights kept in L2 across tokens
 
 
