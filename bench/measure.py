@@ -6,7 +6,7 @@ enter llamacpu's environment. It imports only the standard library and NumPy at 
 is imported inside its own class.
 
     python bench/measure.py --engine llamacpu|llamacpp|transformers --model PATH --out result.json
-        [--dtype float32|bfloat16] [--threads 2] [--ctx 1024]
+        [--dtype float32|bfloat16|auto] [--threads 2] [--ctx 1024]
         [--prompt-tokens 128,512] [--new-tokens 64,256] [--reps 2] [--startup-only] [--logits FILE.npy]
 
 What it measures, the same way for every engine:
@@ -74,7 +74,7 @@ class LlamacpuEngine:
 
         self.version = _version("llamacpu")
         t = time.time()
-        self.model = LlamaForCausalLM.from_pretrained(path, max_context=ctx, num_threads=threads)
+        self.model = LlamaForCausalLM.from_pretrained(path, max_context=ctx, num_threads=threads, dtype=dtype or "auto")
         self.load_s = time.time() - t
         self.cache = self.model.new_cache(1, max_len=ctx)
         self.vocab = self.model.config.vocab_size
@@ -131,7 +131,7 @@ class LlamacppEngine:
 class TransformersEngine:
     name = "transformers"
 
-    def __init__(self, path, threads, ctx, dtype="float32"):
+    def __init__(self, path, threads, ctx, dtype=None):
         import inspect
 
         import torch
@@ -142,7 +142,7 @@ class TransformersEngine:
         self.torch = torch
         self.version = f"transformers {transformers.__version__}, torch {torch.__version__}"
         t = time.time()
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype or "float32"))
         self.model.eval()
         self.load_s = time.time() - t
         self.vocab = self.model.config.vocab_size
@@ -230,7 +230,8 @@ def main(argv=None) -> int:
     p.add_argument("--engine", required=True, choices=sorted(ENGINES))
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="JSON result file")
-    p.add_argument("--dtype", default="float32", help="transformers: torch dtype to load in")
+    p.add_argument("--dtype", default=None, help="llamacpu and transformers: the dtype to load in (llamacpu: "
+                   "bfloat16 = bf16 weights and bf16 prefill compute; default: as stored; transformers: float32)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--ctx", type=int, default=1024)
     p.add_argument("--prompt-tokens", default="128,512")

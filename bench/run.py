@@ -43,7 +43,10 @@ sys.path.insert(0, str(HERE))
 import checkpoints  # noqa: E402
 from report import render_markdown, summarize  # noqa: E402
 
-FORMATS = ["f16", "q8_0", "q4_0", "q4_k", "int4_g128"]
+FORMATS = ["f16", "f16-as-bf16", "q8_0", "q4_0", "q4_k", "int4_g128"]
+# llamacpu-only rows: the F16 checkpoint loaded with dtype="bfloat16" (weights rounded to bf16 at load,
+# prefill on vdpbf16ps): speed over bit-exactness, compared with llama.cpp on the same F16 file.
+LLAMACPU_ONLY = {"f16-as-bf16": ("f16", ["--dtype", "bfloat16"])}
 SHAPE_7B = "llama-2-7b"
 QUICK_SHAPE = dict(vocab_size=32000, hidden_size=256, intermediate_size=768, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5)
@@ -63,6 +66,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default=f"tinyllama-1.1b,{SHAPE_7B}", help=f"tinyllama-1.1b and/or {SHAPE_7B} (Q4_0 only)")
     p.add_argument("--formats", default=",".join(FORMATS))
+    p.add_argument("--layers", type=int, default=None,
+                   help="smoke runs: the shapes with only this many layers (files under <shape>-<N>L)")
     p.add_argument("--prompt-tokens", default="128,512")
     p.add_argument("--new-tokens", default="64,256")
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -265,6 +270,9 @@ def plan_shapes(args) -> list[dict]:
                               streaming=False, transformers=True))
         else:
             raise SystemExit(f"unknown shape {shape!r}; choose from {sorted(SHAPES)} or 'quick'")
+        if args.layers and shape != "quick":
+            plans[-1]["cfg"] = dict(plans[-1]["cfg"], num_hidden_layers=args.layers)
+            plans[-1]["shape"] = f"{shape}-{args.layers}L"
     for p in plans:
         p["ctx"] = min(p["cfg"]["max_position_embeddings"],
                        max(256, 1 << (max(p["prompts"] + [16]) + max(p["news"]) + 32 - 1).bit_length()))
@@ -278,6 +286,9 @@ def prepare(plan: dict, workdir: Path, want_gguf: bool, notes: list) -> dict:
     if not plan["streaming"]:
         files["f16_folder"] = checkpoints.f16_checkpoint(workdir, shape, cfg)
     for fmt in plan["formats"]:
+        if fmt in LLAMACPU_ONLY:
+            files[fmt] = {"llamacpu": checkpoints.f16_checkpoint(workdir, shape, cfg), "gguf": None}
+            continue
         if fmt == "f16":
             src = checkpoints.f16_checkpoint(workdir, shape, cfg)
         else:
@@ -338,11 +349,12 @@ def main(argv=None) -> int:
             files = plan["files"][fmt]
             tag = f"{shape}.{fmt}"
             cold = None
+            dtype = LLAMACPU_ONLY.get(fmt, (None, []))[1]
             if not args.no_cold and shape != SHAPE_7B:
-                cold = ["--engine", "llamacpu", "--model", str(files["llamacpu"]), "--startup-only", *common]
+                cold = ["--engine", "llamacpu", "--model", str(files["llamacpu"]), "--startup-only", *dtype, *common]
             jobs.append(dict(engine="llamacpu", format=fmt, shape=shape, tag=f"{tag}.llamacpu", python=sys.executable,
                              timeout=timeout, cold=cold, extra={},
-                             argv=["--engine", "llamacpu", "--model", str(files["llamacpu"]),
+                             argv=["--engine", "llamacpu", "--model", str(files["llamacpu"]), *dtype,
                                    "--logits", str(logits_dir / f"{tag}.llamacpu.npy"), *common]))
             if files["gguf"] is not None:
                 wb, db = gguf_bytes(files["gguf"])
