@@ -127,3 +127,14 @@ def test_f16_model_as_bf16_stays_close_to_reference(monkeypatch, fast):
     cache = model.new_cache(ids.shape[0], max_len=64)
     steps = np.concatenate([model(ids[:, t:t + 1], past_key_values=cache).logits for t in range(ids.shape[1])], axis=1)
     assert np.abs(steps - logits).max() <= (3e-2 if fast else 1e-5) * scale
+
+
+def test_f16_to_bf16_at_load_rounds_like_numpy():
+    rng = np.random.default_rng(2)
+    half = (rng.standard_normal((7, 33)) * 10).astype(np.float16)
+    half.flat[:6] = [np.inf, -np.inf, np.nan, 0.0, -0.0, 6.0e-8]  # and a subnormal
+    w = DenseWeight.from_array(half.view(np.uint16), "bfloat16", "F16")
+    want = f32_to_bf16(half.astype(np.float32))
+    assert w.dtype == "bf16"
+    np.testing.assert_array_equal(w.data.reshape(-1)[3:], want.reshape(-1)[3:])
+    assert np.isnan(w.dequantize().flat[2]) and w.dequantize().flat[0] == np.inf and w.dequantize().flat[1] == -np.inf

@@ -12,6 +12,7 @@ import numpy as np
 from ..checkpoint.safetensors_mmap import bf16_to_f32, f32_to_bf16
 from ..kernels import bf16, dense
 from ..kernels.dense import matmul_tiled
+from ..kernels.halfbits import f16_to_bf16_rows
 from ..kernels.simd import HAS_AVX512_BF16
 
 
@@ -129,6 +130,10 @@ class DenseWeight(Weight):
         compute = "bf16" if storage == "bfloat16" else "f32"
         if target == kind:
             return cls(arr, kind, compute)
+        if (kind, target) == ("f16", "bf16"):  # in one pass, no float32 copy of the matrix
+            bits = np.empty(arr.shape, np.uint16)
+            f16_to_bf16_rows(np.ascontiguousarray(arr).view(np.uint16), bits)
+            return cls(bits, "bf16", compute)
         f32 = bf16_to_f32(arr) if kind == "bf16" else np.asarray(arr, dtype=np.float32)
         if target == "f32":
             return cls(np.ascontiguousarray(f32), "f32")
