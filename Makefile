@@ -24,8 +24,12 @@ demo: warm
 test: warm
 	$(PY) -m pytest -q tests
 
+# The issue 12 table (TinyLlama-1.1B shape against llama.cpp in F16, F16 as BF16, Q8_0, Q4_0, Q4_K; 2 rounds):
+# ~15 min on 2 cores, plus ~4 min the first time to write the model files. `bench/run.py` alone runs
+# everything (Llama-2-7B, int4_g128, transformers too); see bench/README.md.
+BENCH_ARGS ?= --shapes tinyllama-1.1b --formats f16,f16-as-bf16,q8_0,q4_0,q4_k --peers llamacpp --prompt-tokens 128,512 --new-tokens 64
 bench: $(STAMP)
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
