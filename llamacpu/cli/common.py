@@ -98,7 +98,8 @@ def add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
     p.add_argument("-c", "--ctx-size", "--max-context", dest="ctx_size", type=int, metavar="N",
                    help="KV-cache length in tokens (default: the model's context)")
     p.add_argument("--dtype", "--torch_dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="weight precision in memory (auto: as stored)")
+                   help="weight precision in memory (auto: as stored; bfloat16 also computes prefill in bf16 "
+                        "where the CPU has AVX512-BF16: faster, not bit-exact)")
     p.add_argument("--attn_implementation", choices=["eager", "sdpa", "flash_attention_2", "flex_attention"],
                    help="accepted as in transformers' chat command; no effect (one exact attention kernel)")
     p.add_argument("-q", "--quantization", metavar="FORMAT",
