@@ -52,16 +52,21 @@ class OpTimer:
 
     def __init__(self, backend, names):
         self.time, self.calls, self.stack = defaultdict(float), defaultdict(int), []
+        self.bytes = defaultdict(int)  # weight bytes a call of that label reads
         self.names = names
         for op in OPS:
             setattr(backend, op, self._wrap(op, getattr(backend, op)))
 
     def _label(self, op, args):
         if op == "linear":
-            return f"linear {self.names.get(id(args[0]), '?')} ({args[0].dtype})"
-        if op == "linears":
-            return "linears " + "+".join(self.names.get(id(w), "?") for w in args[0]) + f" ({args[0][0].dtype})"
-        return op
+            label = f"linear {self.names.get(id(args[0]), '?')} ({args[0].dtype})"
+            self.bytes[label] = args[0].nbytes
+        elif op == "linears":
+            label = "linears " + "+".join(self.names.get(id(w), "?") for w in args[0]) + f" ({args[0][0].dtype})"
+            self.bytes[label] = sum(w.nbytes for w in args[0])
+        else:
+            label = op
+        return label
 
     def _wrap(self, op, fn):
         def timed(*args, **kw):
@@ -143,7 +148,7 @@ class Timers:
         self.n.clear()
 
     def snapshot(self):
-        return dict(self.t), dict(self.n)
+        return dict(self.t), dict(self.n), {}
 
 
 class OpReset:
@@ -154,20 +159,31 @@ class OpReset:
         self.ops.reset()
 
     def snapshot(self):
-        return dict(self.ops.time), dict(self.ops.calls)
+        return dict(self.ops.time), dict(self.ops.calls), dict(self.ops.bytes)
 
 
-def table(title, dt, times, calls, steps):
+def table(title, dt, times, calls, nbytes, steps):
     rows = sorted(times.items(), key=lambda kv: -kv[1])
     timed = sum(times.values())
     out = [f"#### {title}: {dt * 1e3:.2f} ms per token ({1 / dt:.1f} tok/s)", "",
-           "| part | ms per token | share | calls per token |", "| --- | --- | --- | --- |"]
+           "| part | ms per token | share | calls per token | weights read, GB/s |", "| --- | --- | --- | --- | --- |"]
     for name, t in rows:
-        out.append(f"| {name} | {t / steps * 1e3:.3f} | {t / steps / dt:.0%} | {calls[name] / steps:g} |")
+        gbs = f"{nbytes[name] * calls[name] / t / 1e9:.1f}" if nbytes.get(name) and t else ""
+        out.append(f"| {name} | {t / steps * 1e3:.3f} | {t / steps / dt:.0%} | {calls[name] / steps:g} | {gbs} |")
     rest = dt - timed / steps
-    out.append(f"| Python and the rest (untimed) | {rest * 1e3:.3f} | {rest / dt:.0%} | |")
-    out.append(f"| **backend calls (kernels and NumPy)** | | | **{sum(calls.values()) / steps:g}** |")
+    out.append(f"| Python and the rest (untimed) | {rest * 1e3:.3f} | {rest / dt:.0%} | | |")
+    out.append(f"| **backend calls (kernels and NumPy)** | | | **{sum(calls.values()) / steps:g}** | |")
     return "\n".join(out)
+
+
+def bandwidth_gbps(threads) -> float:
+    """Plain read bandwidth now (bench/bandwidth.py, 0.5 GB, best of 5)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_bandwidth", HERE / "bandwidth.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.measure(0.5, threads, reps=5)["read_gbps"]
 
 
 def main(argv=None) -> int:
@@ -192,15 +208,21 @@ def main(argv=None) -> int:
 
     run_pass(model, 8, 1, prompt)  # warm-up: kernels loaded, caches settled
     timers = Timers(model)
-    dt, (t, n) = run_pass(model, args.steps, args.rounds, prompt, timers)
-    print(table("as run (compiled decode step where the model has one)", dt, t, n, args.steps))
+    dt, (t, n, b) = run_pass(model, args.steps, args.rounds, prompt, timers)
+    b = {"lm_head (model.head)": model.weights.lm_head.nbytes}
+    print(table("as run (compiled decode step where the model has one)", dt, t, n, b, args.steps))
     print()
 
     model.compiled_decode = False
     ops = OpTimer(model.backend, names)
     run_pass(model, 4, 1, prompt)
-    dt2, (t2, n2) = run_pass(model, args.steps, args.rounds, prompt, OpReset(ops))
-    print(table("readable forward pass, op by op", dt2, t2, n2, args.steps))
+    dt2, (t2, n2, b2) = run_pass(model, args.steps, args.rounds, prompt, OpReset(ops))
+    print(table("readable forward pass, op by op", dt2, t2, n2, b2, args.steps))
+    total = model.weights.nbytes - model.weights.embed.nbytes * (model.weights.lm_head is not model.weights.embed)
+    bw = bandwidth_gbps(args.threads)
+    print(f"\nweights read per token {total / 1e6:.1f} MB: {total / dt / 1e9:.1f} GB/s as run "
+          f"({total / dt / 1e9 / bw:.0%} of the plain read, {bw:.1f} GB/s just after: bench/bandwidth.py), "
+          f"{total / dt2 / 1e9:.1f} GB/s readable")
     return 0
 
 
