@@ -3,7 +3,7 @@
 W: [out_features, in_features] stored as float32, or float16 / bfloat16 bits in uint16 (Numba has no
 16-bit float scalars; `halfbits` widens them in registers). Activations and accumulation are float32.
 Decode reads every weight once: one contiguous row per iteration, rows split across threads.
-Prefill (`matmul_panels`): output tiles of 4 rows x 4 tokens in 16 float32 vector accumulators, the
+Prefill (`matmul_panels_*`, one tile body: `panel`): output tiles of 4 rows x 4 tokens in 16 float32 vector accumulators, the
 16-bit weights widened in registers (`vcvtph2ps`, or a shift for bf16) and multiplied into float32
 activations with FMA: the arithmetic of the decode kernels, so no rounding of x. (`kernels/bf16.py` has
 the faster `vdpbf16ps` kernel that rounds x to bf16, when the user asks for bf16 compute.)
@@ -105,15 +105,22 @@ def _w_bf16(w, i):
 
 
 @njit(inline="always")
+def _fma(acc, w, x):
+    return fma(w, x, acc)
+
+
+@njit(inline="always")
 def _put(out, rows, t0, r0, nt, nr, dt, dr, acc):
     if dt < nt and dr < nr:
         out[(t0 + dt) * rows + r0 + dr] = hsum(acc)
 
 
 @njit(inline="always")
-def _panel(w, x, rows, cols, n, out, p, widen):
-    """The outputs of rows [p*PANEL, (p+1)*PANEL) for every token. Tails of rows and tokens compute on
-    clamped (repeated) indices and store only the valid outputs."""
+def panel(w, x, rows, cols, n, out, p, wload, xload, madd, step):
+    """out[t * rows + r] for the rows r of panel p ([p*PANEL, (p+1)*PANEL)) and every token t, over
+    flat w [rows * cols] and x [n * cols]: acc = madd(acc, wload(w, i), xload(x, i)) over `step`
+    columns at a time, one horizontal sum per output. Tails of rows and tokens compute on clamped
+    (repeated) indices and store only the valid outputs. Shared with kernels/bf16.py."""
     p0 = p * PANEL
     p1 = min(rows, p0 + PANEL)
     for t0 in range(0, n, 4):
@@ -131,19 +138,19 @@ def _panel(w, x, rows, cols, n, out, p, widen):
             c10 = z; c11 = z; c12 = z; c13 = z  # noqa: E702
             c20 = z; c21 = z; c22 = z; c23 = z  # noqa: E702
             c30 = z; c31 = z; c32 = z; c33 = z  # noqa: E702
-            for k in range(0, cols, 16):
-                x0 = load(x, b0 + k, 16)
-                x1 = load(x, b1 + k, 16)
-                x2 = load(x, b2 + k, 16)
-                x3 = load(x, b3 + k, 16)
-                w0 = widen(w, a0 + k)
-                c00 = fma(w0, x0, c00); c01 = fma(w0, x1, c01); c02 = fma(w0, x2, c02); c03 = fma(w0, x3, c03)  # noqa: E702
-                w1 = widen(w, a1 + k)
-                c10 = fma(w1, x0, c10); c11 = fma(w1, x1, c11); c12 = fma(w1, x2, c12); c13 = fma(w1, x3, c13)  # noqa: E702
-                w2 = widen(w, a2 + k)
-                c20 = fma(w2, x0, c20); c21 = fma(w2, x1, c21); c22 = fma(w2, x2, c22); c23 = fma(w2, x3, c23)  # noqa: E702
-                w3 = widen(w, a3 + k)
-                c30 = fma(w3, x0, c30); c31 = fma(w3, x1, c31); c32 = fma(w3, x2, c32); c33 = fma(w3, x3, c33)  # noqa: E702
+            for k in range(0, cols, step):
+                x0 = xload(x, b0 + k)
+                x1 = xload(x, b1 + k)
+                x2 = xload(x, b2 + k)
+                x3 = xload(x, b3 + k)
+                w0 = wload(w, a0 + k)
+                c00 = madd(c00, w0, x0); c01 = madd(c01, w0, x1); c02 = madd(c02, w0, x2); c03 = madd(c03, w0, x3)  # noqa: E702
+                w1 = wload(w, a1 + k)
+                c10 = madd(c10, w1, x0); c11 = madd(c11, w1, x1); c12 = madd(c12, w1, x2); c13 = madd(c13, w1, x3)  # noqa: E702
+                w2 = wload(w, a2 + k)
+                c20 = madd(c20, w2, x0); c21 = madd(c21, w2, x1); c22 = madd(c22, w2, x2); c23 = madd(c23, w2, x3)  # noqa: E702
+                w3 = wload(w, a3 + k)
+                c30 = madd(c30, w3, x0); c31 = madd(c31, w3, x1); c32 = madd(c32, w3, x2); c33 = madd(c33, w3, x3)  # noqa: E702
             nt = min(4, n - t0)
             nr = min(4, p1 - r0)
             _put(out, rows, t0, r0, nt, nr, 0, 0, c00); _put(out, rows, t0, r0, nt, nr, 1, 0, c01)  # noqa: E702
@@ -160,21 +167,21 @@ def _panel(w, x, rows, cols, n, out, p, widen):
 def matmul_panels_f32(w, x, rows, cols, n, out):
     """out[t * rows + r] = sum_c w[r * cols + c] * x[t * cols + c]; w float32, all flat, cols % 16 == 0."""
     for p in prange((rows + PANEL - 1) // PANEL):
-        _panel(w, x, rows, cols, n, out, p, _w_f32)
+        panel(w, x, rows, cols, n, out, p, _w_f32, _w_f32, _fma, LANES)
 
 
 @njit(parallel=True, cache=True)
 def matmul_panels_f16(w, x, rows, cols, n, out):
     """As matmul_panels_f32 with w: IEEE half bits, uint16."""
     for p in prange((rows + PANEL - 1) // PANEL):
-        _panel(w, x, rows, cols, n, out, p, _w_f16)
+        panel(w, x, rows, cols, n, out, p, _w_f16, _w_f32, _fma, LANES)
 
 
 @njit(parallel=True, cache=True)
 def matmul_panels_bf16(w, x, rows, cols, n, out):
     """As matmul_panels_f32 with w: bfloat16 bits, uint16."""
     for p in prange((rows + PANEL - 1) // PANEL):
-        _panel(w, x, rows, cols, n, out, p, _w_bf16)
+        panel(w, x, rows, cols, n, out, p, _w_bf16, _w_f32, _fma, LANES)
 
 
 def matvec_ref(w_f32, x):
