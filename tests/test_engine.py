@@ -227,7 +227,12 @@ def smollm2():
 def seeded_requests(tok, n=16):
     """16 sampled requests (temperature 0.8, a seed each; prompts of 1-12 tokens, some shared twice)."""
     return [(tok.encode(SEEDED_PROMPTS[i % len(SEEDED_PROMPTS)]),
-             dict(max_new_tokens=12, do_sample=True, temperature=0.8, seed=100 + i)) for i in range(n)]
+             dict(max_new_tokens=12, do_sample=True, temperature=0.8, seed=100 + i, logprobs=0)) for i in range(n)]
+
+
+def answer(result):
+    """The tokens and their log-probs: equal log-probs show the logits were the same to the last bit."""
+    return result["tokens"], [lp for _, lp, _ in result["logprobs"]]
 
 
 @pytest.mark.parametrize("which", ["stories", "smollm2"])
@@ -239,13 +244,13 @@ def test_seeded_samples_under_load_equal_each_alone(which, request):
     alone = []
     for ids, kw in reqs:
         with Engine(model, tok, slots=1, context=128) as e:
-            alone.append(e.generate(ids, **kw)["tokens"])
-    assert len({tuple(a) for a in alone}) > 8  # really sampled: different seeds, different answers
+            alone.append(answer(e.generate(ids, **kw)))
+    assert len({tuple(a[0]) for a in alone}) > 8  # really sampled: different seeds, different answers
     with Engine(model, tok, slots=16, context=128, max_batch_tokens=7) as e:
         crowd = [e.submit(ids, **kw) for ids, kw in reqs]
-        assert [r.result()["tokens"] for r in crowd] == alone
+        assert [answer(r.result()) for r in crowd] == alone
         again = [e.submit(ids, **kw) for ids, kw in reqs]  # the same prompts: their prefixes are in the slots
-        assert [r.result()["tokens"] for r in again] == alone
+        assert [answer(r.result()) for r in again] == alone
         assert sum(r.usage.cached_tokens for r in again) > 0
 
 
@@ -255,14 +260,13 @@ def test_cached_prefix_gives_the_same_seeded_sample(smollm2):
     as on an empty engine."""
     model, tok = smollm2
     first = tok.encode("The capital of France is")
-    kw = dict(max_new_tokens=10, do_sample=True, temperature=0.8, seed=5)
+    kw = dict(max_new_tokens=10, do_sample=True, temperature=0.8, seed=5, logprobs=0)
     with Engine(model, tok, slots=1, context=128) as e:
-        answer = e.generate(first, **kw)["tokens"]
-        follow = first + answer + tok.encode(" And of Italy?")
+        follow = first + e.generate(first, **kw)["tokens"] + tok.encode(" And of Italy?")
         cached = e.submit(follow, **kw)
-        got = cached.result()["tokens"]
+        got = answer(cached.result())
         assert cached.usage.cached_tokens == len(first)
     with Engine(model, tok, slots=1, context=128) as e:
         fresh = e.submit(follow, **kw)
-        assert fresh.result()["tokens"] == got
+        assert answer(fresh.result()) == got
         assert fresh.usage.cached_tokens == 0
