@@ -39,7 +39,7 @@ SERIAL_WORK = 1 << 16  # as backends/cpu.py: below this many multiply-adds a thr
 
 
 class SlotCache:
-    def __init__(self, config, n_slots: int, context: int):
+    def __init__(self, config, n_slots: int, context: int, reuse_generated: bool = False):
         L, KV, hd = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
         if n_slots < 1 or context < 2:
             raise InputError(f"slots: need at least 1 slot of 2 tokens, got {n_slots} x {context}")
@@ -53,6 +53,7 @@ class SlotCache:
         self.tokens: list[list[int]] = [[] for _ in range(n_slots)]  # the ids each slot holds, in order
         self.prompt_length = [0] * n_slots  # how many of them entered as prompt rows (reusable as a prefix)
         self.n_slots, self.context = n_slots, context
+        self.reuse_generated = reuse_generated  # also reuse generated tokens as a prefix (not batch-invariant)
 
     def length(self, slot: int) -> int:
         return len(self.tokens[slot])
@@ -65,7 +66,8 @@ class SlotCache:
     def common_prefix(self, slot: int, ids) -> int:
         """How many leading ids of `ids` the slot holds as prompt rows (see the module docstring)."""
         n = 0
-        for a, b in zip(self.tokens[slot][:self.prompt_length[slot]], ids):
+        held = self.tokens[slot] if self.reuse_generated else self.tokens[slot][:self.prompt_length[slot]]
+        for a, b in zip(held, ids):
             if a != b:
                 break
             n += 1
@@ -83,10 +85,13 @@ def check_model(model) -> None:
         raise UnsupportedError("the generation engine does not support dynamic RoPE scaling (frequencies per sequence)")
 
 
-def forward_slots(model, cache: SlotCache, segments: list[tuple[int, np.ndarray]], n_decode: int = 0) -> np.ndarray:
+def forward_slots(model, cache: SlotCache, segments: list[tuple[int, np.ndarray]], n_decode: int = 0,
+                  invariant: bool = True) -> np.ndarray:
     """Append each segment's ids (int64 [T_i], T_i >= 1) to its slot and run them through the stack.
     The first `n_decode` segments are decoding sequences (one new token each: decode kernel), the rest
-    prompt chunks (prefill kernel); see the module docstring.
+    prompt chunks (prefill kernel); see the module docstring. invariant=False: the kernels chosen by the
+    row count instead, as `generate` does (faster where the prefill kernel beats the decode kernel at
+    many rows; a token's last bits then depend on its batch mates).
     Returns the final-normed hidden state of each segment's last token, float32 [n_segments, hidden]."""
     cfg, ops = model.config, model.backend
     if any(len(t) != 1 for _, t in segments[:n_decode]):
@@ -102,9 +107,10 @@ def forward_slots(model, cache: SlotCache, segments: list[tuple[int, np.ndarray]
     freqs = inv_freq(cfg)
     attention = slot_attention_serial if N * H * hd * (int(pos.max()) + 1) < SERIAL_WORK else slot_attention
     d = n_decode  # rows [:d] decode, [d:] prompt
+    parts = ((slice(0, d), "decode"), (slice(d, N), "prompt")) if invariant else ((slice(0, N), None),)
 
     def linears(weights, x, outs, biases):  # each part of the rows through the kernel of its role
-        for rows, role in ((slice(0, d), "decode"), (slice(d, N), "prompt")):
+        for rows, role in parts:
             if rows.stop > rows.start:
                 ops.linears(weights, x[rows], tuple(o[rows] for o in outs), biases, role)
         return outs[0]
@@ -127,8 +133,11 @@ def forward_slots(model, cache: SlotCache, segments: list[tuple[int, np.ndarray]
             # --- MLP block (SwiGLU) -------------------------------------------------------------
             ops.rmsnorm(x, lw.mlp_norm, cfg.rms_norm_eps, h)
             linears((lw.w_gate, lw.w_up), h, (gate, up), (lw.b_gate, lw.b_up))
-            swiglu_serial(gate[:d], up[:d], gate[:d])  # by role too: the two variants' exp differ in the last bit
-            swiglu(gate[d:], up[d:], gate[d:])
+            if invariant:  # by role too: the serial and parallel kernels' exp differ in the last bit
+                swiglu_serial(gate[:d], up[:d], gate[:d])
+                swiglu(gate[d:], up[d:], gate[d:])
+            else:
+                ops.swiglu(gate, up, gate)
             ops.add(x, linears((lw.w_down,), gate, (proj,), (lw.b_down,)))
         ops.rmsnorm(x[last_rows], model.weights.norm, cfg.rms_norm_eps, h[:len(last_rows)])
         hidden = h[:len(last_rows)].copy()  # out of the lent workspace before it is lent again

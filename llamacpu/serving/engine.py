@@ -157,14 +157,17 @@ def collect(events) -> dict:
 
 class Engine:
     def __init__(self, model, tokenizer, slots: int = 8, context: int | None = None, max_queue: int = 64,
-                 max_batch_tokens: int = 256):
+                 max_batch_tokens: int = 256, batch_invariant: bool = True):
+        """batch_invariant=False: kernels chosen by the step's row count and generated tokens reused as a
+        prefix (seeded samples then depend on the batch; see the module docstring and bench/README.md)."""
         check_model(model)
         for name, v in (("slots", slots), ("max_queue", max_queue), ("max_batch_tokens", max_batch_tokens)):
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "max_queue" else 1):
                 raise InputError(f"{name}: expected a positive integer, got {v!r}")
         self.model, self.tokenizer = model, tokenizer
         self.context = int(min(context or model.max_context, model.max_context))
-        self.cache = SlotCache(model.config, slots, self.context)
+        self.batch_invariant = bool(batch_invariant)
+        self.cache = SlotCache(model.config, slots, self.context, reuse_generated=not self.batch_invariant)
         self.max_queue, self.max_batch_tokens = max_queue, max_batch_tokens
         self._free = list(range(slots))  # free slot ids
         self._waiting: collections.deque[Request] = collections.deque()
@@ -312,7 +315,7 @@ class Engine:
             r.pending = r.pending[n:]
             budget -= n
         try:
-            hidden = forward_slots(self.model, self.cache, segments, n_decode)
+            hidden = forward_slots(self.model, self.cache, segments, n_decode, self.batch_invariant)
             rows = [i for i, (_, complete) in enumerate(fed) if complete]
             logits = self._logits(hidden[rows]) if rows else None
         except Exception as e:  # nothing a request does may kill the loop: fail this batch, keep serving
@@ -332,7 +335,8 @@ class Engine:
         lm_head, ops = self.model.weights.lm_head, self.model.backend
         out = np.empty((hidden.shape[0], lm_head.shape[0]), np.float32)
         with KERNEL_LOCK:
-            ops.linear(lm_head, np.ascontiguousarray(hidden, np.float32), out, role="decode")
+            ops.linear(lm_head, np.ascontiguousarray(hidden, np.float32), out,
+                       role="decode" if self.batch_invariant else None)
         return out
 
     def _sample(self, r: Request, logits: np.ndarray):
