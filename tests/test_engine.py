@@ -46,9 +46,14 @@ def test_slot_attention_matches_reference(data):
     slots = rng.integers(0, n_slots, n_tok)
     last = rng.integers(0, ctx, n_tok)
     want = slot_attention_ref(q, k, v, slots, last, np.float32(0.5))
+    layers = data.draw(st.integers(1, 3))
+    layer = data.draw(st.integers(0, layers - 1))
+    k_pool = rng.standard_normal((n_slots, layers, kv, ctx, hd), dtype=np.float32)  # [slot, layer, ...]
+    v_pool = rng.standard_normal((n_slots, layers, kv, ctx, hd), dtype=np.float32)
+    k_pool[:, layer], v_pool[:, layer] = k, v
     for kernel in (slot_attention, slot_attention_serial):
         out = np.full(q.shape, np.nan, np.float32)
-        kernel(q, k, v, slots, last, np.float32(0.5), out, np.zeros((64, ctx), np.float32))
+        kernel(q, k_pool, v_pool, layer, slots, last, np.float32(0.5), out, np.zeros((64, ctx), np.float32))
         np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-5)
 
 

@@ -47,8 +47,11 @@ class SlotCache:
         check_allocation(need, f"a KV cache of {n_slots} slots x {context} tokens", InputError,
                          "use fewer slots or a smaller context", lazy=True)  # zero pages, filled as used
         zeros = CPUBackend().zeros  # 4 KiB pages: a slot costs memory only as it fills
-        self.k = zeros((L, n_slots, KV, context, hd))  # [layer, slot, kv_head, position, head_dim]
-        self.v = zeros((L, n_slots, KV, context, hd))
+        # [slot, layer, kv_head, position, head_dim]: a slot's layers contiguous, so that its view
+        # [layer, 1, kv_head, position, head_dim] is a one-sequence cache for the compiled decode step
+        self.k = zeros((n_slots, L, KV, context, hd))
+        self.v = zeros((n_slots, L, KV, context, hd))
+        self.valid = np.ones((1, context), np.uint8)  # that step's mask: every position up to its own
         self.scores = np.zeros((numba.config.NUMBA_NUM_THREADS, context), np.float32)  # attention scratch
         self.tokens: list[list[int]] = [[] for _ in range(n_slots)]  # the ids each slot holds, in order
         self.prompt_length = [0] * n_slots  # how many of them entered as prompt rows (reusable as a prefix)
@@ -73,9 +76,18 @@ class SlotCache:
             n += 1
         return n
 
+    def one_sequence(self, slot: int):
+        """The slot as the cache the compiled decode step reads (k, v [L, 1, KV, S, hd], valid_dev, scores)."""
+        return _OneSequence(self.k[slot][:, None], self.v[slot][:, None], self.valid, self.scores)
+
     @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
+
+
+class _OneSequence:
+    def __init__(self, k, v, valid, scores):
+        self.k, self.v, self.valid_dev, self.scores = k, v, valid, scores
 
 
 def check_model(model) -> None:
@@ -105,6 +117,10 @@ def forward_slots(model, cache: SlotCache, segments: list[tuple[int, np.ndarray]
         raise InputError("forward_slots: a segment runs past its slot or holds an id out of range")  # engine bug guard
     last_rows = np.cumsum([len(t) for _, t in segments]) - 1
     freqs = inv_freq(cfg)
+    if invariant and n_decode == N == 1 and cfg.intermediate_size < SERIAL_WORK:
+        step = model.decode_step()  # one decode row: the compiled step, as generate runs it (None if unavailable)
+        if step is not None:
+            return _compiled_step(model, step, cache, segments[0][0], ids, pos, freqs)
     attention = slot_attention_serial if N * H * hd * (int(pos.max()) + 1) < SERIAL_WORK else slot_attention
     d = n_decode  # rows [:d] decode, [d:] prompt
     parts = ((slice(0, d), "decode"), (slice(d, N), "prompt")) if invariant else ((slice(0, N), None),)
@@ -125,9 +141,9 @@ def forward_slots(model, cache: SlotCache, segments: list[tuple[int, np.ndarray]
             linears((lw.wq, lw.wk, lw.wv), h, (q, k, v), (lw.bq, lw.bk, lw.bv))
             ops.rope(q.reshape(N, H, hd), pos, freqs)
             ops.rope(k.reshape(N, KV, hd), pos, freqs)
-            cache.k[layer][slots, :, pos] = k.reshape(N, KV, hd)  # each token into its own slot
-            cache.v[layer][slots, :, pos] = v.reshape(N, KV, hd)
-            attention(q.reshape(N, H, hd), cache.k[layer], cache.v[layer], slots, pos, model.scale,
+            cache.k[slots, layer, :, pos] = k.reshape(N, KV, hd)  # each token into its own slot
+            cache.v[slots, layer, :, pos] = v.reshape(N, KV, hd)
+            attention(q.reshape(N, H, hd), cache.k, cache.v, layer, slots, pos, model.scale,
                       att.reshape(N, H, hd), cache.scores)
             ops.add(x, linears((lw.wo,), att, (proj,), (lw.bo,)))
             # --- MLP block (SwiGLU) -------------------------------------------------------------
@@ -145,4 +161,17 @@ def forward_slots(model, cache: SlotCache, segments: list[tuple[int, np.ndarray]
         if j >= n_decode and cache.prompt_length[s] == len(cache.tokens[s]):  # prompt rows extend the reusable prefix
             cache.prompt_length[s] += len(t)
         cache.tokens[s].extend(int(i) for i in t)
+    return hidden
+
+
+def _compiled_step(model, step, cache: SlotCache, slot: int, ids, pos, freqs) -> np.ndarray:
+    """forward_slots for one decode row through the compiled decode step (model/compiled_decode.py): one
+    call for the whole stack instead of ~10 Python-level kernel calls per layer. The same kernels as the
+    loop's decode rows (the decode kernel, serial SwiGLU below SERIAL_WORK elements, attention whose
+    bits equal slot_attention's), so a token's bits do not depend on which path ran it (tested)."""
+    with model.lend_workspace(1) as ws, KERNEL_LOCK:
+        model.backend.embed(model.weights.embed, ids, ws.x[:1])
+        step(ws, 1, cache.one_sequence(slot), int(pos[0]), pos, freqs, SERIAL_WORK)
+        hidden = ws.h[:1].copy()
+    cache.tokens[slot].append(int(ids[0]))
     return hidden
