@@ -32,9 +32,9 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit
 
-from ..kernels.simd import bitcast, fma, hsum, load, shuffle, shuffle2, sitofp, splat, zext
+from ..kernels.simd import bitcast, fma, fp16_to_f32, hsum, load, shuffle, shuffle2, sitofp, splat, zext
 from .common import FASTMATH, as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
-from .vnni import CAT32, FIRST8, K_ORDER, LAST8, byte_dot, centre, each4, empty64, matmul, prepare_tokens, put8
+from .vnni import CAT32, FIRST8, K_ORDER, byte_dot, centre, each4, empty64, matmul, prepare_tokens, put8
 
 ID = 3  # this format's index in kernels.MODULES
 NAME = "q4_k"
@@ -241,6 +241,7 @@ K_T = shuffle2([0, 5, 2, 3])
 K_U = shuffle2([0, 1, 2, 7])
 # cs = 8 sub-block scales -> the lanes of the two accumulators of each 128-element step
 K_S0, K_S1, K_S2, K_S3 = [shuffle([a] * 8 + [b] * 8) for a, b in ((0, 2), (1, 3), (4, 6), (5, 7))]
+K_DM = shuffle([0] * 8 + [1] * 8)  # (d, dmin) -> d on the scales' lanes, dmin on the minimums'
 
 
 @njit(inline="always")
@@ -260,38 +261,40 @@ def _q4k_scales(row, o):
 
 @njit(inline="always")
 def setup_k(X, spec):
-    """Per call (the family of Q4_K and Q5_K, spec = VNNI): the planes of every token (K_ORDER) and the
-    centring term of each sub-block (levels centred on spec[3])."""
+    """Per call (the family of Q4_K and Q5_K, spec = VNNI): the planes of every token (K_ORDER) and, per
+    super-block, 16 floats: the centring terms of its 8 sub-blocks (levels centred on spec[3]), then
+    minus their exact x sums (what dmin * m multiplies)."""
     n, C = X.shape
     nb = C // 32
     H, L, sx, r16, xe = prepare_tokens(X, K_ORDER)
-    cx = empty64(n * nb, np.float32)
+    cxe = empty64(2 * n * nb, np.float32)
     for e in range(n * nb):
-        cx[e] = centre(spec[3], sx[e], r16[2 * e] + r16[2 * e + 1], xe[e], 1)
-    return H, L, sx, xe, cx, C
+        cxe[16 * (e >> 3) + (e & 7)] = centre(spec[3], sx[e], r16[2 * e] + r16[2 * e + 1], xe[e], 1)
+        cxe[16 * (e >> 3) + 8 + (e & 7)] = -xe[e]
+    return H, L, sx, cxe, C
 
 
 @njit(inline="always")
 def dot_k(row, ctx, t, step, spec):
     """Row . token t (spec = (super-block bytes, offset of the nibbles, fifth bits, centre)): one super-block
-    (two 64-byte chunks of nibbles) per step. With fifth bits (Q5_K) each sub-block's are moved to bit 4
-    of its bytes: the 32 qh bytes at 16 hold bit s for sub-block s, so one shift per sub-block,
-    concatenated per pair of sub-blocks that share a 64-byte half, then & 16."""
+    (two 64-byte chunks of nibbles) per step. Its d and dmin are converted together and multiply the
+    16 unpacked scales and minimums in one vector, which then meets the 16 per-super-block terms of
+    setup_k in one FMA. With fifth bits (Q5_K) each sub-block's are moved to bit 4 of its bytes: the
+    32 qh bytes at 16 hold bit s for sub-block s, so one shift per sub-block, concatenated per pair of
+    sub-blocks that share a 64-byte half, then & 16."""
     size, qs, high = spec[0], spec[1], spec[2]
-    H, L, sx, xe, cx, C = ctx
+    H, L, sx, cxe, C = ctx
     nsb = C // 256
     p0 = t * C
     e0 = t * (C // 32)
     acc0 = splat(np.float32(0.0), 16)  # two accumulators: chunks 0-1 and 2-3 (shorter FMA chains)
     acc1 = splat(np.float32(0.0), 16)
-    acc8 = splat(np.float32(0.0), 8)  # per sub-block: centring terms and minimums
+    acc16 = splat(np.float32(0.0), 16)  # per sub-block: centring terms (lanes 0..7) and minimums (8..15)
     for i in range(nsb):
         o = i * size
-        scm = _q4k_scales(row, o)
-        sd = FIRST8(scm) * splat(f16_at(row, o), 8)  # d * sc
-        cs = sd * load(sx, e0 + 8 * i, 8)
-        acc8 = fma(sd, load(cx, e0 + 8 * i, 8), acc8)
-        acc8 = fma(LAST8(scm) * splat(-f16_at(row, o + 2), 8), load(xe, e0 + 8 * i, 8), acc8)
+        sdm = _q4k_scales(row, o) * K_DM(fp16_to_f32(bitcast(load(row, o, 4), np.int16)))  # d sc, dmin m
+        cs = FIRST8(sdm) * load(sx, e0 + 8 * i, 8)
+        acc16 = fma(sdm, load(cxe, 2 * e0 + 16 * i, 16), acc16)
         lo0 = load(row, o + qs, 64)
         lo1 = load(row, o + qs + 64, 64)
         # chunks 0, 1: sub-blocks 0, 2 in the low nibbles and 1, 3 in the high ones; chunks 2, 3: 4..7
@@ -307,7 +310,7 @@ def dot_k(row, ctx, t, step, spec):
         acc0 = fma(sitofp(byte_dot(q1, H, L, p + 64)), K_S1(cs), acc0)
         acc1 = fma(sitofp(byte_dot(q2, H, L, p + 128)), K_S2(cs), acc1)
         acc1 = fma(sitofp(byte_dot(q3, H, L, p + 192)), K_S3(cs), acc1)
-    return hsum(acc0 + acc1) + hsum(acc8)
+    return hsum(acc0 + acc1) + hsum(acc16)
 
 
 DOT4_K = each4(dot_k)  # four tokens: four passes (see vnni.decode_rows)

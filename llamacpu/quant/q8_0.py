@@ -19,7 +19,7 @@ from numba import njit
 
 from ..kernels.simd import bitcast, fma, fp16_to_f32, hsum, load, shuffle, shuffle2, sitofp, splat, view
 from .common import FASTMATH, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put, round_half_away
-from .vnni import NATURAL, XB, byte_dot, empty64, lanes, matmul, prepare_steps, put8
+from .vnni import NATURAL, byte_dot, empty64, matmul, prepare_steps, put8
 
 ID = 0  # this format's index in kernels.MODULES
 NAME = "q8_0"
@@ -63,19 +63,20 @@ def decode_block(row, b, dst, xb, dot):
 
 
 # ---------------------------------------------------------------------------------------------
-# VNNI (see vnni.py). Matvec: two blocks (68 bytes) per step: two overlapping 64-byte loads and one
-# word permute give the 64 quants and the two fp16 scales; activations in natural order.
+# VNNI (see vnni.py). Matvec: two blocks (68 bytes) per step; activations in natural order. The 64
+# quants are one byte blend of two overlapping loads (no permute), the two fp16 scales one word permute
+# of a third; the x scales and corrections (4 floats per pair) are spread by two float permutes.
 # ---------------------------------------------------------------------------------------------
 
-# A pair of blocks at byte o: A = the words at o (bytes o..o+63), B = the words at o+4.
-# Block 0: d = word 0, quants = words 1..16; block 1: d = word 17, quants = words 18..33 (32, 33 = B's 30, 31)
-Q8_QS = shuffle2(list(range(1, 17)) + list(range(18, 32)) + [32 + 30, 32 + 31])
+# A pair of blocks at byte o: block 0's d = word 0 of the 64 bytes at o, its quants bytes o+2 .. o+33;
+# block 1's d = word 17 at o, its quants bytes o+36 .. o+67. The 64 bytes at o+2 hold block 0's quants
+# in bytes 0..31 and those at o+4 block 1's in bytes 32..63: a blend (vpblendmb) joins them.
+Q8_QS = shuffle2(list(range(32)) + list(range(64 + 32, 64 + 64)))
 Q8_D = shuffle([0] * 8 + [17] * 8)
 SPREAD2 = shuffle([0] * 8 + [1] * 8)  # <2 x f32> -> 8 copies of each
-# Rows wider than this many blocks (4096 columns) use the compact scale layout: 16 floats of scales per
-# pair would double the activations' L1 footprint (H and L take 2 bytes per column already) and spill x
-# from L1 (numbers in bench/README.md)
-Q8_WIDE_BLOCKS = 128
+# The x scales and corrections of a pair are 4 floats (sx0, sx1, c0, c1), spread over the lanes of the
+# blocks by two vpermps. 16-lane vectors per pair (32 floats, as the other formats use) measured 1.0-1.4x
+# slower for Q8_0 at every width (576, 1536, 5632 columns; bench/README.md, "Q8_0 decode, 2026-12-02").
 
 
 @njit(inline="always")
@@ -83,58 +84,42 @@ def _pair(row, p, H, L, p0):
     """(int32 lanes of sum q * x16 for the pair of blocks p, the fp16 scales of its two blocks); the
     token's planes start at p0."""
     wa = bitcast(load(row, p * 68, 64), np.int16)
-    wb = bitcast(load(row, p * 68 + 4, 64), np.int16)
-    q = bitcast(Q8_QS(wa, wb), np.uint8) ^ np.uint8(0x80)  # int8 -> q + 128, unsigned
+    q = Q8_QS(load(row, p * 68 + 2, 64), load(row, p * 68 + 4, 64)) ^ np.uint8(0x80)  # int8 -> q + 128, unsigned
     return byte_dot(q, H, L, p0 + 64 * p), fp16_to_f32(Q8_D(wa))
 
 
 @njit(inline="always")
 def vnni_setup(X, spec):
     """Per call: the planes of every token in pairs of blocks (vnni.prepare_steps: an odd last block is the
-    second of an overlapping pair) and its scale lanes: per pair 16 lanes of sx and 16 of the correction,
-    or (rows wider than Q8_WIDE_BLOCKS blocks) sx0, sx1, c0, c1 spread by shuffles."""
+    second of an overlapping pair) and per pair its x scales and corrections (sx0, sx1, c0, c1)."""
     n, C = X.shape
     H, L, sx, r16, xe, npair, nfull = prepare_steps(X, NATURAL, 2)
-    wide = C // XB > Q8_WIDE_BLOCKS
-    per = 4 * npair if wide else 32 * npair  # scale floats per token
+    per = 4 * npair  # scale floats per token
     sc = empty64(n * per, np.float32)
     for e in range(n * 2 * npair):  # block e = 2 (t * npair + p) + (0 or 1)
-        # weights q + 128: correct by -128 * sum(x16) * sx
-        c = np.float32(-16.0) * np.float32(r16[2 * e] + r16[2 * e + 1]) * sx[e]
-        if wide:
-            sc[4 * (e >> 1) + (e & 1)] = sx[e]
-            sc[4 * (e >> 1) + 2 + (e & 1)] = c
-        else:  # spread over the block's 8 lanes
-            lanes(sc, 32 * (e >> 1) + 8 * (e & 1), 8, sx[e], c)
-    return H, L, sc, npair, nfull, per, wide
+        # weights q + 128: correct by -128 * sum(x16) * sx, 16 per lane of the block's 8
+        sc[4 * (e >> 1) + (e & 1)] = sx[e]
+        sc[4 * (e >> 1) + 2 + (e & 1)] = np.float32(-16.0) * np.float32(r16[2 * e] + r16[2 * e + 1]) * sx[e]
+    return H, L, sc, npair, nfull, per
+
+
+@njit(inline="always")
+def _acc_pair(r, p, H, L, p0, sc, s0, acc):
+    """acc + the pair p of row r against one token's planes (at p0) and scales (at s0)."""
+    ia, d = _pair(r, p, H, L, p0)
+    return fma(fma(sitofp(ia), SPREAD2(load(sc, s0 + 4 * p, 2)), SPREAD2(load(sc, s0 + 4 * p + 2, 2))), d, acc)
 
 
 @njit(inline="always")
 def vnni_dot(row, ctx, t, step, spec):
     """Row . token t: two blocks per step; the last pair of a row with an odd block count is read from the
     row's last 68 bytes (see vnni.dot_4blocks)."""
-    H, L, sc, npair, nfull, per, wide = ctx
-    p0 = t * 64 * npair
-    s0 = t * per
+    H, L, sc, npair, nfull, per = ctx
     shift = row.shape[0] - 68 * npair  # 0, or -34
     acc = splat(np.float32(0.0), 16)
-    if wide:
-        for p in range(npair):
-            ia, d = _pair(view(row, 0 if p < nfull else shift), p, H, L, p0)
-            acc = fma(fma(sitofp(ia), SPREAD2(load(sc, s0 + 4 * p, 2)), SPREAD2(load(sc, s0 + 4 * p + 2, 2))), d, acc)
-    else:
-        for p in range(npair):
-            ia, d = _pair(view(row, 0 if p < nfull else shift), p, H, L, p0)
-            acc = fma(fma(sitofp(ia), load(sc, s0 + 32 * p, 16), load(sc, s0 + 32 * p + 16, 16)), d, acc)
+    for p in range(npair):
+        acc = _acc_pair(view(row, 0 if p < nfull else shift), p, H, L, t * 64 * npair, sc, t * per, acc)
     return hsum(acc)
-
-
-@njit(inline="always")
-def _acc_pair(r, p, H, L, p0, sc, s0, wide, acc):
-    ia, d = _pair(r, p, H, L, p0)
-    if wide:
-        return fma(fma(sitofp(ia), SPREAD2(load(sc, s0 + 4 * p, 2)), SPREAD2(load(sc, s0 + 4 * p + 2, 2))), d, acc)
-    return fma(fma(sitofp(ia), load(sc, s0 + 32 * p, 16), load(sc, s0 + 32 * p + 16, 16)), d, acc)
 
 
 @njit(inline="always")
@@ -142,17 +127,17 @@ def vnni_dot4(row, ctx, t, step, spec):
     """vnni_dot for tokens t .. t + 3 in one pass over the row's pairs: each pair's weights are loaded and
     unpacked once (the four _pair calls read the same bytes); per token the same operations as
     vnni_dot, hence the same results."""
-    H, L, sc, npair, nfull, per, wide = ctx
+    H, L, sc, npair, nfull, per = ctx
     P = 64 * npair
     shift = row.shape[0] - 68 * npair
     a0 = splat(np.float32(0.0), 16)
     a1, a2, a3 = a0, a0, a0
     for p in range(npair):
         r = view(row, 0 if p < nfull else shift)
-        a0 = _acc_pair(r, p, H, L, t * P, sc, t * per, wide, a0)
-        a1 = _acc_pair(r, p, H, L, t * P + P, sc, t * per + per, wide, a1)
-        a2 = _acc_pair(r, p, H, L, t * P + 2 * P, sc, t * per + 2 * per, wide, a2)
-        a3 = _acc_pair(r, p, H, L, t * P + 3 * P, sc, t * per + 3 * per, wide, a3)
+        a0 = _acc_pair(r, p, H, L, t * P, sc, t * per, a0)
+        a1 = _acc_pair(r, p, H, L, t * P + P, sc, t * per + per, a1)
+        a2 = _acc_pair(r, p, H, L, t * P + 2 * P, sc, t * per + 2 * per, a2)
+        a3 = _acc_pair(r, p, H, L, t * P + 3 * P, sc, t * per + 3 * per, a3)
     return hsum(a0), hsum(a1), hsum(a2), hsum(a3)
 
 
