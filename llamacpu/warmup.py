@@ -31,6 +31,8 @@ def warm(verbose: bool = True) -> float:
             model.generate(np.array([[1, 2, 3], [4, 5, 6]]), attention_mask=np.array([[0, 1, 1], [1, 1, 1]]),
                            max_new_tokens=2)
             model(np.array([[1, 2, 3, 4]]))
+            if dtype == "F16":  # dtype="bfloat16": the F16 -> BF16 conversion and the bf16 prefill kernels
+                LlamaForCausalLM.from_pretrained(path, dtype="bfloat16")(np.array([[1, 2, 3, 4]]))
             w = model.weights.layers[0].wq  # the serving engine's batch-invariant dense rows (dense.matvec_rows_*)
             w.matmul_decode(np.zeros((2, w.shape[1]), np.float32), np.zeros((2, w.shape[0]), np.float32))
             if dtype == "F32":  # the serving engine's slot attention, serial and parallel
