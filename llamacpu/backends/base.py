@@ -66,10 +66,17 @@ class Backend(Protocol):
         raise NotImplementedError
 
     # ---- written once for every backend ----------------------------------------------------------
-    def linear(self, w, x, out, bias=None):
+    def linear(self, w, x, out, bias=None, role=None):
         """out [N, R] = x [N, C] @ W.T (+ bias [R]), W a `Weight` [R, C] on this device: its decode kernel
-        (matvec) for one token, its prefill kernel (matmul) for several. Returns out."""
-        if x.shape[0] == 1:
+        (matvec) for one token, its prefill kernel (matmul) for several. With a `role` the kernel follows
+        what the rows are, not how many share the call, so each row's bits do not depend on the others
+        (the serving engine): "decode" (one new token per sequence, or logits) through the decode kernel,
+        "prompt" through the prefill kernel (Weight.matmul_decode / matmul_prompt). Returns out."""
+        if role == "decode":
+            w.matmul_decode(x, out)
+        elif role == "prompt":
+            w.matmul_prompt(x, out)
+        elif x.shape[0] == 1:
             w.matvec(x[0], out[0])
         else:
             w.matmul(x, out)
@@ -77,15 +84,16 @@ class Backend(Protocol):
             self.add_bias(out, bias)
         return out
 
-    def linears(self, weights, x, outs, biases):
+    def linears(self, weights, x, outs, biases, role=None):
         """outs[i] [N, R_i] = x [N, C] @ weights[i].T (+ biases[i]) for matrices that share their input
         (q/k/v, gate/up): ONE kernel call where the weights' class offers `matmul_shared` and accepts them
-        (same quantized format, decode-sized N: the activations prepared once, one launch), else one
-        `linear` each (mixed formats, prefill, dense weights). Returns outs."""
+        (same quantized format, decode-sized N or role "decode": the activations prepared once, one
+        launch), else one `linear` each (mixed formats, prefill, dense weights). Returns outs."""
         shared = getattr(type(weights[0]), "matmul_shared", None)
-        if shared is None or not shared(weights, x, outs):
+        if (shared is None or role == "prompt"
+                or not (shared(weights, x, outs, any_rows=True) if role == "decode" else shared(weights, x, outs))):
             for w, out, bias in zip(weights, outs, biases):
-                self.linear(w, x, out, bias)
+                self.linear(w, x, out, bias, role)
             return outs
         for out, bias in zip(outs, biases):
             if bias is not None:

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import os
 
 from .common import add_model_args, load, stderr
@@ -21,6 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--api-key", default=os.environ.get("LLAMACPU_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $LLAMACPU_API_KEY, else none)")
     p.add_argument("--name", help="the model id clients send (default: MODEL as given)")
+    p.add_argument("--no-batch-invariant", dest="batch_invariant", action="store_false",
+                   default=argparse.SUPPRESS, help="pick kernels by the step's row count (faster at many concurrent sequences on large "
+                        "quantized models; a seeded sample then depends on what else runs)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
 
@@ -34,7 +38,8 @@ def cmd_serve(args) -> int:
         raise InputError(f"--port: expected 1..65535, got {args.port}")
     model, tok = load(args, stderr)
     name = args.name or args.model or args.model_pos or "SmolLM2-135M-Instruct"
-    service = Service(model, tok, name=name, slots=args.slots, context=args.ctx_size, max_queue=args.max_queue)
+    service = Service(model, tok, name=name, slots=args.slots, context=args.ctx_size, max_queue=args.max_queue,
+                      batch_invariant=getattr(args, "batch_invariant", True))
     stderr(f"serving {name} on http://{args.host}:{args.port}/v1 ({args.slots} slots x {service.engine.context} "
            f"tokens{', API key required' if args.api_key else ''})")
     serve(service, host=args.host, port=args.port, api_key=args.api_key, log_level=args.log_level)

@@ -78,3 +78,41 @@ def matmul_tiled(widen, w, x, out):
 
 def matvec_ref(w_f32, x):
     return w_f32 @ x
+
+
+# Decode rows of several sequences (the serving engine): each token's result is bit for bit what the
+# matvec above gives it alone (same loop, vectorized alike), whatever the other tokens, each row read once.
+@njit(parallel=True, cache=True, fastmath=True)
+def matvec_rows_f32(w, X, out):
+    """out[t] = matvec_f32(w, X[t]) for every t; X float32 [n, C], out float32 [n, R]."""
+    rows, cols = w.shape
+    for r in prange(rows):
+        for t in range(X.shape[0]):
+            acc = np.float32(0.0)
+            for c in range(cols):
+                acc += w[r, c] * X[t, c]
+            out[t, r] = acc
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def matvec_rows_f16(w, X, out):
+    """out[t] = matvec_f16(w, X[t]) for every t."""
+    rows, cols = w.shape
+    for r in prange(rows):
+        for t in range(X.shape[0]):
+            acc = np.float32(0.0)
+            for c in range(cols):
+                acc += f16_to_f32(w[r, c]) * X[t, c]
+            out[t, r] = acc
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def matvec_rows_bf16(w, X, out):
+    """out[t] = matvec_bf16(w, X[t]) for every t."""
+    rows, cols = w.shape
+    for r in prange(rows):
+        for t in range(X.shape[0]):
+            acc = np.float32(0.0)
+            for c in range(cols):
+                acc += bf16_to_f32(w[r, c]) * X[t, c]
+            out[t, r] = acc

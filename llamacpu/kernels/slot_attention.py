@@ -13,10 +13,10 @@ from numba import njit, prange
 
 
 @njit(cache=True, fastmath=True, inline="always")
-def _item(q, k_pool, v_pool, slots, last, scale, out, row, item):
+def _item(q, k_pool, v_pool, layer, slots, last, scale, out, row, item):
     """One (token, head): softmax(q k^T * scale) v over positions 0..last of its slot."""
     n_heads, head_dim = q.shape[1], q.shape[2]
-    n_rep = n_heads // k_pool.shape[1]
+    n_rep = n_heads // k_pool.shape[2]
     n = item // n_heads
     h = item % n_heads
     kv = h // n_rep
@@ -26,7 +26,7 @@ def _item(q, k_pool, v_pool, slots, last, scale, out, row, item):
     for s in range(end):
         dot = np.float32(0.0)
         for d in range(head_dim):
-            dot += q[n, h, d] * k_pool[s_, kv, s, d]
+            dot += q[n, h, d] * k_pool[s_, layer, kv, s, d]
         row[s] = dot * scale
         if s == 0 or row[s] > m:
             m = row[s]
@@ -37,28 +37,28 @@ def _item(q, k_pool, v_pool, slots, last, scale, out, row, item):
         p = np.exp(row[s] - m)
         total += p
         for d in range(head_dim):
-            out[n, h, d] += p * v_pool[s_, kv, s, d]
+            out[n, h, d] += p * v_pool[s_, layer, kv, s, d]
     inv = np.float32(1.0) / total
     for d in range(head_dim):
         out[n, h, d] *= inv
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def slot_attention(q, k_pool, v_pool, slots, last, scale, out, scores):
-    """q: float32 [N, H, hd] (N tokens of several sequences); k_pool, v_pool: float32 [n_slots, KV, S, hd]
-    (one layer); slots: int64 [N] slot of each token; last: int64 [N] its position (it reads 0..last);
+def slot_attention(q, k_pool, v_pool, layer, slots, last, scale, out, scores):
+    """q: float32 [N, H, hd] (N tokens of several sequences); k_pool, v_pool: float32 [n_slots, L, KV, S, hd]
+    (a slot's layers contiguous: its [L, 1, KV, S, hd] view is the compiled decode step's cache), layer; slots: int64 [N] slot of each token; last: int64 [N] its position (it reads 0..last);
     out: float32 [N, H, hd]; scores: float32 [n_threads, S] scratch. (token, head) pairs in parallel."""
     n_tok, n_heads, _ = q.shape
     for item in prange(n_tok * n_heads):
-        _item(q, k_pool, v_pool, slots, last, scale, out, scores[numba.get_thread_id()], item)
+        _item(q, k_pool, v_pool, layer, slots, last, scale, out, scores[numba.get_thread_id()], item)
 
 
 @njit(cache=True, fastmath=True)
-def slot_attention_serial(q, k_pool, v_pool, slots, last, scale, out, scores):
+def slot_attention_serial(q, k_pool, v_pool, layer, slots, last, scale, out, scores):
     """The same on the calling thread: little work, where a thread launch costs more."""
     n_tok, n_heads, _ = q.shape
     for item in range(n_tok * n_heads):
-        _item(q, k_pool, v_pool, slots, last, scale, out, scores[0], item)
+        _item(q, k_pool, v_pool, layer, slots, last, scale, out, scores[0], item)
 
 
 def slot_attention_ref(q, k_pool, v_pool, slots, last, scale):

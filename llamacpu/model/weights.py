@@ -37,6 +37,18 @@ class Weight:
         """out[n, out_features] = x @ W.T, x: float32 [n, in_features] C-contiguous."""
         raise NotImplementedError
 
+    # Batch-invariant products (the serving engine): each row of x gets the same bits whatever the other
+    # rows of the call, so a sequence's numbers do not depend on what else runs in its step.
+    def matmul_decode(self, x: np.ndarray, out: np.ndarray) -> None:
+        """Like matmul, each row through the decode kernel: out[t] is what matvec(x[t]) gives."""
+        for t in range(x.shape[0]):
+            self.matvec(x[t], out[t])
+
+    def matmul_prompt(self, x: np.ndarray, out: np.ndarray) -> None:
+        """Like matmul, each row as the format's prompt (prefill) kernel gives it, whatever n. Here the
+        decode kernel: the only one known to be per-row invariant for every format (BLAS is not)."""
+        self.matmul_decode(x, out)
+
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """float32 [len(ids), in_features]: selected rows, dequantized (embedding lookup)."""
         raise NotImplementedError
@@ -75,6 +87,15 @@ class DenseWeight(Weight):
 
     def matvec(self, x, out):
         self._matvec(self.data, x, out)
+
+    ROWS_PER_CALL = 64  # tokens per matvec_rows call: their activations stay in L2 while each row meets them
+
+    def matmul_decode(self, x, out):
+        """out[t] = matvec(x[t]) bit for bit, each weight row read once per 64 tokens. Also the prompt
+        rows' kernel (Weight.matmul_prompt): BLAS rounds a row differently with 1, 2-4 or 5+ rows."""
+        rows_kernel = {"f32": dense.matvec_rows_f32, "f16": dense.matvec_rows_f16, "bf16": dense.matvec_rows_bf16}
+        for t0 in range(0, x.shape[0], self.ROWS_PER_CALL):
+            rows_kernel[self.dtype](self.data, x[t0:t0 + self.ROWS_PER_CALL], out[t0:t0 + self.ROWS_PER_CALL])
 
     def matmul(self, x, out):
         if x.shape[0] == 1:

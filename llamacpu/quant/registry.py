@@ -36,6 +36,10 @@ class QuantFormat:
     # (blocks of 2-3 matrices, X [n <= DECODE_MAX_TOKENS, C], their outs): one call for matrices that share
     # their input (q/k/v, gate/up); None where the format has no such kernel (then one matmul each)
     fused: Callable | None = None
+    # (blocks, X [n, C], out [n, R]) with each row's result independent of n (the serving engine's decode
+    # rows and prompt rows: a sequence's numbers must not depend on its batch mates). None: `matmul`.
+    decode_rows: Callable | None = None
+    prompt_rows: Callable | None = None
 
     def bytes_per_row(self, cols: int) -> int:
         return cols // self.block_size * self.type_size
@@ -65,9 +69,20 @@ def _vnni_kernels(module):
         else:
             kernel(blocks[0], blocks[1], blocks[2], X, outs[0], outs[1], outs[2], False)
 
-    for f, kind in ((matvec, "matvec"), (matmul, "matmul"), (fused, "fused")):
+    def decode_rows(blocks, X, out):
+        """out[t] = W @ X[t] through the decode kernel for any n: each token's result is what it gets alone
+        (dot4 gives four tokens bit for bit what four dots give)."""
+        kernel(blocks, NO_ROWS, NO_ROWS, X, out, NO_OUT, NO_OUT, False)
+
+    def prompt_rows(blocks, X, out):
+        """out[t] = W @ X[t] through the prefill kernel for any n (one token too): each token's lane is
+        computed alone, so its result does not depend on the others (tests/test_engine.py checks both)."""
+        kernel(blocks, NO_ROWS, NO_ROWS, X, out, NO_OUT, NO_OUT, True)
+
+    for f, kind in ((matvec, "matvec"), (matmul, "matmul"), (fused, "fused"), (decode_rows, "decode_rows"),
+                    (prompt_rows, "prompt_rows")):
         f.__name__ = f.__qualname__ = f"{kind}_vnni_{module.NAME}"
-    return matvec, matmul, fused
+    return matvec, matmul, fused, decode_rows, prompt_rows
 
 
 def _portable_matmul(module):
@@ -85,10 +100,12 @@ def _portable_matmul(module):
     return portable_matmul
 
 
-# The portable kernels of every format, whatever the CPU (tests compare both paths on this machine).
+# The portable kernels of every format, whatever the CPU (tests compare both paths on this machine). Their
+# batch-invariant rows, decode and prompt alike, are the tiled matmul's (a plain dot per token and row).
 PORTABLE: dict[str, QuantFormat] = {
     m.NAME: QuantFormat(m.NAME, m.BLOCK, m.TYPE_SIZE, m.GGML_TYPE, m.quantize, m.dequantize,
-                        partial(kernels.matvec, m.ID), _portable_matmul(m))
+                        partial(kernels.matvec, m.ID), _portable_matmul(m),
+                        decode_rows=partial(kernels.matmul, m.ID), prompt_rows=partial(kernels.matmul, m.ID))
     for m in kernels.MODULES}
 # The VNNI kernels (same results within their documented 16-bit activation bound), or none.
 _FAST = {m.NAME: _vnni_kernels(m) for m in kernels.VNNI_MODULES} if HAS_AVX512_VNNI else {}
@@ -97,7 +114,8 @@ FAST_MATMUL = {name: k[1] for name, k in _FAST.items()}
 FAST_FUSED = {name: k[2] for name, k in _FAST.items()}
 
 FORMATS: dict[str, QuantFormat] = {
-    name: replace(f, matvec=FAST_MATVEC[name], matmul=FAST_MATMUL[name], fused=FAST_FUSED[name])
+    name: replace(f, matvec=FAST_MATVEC[name], matmul=FAST_MATMUL[name], fused=FAST_FUSED[name],
+                  decode_rows=_FAST[name][3], prompt_rows=_FAST[name][4])
     if name in FAST_MATVEC else f
     for name, f in PORTABLE.items()}
 _BY_GGML_TYPE = {f.ggml_type: f for f in FORMATS.values() if f.ggml_type is not None}

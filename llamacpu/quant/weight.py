@@ -95,17 +95,34 @@ class QuantizedWeight(Weight):
         if n:
             self.format.matmul(self.blocks, x, out)
 
+    def matmul_decode(self, x: np.ndarray, out: np.ndarray) -> None:
+        """Weight.matmul_decode: the decode kernel for any n (registry.QuantFormat.decode_rows)."""
+        self._rows(self.format.decode_rows, x, out)
+
+    def matmul_prompt(self, x: np.ndarray, out: np.ndarray) -> None:
+        """Weight.matmul_prompt: the prefill kernel for any n (registry.QuantFormat.prompt_rows)."""
+        self._rows(self.format.prompt_rows, x, out)
+
+    def _rows(self, kernel, x, out):
+        rows, cols = self.shape
+        n = x.shape[0] if isinstance(x, np.ndarray) and x.ndim == 2 else -1
+        _check_operand("x", x, (n, cols))
+        _check_operand("out", out, (n, rows), writable=True)
+        if n:
+            (kernel or self.format.matmul)(self.blocks, x, out)
+
     @staticmethod
-    def matmul_shared(weights, x: np.ndarray, outs) -> bool:
+    def matmul_shared(weights, x: np.ndarray, outs, any_rows: bool = False) -> bool:
         """outs[i] = x @ weights[i].T in ONE kernel call for two or three matrices that share their input
         (q/k/v, gate/up): the activations are prepared once and one launch covers all their rows. Only
         where they can share a kernel: same format with a fused kernel, same width, a decode-sized x
-        (at most DECODE_MAX_TOKENS rows). Returns False, having written nothing, otherwise: the caller
+        (at most DECODE_MAX_TOKENS rows, any number with `any_rows`: the engine's decode rows, each the same
+        as matmul_decode gives it). Returns False, having written nothing, otherwise: the caller
         then runs one matmul per matrix (e.g. a Q4_K_M layer whose v is Q6_K)."""
         first = weights[0]
         fused = getattr(first.format, "fused", None) if isinstance(first, QuantizedWeight) else None
         if (fused is None or not 2 <= len(weights) <= 3 or len(outs) != len(weights) or not isinstance(x, np.ndarray)
-                or x.ndim != 2 or not 1 <= x.shape[0] <= kernels.DECODE_MAX_TOKENS):
+                or x.ndim != 2 or not 1 <= x.shape[0] <= (1 << 62 if any_rows else kernels.DECODE_MAX_TOKENS)):
             return False
         cols = first.shape[1]
         if any(not isinstance(w, QuantizedWeight) or w.format is not first.format or w.shape[1] != cols

@@ -9,9 +9,13 @@
 One background thread runs continuous batching: at each step it feeds every running sequence's next
 token together with chunks of the prompts of sequences that are joining (at most `max_batch_tokens` a
 step, so the running ones keep decoding while a long prompt is prefilled), samples each sequence's
-token with that request's own sampler (its own seeded generator: no other request takes its draws;
-on quantized weights the logits still move in the last bits with the step's row count, see
-bench/README.md "Serving"), and sends it to the caller. A finished or cancelled sequence leaves at the next step boundary
+token with that request's own sampler (its own seeded generator: no other request takes its draws),
+and sends it to the caller. A request's numbers do not depend on its batch mates, on how its prompt was
+chunked or on a reused prefix (serving/batch.py: every kernel is chosen by the role of a row, decode or
+prompt, never by how many rows share the step; the LM head runs every row through the decode kernel),
+so a seeded sample is the same alone or under load. The price, measured in bench/README.md "Serving":
+decode rows through the decode kernel at any count, and chat history that was generated is recomputed
+as prompt rather than reused. A finished or cancelled sequence leaves at the next step boundary
 and its slot is free at once. Requests beyond the free slots wait in a queue of `max_queue`; beyond
 that, `submit` refuses with `EngineBusy`.
 """
@@ -30,6 +34,7 @@ from ..errors import InputError, LlamacpuError
 from ..generation.generate import resolve_config
 from ..generation.sampling import Sampler
 from ..generation.stopping import find_stop
+from ..runtime import KERNEL_LOCK
 from ..tokenizer.streaming import IncrementalDecoder
 from .batch import SlotCache, check_model, forward_slots
 from ..generation.structured import sample_allowed
@@ -81,6 +86,7 @@ class Request:
         self.finished = False
         self.slot: int | None = None
         self.pending: list[int] = []  # ids to feed before the next sample (prompt rest, then the last token)
+        self.decoding = False  # pending is the last sampled token (a decode row), not prompt
         self.sampler = Sampler(config)
         self.history = np.asarray(self.prompt, np.int64)  # for the repetition penalty
         self.eos = set(config.eos_token_id or [])
@@ -151,14 +157,17 @@ def collect(events) -> dict:
 
 class Engine:
     def __init__(self, model, tokenizer, slots: int = 8, context: int | None = None, max_queue: int = 64,
-                 max_batch_tokens: int = 256):
+                 max_batch_tokens: int = 256, batch_invariant: bool = True):
+        """batch_invariant=False: kernels chosen by the step's row count and generated tokens reused as a
+        prefix (seeded samples then depend on the batch; see the module docstring and bench/README.md)."""
         check_model(model)
         for name, v in (("slots", slots), ("max_queue", max_queue), ("max_batch_tokens", max_batch_tokens)):
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "max_queue" else 1):
                 raise InputError(f"{name}: expected a positive integer, got {v!r}")
         self.model, self.tokenizer = model, tokenizer
         self.context = int(min(context or model.max_context, model.max_context))
-        self.cache = SlotCache(model.config, slots, self.context)
+        self.batch_invariant = bool(batch_invariant)
+        self.cache = SlotCache(model.config, slots, self.context, reuse_generated=not self.batch_invariant)
         self.max_queue, self.max_batch_tokens = max_queue, max_batch_tokens
         self._free = list(range(slots))  # free slot ids
         self._waiting: collections.deque[Request] = collections.deque()
@@ -295,18 +304,20 @@ class Engine:
         """One forward pass: every decoding sequence's token, then prompt chunks within the budget."""
         budget = self.max_batch_tokens
         segments, fed = [], []
-        for r in sorted(self._running, key=lambda r: len(r.pending) > 1):  # decoding ones first
-            n = min(len(r.pending), max(budget, 1 if len(r.pending) == 1 else 0))
+        n_decode = 0
+        for r in sorted(self._running, key=lambda r: not r.decoding):  # decoding ones first
+            n = min(len(r.pending), max(budget, 1 if r.decoding else 0))
             if n == 0:
                 continue
             segments.append((r.slot, np.asarray(r.pending[:n], np.int64)))
             fed.append((r, n == len(r.pending)))
+            n_decode += r.decoding
             r.pending = r.pending[n:]
             budget -= n
         try:
-            hidden = forward_slots(self.model, self.cache, segments)
+            hidden = forward_slots(self.model, self.cache, segments, n_decode, self.batch_invariant)
             rows = [i for i, (_, complete) in enumerate(fed) if complete]
-            logits = self.model.head(self.model.weights.lm_head, hidden[rows]) if rows else None
+            logits = self._logits(hidden[rows]) if rows else None
         except Exception as e:  # nothing a request does may kill the loop: fail this batch, keep serving
             for r, _ in fed:
                 self._finish(r, Event(finish_reason="error", error=f"{type(e).__name__}: {e}"))
@@ -318,6 +329,15 @@ class Engine:
                 self._sample(r, logits[j])
             except Exception as e:
                 self._finish(r, Event(finish_reason="error", error=f"{type(e).__name__}: {e}"))
+
+    def _logits(self, hidden: np.ndarray) -> np.ndarray:
+        """The LM head over hidden [n, D], every row through the decode kernel (batch-invariant)."""
+        lm_head, ops = self.model.weights.lm_head, self.model.backend
+        out = np.empty((hidden.shape[0], lm_head.shape[0]), np.float32)
+        with KERNEL_LOCK:
+            ops.linear(lm_head, np.ascontiguousarray(hidden, np.float32), out,
+                       role="decode" if self.batch_invariant else None)
+        return out
 
     def _sample(self, r: Request, logits: np.ndarray):
         draw = lambda z: r.sampler(z, [r.history])[0]  # noqa: E731  [1, vocab] -> id, the request's own sampler
@@ -362,7 +382,7 @@ class Engine:
         safe = len(r.text) - _held_back(r.text, stops)
         ev.text = r.text[r.sent:safe]
         r.sent = max(r.sent, safe)
-        r.pending = [tok]
+        r.pending, r.decoding = [tok], True
         r._emit(ev)
 
 
