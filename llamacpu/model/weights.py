@@ -124,10 +124,24 @@ class DenseWeight(Weight):
 
     def matmul_decode(self, x, out):
         """out[t] = matvec(x[t]) bit for bit, each weight row read once per 64 tokens. Also the prompt
-        rows' kernel (Weight.matmul_prompt): BLAS rounds a row differently with 1, 2-4 or 5+ rows."""
+        rows' kernel where the tiles do not fit (matmul_prompt): BLAS rounds a row differently with 1,
+        2-4 or 5+ rows."""
         rows_kernel = {"f32": dense.matvec_rows_f32, "f16": dense.matvec_rows_f16, "bf16": dense.matvec_rows_bf16}
         for t0 in range(0, x.shape[0], self.ROWS_PER_CALL):
             rows_kernel[self.dtype](self.data, x[t0:t0 + self.ROWS_PER_CALL], out[t0:t0 + self.ROWS_PER_CALL])
+
+    def matmul_prompt(self, x, out):
+        """Prompt rows of the serving engine: the register-tile kernels where the width allows (each
+        output one accumulator over its own row and token: per-row invariant, tested), else matvec_rows.
+        Float32 compute only: the bf16 path rounds x per call, also per row, but is opt-in speed."""
+        cols = self.shape[1]
+        if self.compute != "f32" or cols % dense.LANES != 0:
+            return self.matmul_decode(x, out)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        flat = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)
+        self._panels(self.data.reshape(-1), x.reshape(-1), self.shape[0], cols, x.shape[0], flat.reshape(-1))
+        if flat is not out:
+            out[...] = flat
 
     def matmul(self, x, out):
         n, (rows, cols) = x.shape[0], self.shape
