@@ -109,6 +109,7 @@ class DenseWeight(Weight):
         self._widen = {"f32": None, "f16": dense.widen_f16, "bf16": dense.widen_bf16}[dtype]
         self._panels = {"f32": dense.matmul_panels_f32, "f16": dense.matmul_panels_f16,
                         "bf16": dense.matmul_panels_bf16}[dtype]
+        self._rows = {"f32": dense.matvec_rows_f32, "f16": dense.matvec_rows_f16, "bf16": dense.matvec_rows_bf16}[dtype]
         if compute not in ("f32", "bf16") or (compute == "bf16" and dtype != "bf16"):
             raise ValueError(f"compute={compute!r} needs bf16 weights (got {dtype})")
         self.compute = compute
@@ -126,9 +127,8 @@ class DenseWeight(Weight):
         """out[t] = matvec(x[t]) bit for bit, each weight row read once per 64 tokens. Also the prompt
         rows' kernel where the tiles do not fit (matmul_prompt): BLAS rounds a row differently with 1,
         2-4 or 5+ rows."""
-        rows_kernel = {"f32": dense.matvec_rows_f32, "f16": dense.matvec_rows_f16, "bf16": dense.matvec_rows_bf16}
         for t0 in range(0, x.shape[0], self.ROWS_PER_CALL):
-            rows_kernel[self.dtype](self.data, x[t0:t0 + self.ROWS_PER_CALL], out[t0:t0 + self.ROWS_PER_CALL])
+            self._rows(self.data, x[t0:t0 + self.ROWS_PER_CALL], out[t0:t0 + self.ROWS_PER_CALL])
 
     def matmul_prompt(self, x, out):
         """Prompt rows of the serving engine: the register-tile kernels where the width allows (each
