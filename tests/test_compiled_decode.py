@@ -53,7 +53,7 @@ def assert_same_as_readable(model, ids, mask, n_new, calls, expect_compiled=True
 
 
 @needs_vnni
-@pytest.mark.parametrize("quantization", ["q8_0", "q4_1"])
+@pytest.mark.parametrize("quantization", ["q8_0", "q4_1", "q4_0"])
 @pytest.mark.parametrize("case", CASES)
 def test_parity_fixtures(case, quantization, calls):
     ref = dict(np.load(FIXTURES / case / "reference.npz"))

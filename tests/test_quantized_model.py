@@ -11,6 +11,7 @@ import pytest
 from llamacpu import CheckpointError, LlamaForCausalLM
 from llamacpu.checkpoint.synthetic import write_synthetic
 from llamacpu.quant import QuantizedWeight
+from llamacpu.quant.weight import InterleavedWeight
 
 SHAPE = dict(vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
@@ -89,10 +90,12 @@ def test_quantize_cli_round_trip(synthetic, tmp_path):
     w = loaded.weights.layers[1].w_up
     assert isinstance(w, QuantizedWeight) and w.dtype == "q4_0"
     np.testing.assert_array_equal(w.blocks, at_load.weights.layers[1].w_up.blocks)
-    base = w.blocks
+    # the blocks are a view of the mapped file (no re-quantizing), or, where the CPU backend interleaves Q4_0
+    # at load (AVX512-VNNI), a permutation of them made once (InterleavedWeight.blocks gives the file's bytes)
+    base = w.packed if isinstance(w, InterleavedWeight) else w.blocks
     while getattr(base, "base", None) is not None:
         base = base.base
-    assert isinstance(base, memoryview)  # the blocks are a view of the mapped file: no re-quantizing
+    assert isinstance(base, memoryview) or isinstance(w, InterleavedWeight)
     np.testing.assert_array_equal(loaded(IDS).logits, at_load(IDS).logits)
     # the file is smaller than F32 by about the bit ratio
     assert (dst / "model.safetensors").stat().st_size < 0.35 * (synthetic / "model.safetensors").stat().st_size

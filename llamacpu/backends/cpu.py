@@ -1,7 +1,9 @@
 """The CPU backend: NumPy arrays and the Numba kernels of `llamacpu.kernels`."""
 from __future__ import annotations
 
+import dataclasses
 import mmap
+import os
 
 import numpy as np
 
@@ -9,6 +11,10 @@ from ..kernels.attention import attention, attention_serial
 from ..kernels.rmsnorm import rmsnorm, rmsnorm_serial
 from ..kernels.rope import rope, rope_serial
 from ..kernels.swiglu import swiglu, swiglu_serial
+from ..kernels.simd import HAS_AVX512_VNNI
+from ..model.weights import _release_mapped_pages
+from ..quant import interleaved
+from ..quant.weight import InterleavedWeight, QuantizedWeight
 from .base import Backend
 
 # Buffers at least this large (the KV cache) come from their own anonymous mapping in 4 KiB pages.
@@ -49,8 +55,29 @@ class CPUBackend(Backend):
         return a
 
     def prepare_weights(self, weights):
-        """LlamaWeights as loaded -> the weights this backend computes with (here: unchanged)."""
-        return weights
+        """LlamaWeights as loaded -> the weights this backend computes with: where the AVX512-VNNI kernels
+        run, Q4_0 projections and an untied Q4_0 LM head are interleaved by 16 rows (quant/interleaved.py:
+        one kernel for decode, batched decode and prefill; bench/README.md "Q4_0 interleaved at load"),
+        their mapped source pages released; everything else as loaded. LLAMACPU_REPACK=0 keeps every
+        matrix as stored (A/B measurements)."""
+        if not (HAS_AVX512_VNNI and os.environ.get("LLAMACPU_REPACK", "1") != "0"):
+            return weights
+        done = {}
+
+        def repacked(w):
+            if not (type(w) is QuantizedWeight and w.format.name == "q4_0" and interleaved.eligible(w.shape)):
+                return w
+            if id(w) not in done:
+                done[id(w)] = InterleavedWeight(w)
+                _release_mapped_pages(w.blocks)
+            return done[id(w)]
+
+        layers = [dataclasses.replace(l, **{f.name: repacked(getattr(l, f.name)) for f in dataclasses.fields(l)
+                                            if isinstance(getattr(l, f.name), QuantizedWeight)})
+                  for l in weights.layers]
+        tied = weights.lm_head is weights.embed
+        lm_head = weights.lm_head if tied or weights.lm_head is None else repacked(weights.lm_head)
+        return dataclasses.replace(weights, layers=layers, lm_head=lm_head)
 
     # ---- the kernels the forward pass calls ---------------------------------------------------------------
     def embed(self, weight, ids: np.ndarray, out) -> None:

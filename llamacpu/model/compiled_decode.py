@@ -16,13 +16,15 @@ from ..kernels.rmsnorm import rmsnorm
 from ..kernels.rope import rope
 from ..kernels.simd import HAS_AVX512_VNNI
 from ..kernels.swiglu import swiglu
+from ..quant import interleaved
 from ..quant import kernels as quant_kernels
 from ..quant.vnni import NO_OUT, NO_ROWS
-from ..quant.weight import QuantizedWeight
+from ..quant.weight import InterleavedWeight, QuantizedWeight
 from .names import PROJECTIONS
 
 # the formats whose kernel (matmul_vnni: decode, fused, batched) the step calls
 _MODULES = {m.NAME: m for m in quant_kernels.VNNI_MODULES}
+INTERLEAVED = len(quant_kernels.MODULES)  # the `kind` of interleaved Q4_0 matrices (after the format IDs)
 _BIASES = ("bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down")
 _F32_2D = types.Array(types.float32, 2, "C")
 
@@ -47,11 +49,11 @@ class CompiledDecode:
         self.cols = np.asarray([a.shape[1] for a in arrays], np.int64)
         self.bias_slot, self.biases = bias_slot, biases
         # addresses of the formats' matmul_vnni (by format ID) and of the parallel kernels (by row count)
-        self.kernel = np.zeros(len(quant_kernels.MODULES), np.int64)
+        self.kernel = np.zeros(INTERLEAVED + 1, np.int64)
         u8 = typeof(NO_ROWS)
         for fid in set(kind.tolist()):
-            self.kernel[fid] = native_address(quant_kernels.MODULES[fid].matmul_vnni,
-                                              (u8, u8, u8) + (_F32_2D,) * 4 + (types.boolean,))
+            kernel = interleaved.matmul_vnni if fid == INTERLEAVED else quant_kernels.MODULES[fid].matmul_vnni
+            self.kernel[fid] = native_address(kernel, (u8, u8, u8) + (_F32_2D,) * 4 + (types.boolean,))
         self.parallel = {}
         w = core.weights
         self.attn_norm = np.ascontiguousarray(np.stack([l.attn_norm for l in w.layers]), np.float32)
@@ -68,11 +70,15 @@ class CompiledDecode:
         for layer in core.weights.layers:
             for name, bname in zip(PROJECTIONS, _BIASES):
                 w = getattr(layer, name)
-                if not (isinstance(w, QuantizedWeight) and w.format.name in _MODULES and w.format.fused is not None
+                if isinstance(w, InterleavedWeight):
+                    kind.append(INTERLEAVED)
+                    arrays.append(w.packed)
+                elif not (isinstance(w, QuantizedWeight) and w.format.name in _MODULES and w.format.fused is not None
                         and w.blocks.flags.c_contiguous):
                     return None  # a dense matrix, a format without a VNNI kernel, another Weight class
-                kind.append(_MODULES[w.format.name].ID)
-                arrays.append(w.blocks)
+                else:
+                    kind.append(_MODULES[w.format.name].ID)
+                    arrays.append(w.blocks)
                 b = getattr(layer, bname)
                 bias_slot.append(-1 if b is None else len(biases))
                 if b is not None:

@@ -10,7 +10,8 @@ import numpy as np
 from ..errors import CheckpointError, InputError
 from ..model.weights import Weight
 from .common import as_matrix
-from . import kernels
+from .vnni import NO_OUT as _NO_OUT, NO_ROWS as _NO_ROWS
+from . import interleaved, kernels
 from .registry import QuantFormat, get_format
 
 
@@ -142,6 +143,85 @@ class QuantizedWeight(Weight):
         if ids.size and (ids.min() < 0 or ids.max() >= self.shape[0]):
             raise InputError(f"row ids must lie in [0, {self.shape[0]}), got {ids.min()}..{ids.max()}")
         return self.format.dequantize(self.blocks[ids.astype(np.intp)], self.shape[1])
+
+    def dequantize(self) -> np.ndarray:
+        return self.format.dequantize(self.blocks, self.shape[1])
+
+
+class InterleavedWeight(QuantizedWeight):
+    """A Q4_0 matrix whose blocks were interleaved by 16 rows at load (`interleaved.py`): the CPU backend
+    makes these where the VNNI kernels run. Same bytes as the blocks, permuted; one kernel for decode,
+    batched decode and prefill, so each row's result never depends on how many tokens share a call.
+    `blocks` gives ggml's row order back (a copy: writers, other backends); `packed` is what runs."""
+
+    def __init__(self, source: QuantizedWeight):
+        # Trusted: the CPU backend checks the format (q4_0) and the shape (interleaved.eligible).
+        self.format, self.shape, self.dtype = source.format, source.shape, source.dtype
+        packed = np.empty(source.blocks.shape, np.uint8)
+        interleaved.pack(source.blocks, packed)
+        self.packed = _readonly(packed)
+
+    @property
+    def blocks(self) -> np.ndarray:
+        return interleaved.unpack(self.packed, self.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.packed.nbytes)
+
+    def _run(self, x, out):
+        interleaved.matmul_vnni(self.packed, _NO_ROWS, _NO_ROWS, x, out, _NO_OUT, _NO_OUT, False)
+
+    def matvec(self, x, out):
+        rows, cols = self.shape
+        _check_operand("x", x, (cols,))
+        _check_operand("out", out, (rows,), writable=True)
+        self._run(x.reshape(1, cols), out.reshape(1, rows))
+
+    def matmul(self, x, out):
+        self._rows(None, x, out)
+
+    def matmul_decode(self, x, out):
+        self._rows(None, x, out)
+
+    def matmul_prompt(self, x, out):
+        self._rows(None, x, out)
+
+    def _rows(self, kernel, x, out):
+        rows, cols = self.shape
+        n = x.shape[0] if isinstance(x, np.ndarray) and x.ndim == 2 else -1
+        _check_operand("x", x, (n, cols))
+        _check_operand("out", out, (n, rows), writable=True)
+        if n:
+            self._run(x, out)
+
+    @staticmethod
+    def matmul_shared(weights, x, outs, any_rows: bool = False) -> bool:
+        """As QuantizedWeight.matmul_shared, for two or three interleaved matrices of one width: one launch
+        for any number of tokens (`any_rows` changes nothing: the kernel is the same for every n)."""
+        if (not 2 <= len(weights) <= 3 or len(outs) != len(weights) or not isinstance(x, np.ndarray)
+                or x.ndim != 2 or x.shape[0] < 1):
+            return False
+        cols = weights[0].shape[1]
+        if any(not isinstance(w, InterleavedWeight) or w.shape[1] != cols for w in weights):
+            return False
+        n = x.shape[0]
+        _check_operand("x", x, (n, cols))
+        for w, out in zip(weights, outs):
+            _check_operand("out", out, (n, w.shape[0]), writable=True)
+        packed = [w.packed for w in weights] + [_NO_ROWS]
+        o = list(outs) + [_NO_OUT]
+        interleaved.matmul_vnni(packed[0], packed[1], packed[2], x, o[0], o[1], o[2], False)
+        return True
+
+    def rows(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise InputError(f"row ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.shape[0]):
+            raise InputError(f"row ids must lie in [0, {self.shape[0]}), got {ids.min()}..{ids.max()}")
+        blocks = interleaved.unpack_rows(self.packed, ids.astype(np.intp), self.shape[1])
+        return self.format.dequantize(blocks, self.shape[1])
 
     def dequantize(self) -> np.ndarray:
         return self.format.dequantize(self.blocks, self.shape[1])
