@@ -1,4 +1,4 @@
-"""Q4_0 interleaved by 16 rows at load (llamacpu/quant/interleaved.py, InterleavedWeight, CPUBackend.prepare_weights):
+"""Q4_0 and Q8_0 interleaved by 16 rows at load (llamacpu/quant/interleaved.py, InterleavedWeight, CPUBackend.prepare_weights):
 the layout against its NumPy reference and back, the one kernel against the float reference and bit for bit
 against the VNNI prefill kernel it replaces, each token's result independent of the others, the weight's
 protocol, and models: which matrices get interleaved, logits as with the stored layout, the compiled step."""
@@ -10,7 +10,7 @@ from llamacpu.backends import CPUBackend
 from llamacpu.checkpoint.synthetic import write_synthetic
 from llamacpu.kernels import simd
 from llamacpu.model.llama import LayerWeights, LlamaWeights
-from llamacpu.quant import QuantizedWeight, interleaved, q4_0
+from llamacpu.quant import QuantizedWeight, interleaved, q4_0, q8_0
 from llamacpu.quant.vnni import NO_OUT, NO_ROWS
 from llamacpu.quant.weight import InterleavedWeight
 
@@ -18,101 +18,111 @@ pytestmark = pytest.mark.skipif(not simd.HAS_AVX512_VNNI,
                                 reason="Q4_0 is interleaved only where the AVX512-VNNI kernels run (this CPU, or "
                                        "LLAMACPU_PORTABLE=1, keeps the stored layout)")
 SHAPES = [(16, 32), (48, 96), (32, 576), (64, 2048)]  # 576 = SmolLM2's width: 18 k-blocks
+MODULES = {"q4_0": q4_0, "q8_0": q8_0}
+FMTS = pytest.mark.parametrize("fmt", interleaved.FORMATS)
 
 
-def q4_blocks(rng, rows, cols):
-    return q4_0.quantize((rng.standard_normal((rows, cols)) * 0.1).astype(np.float32))
+def q4_blocks(rng, rows, cols, fmt="q4_0"):
+    return MODULES[fmt].quantize((rng.standard_normal((rows, cols)) * 0.1).astype(np.float32))
 
 
-def run(packed, X, more=()):
+def run(packed, X, more=(), fmt="q4_0"):
     outs = [np.full((X.shape[0], p.shape[0]), np.nan, np.float32) for p in (packed,) + tuple(more)]
     mats = [packed, *more] + [NO_ROWS] * (2 - len(more))
     o = outs + [NO_OUT] * (2 - len(more))
-    interleaved.matmul_vnni(mats[0], mats[1], mats[2], X, o[0], o[1], o[2], False)
+    interleaved.KERNELS[fmt](mats[0], mats[1], mats[2], X, o[0], o[1], o[2], False)
     return outs
 
 
+@FMTS
 @pytest.mark.parametrize("shape", SHAPES)
-def test_layout_round_trip(shape):
+def test_layout_round_trip(shape, fmt):
     rng = np.random.default_rng(shape[1])
-    b = q4_blocks(rng, *shape)
+    b = q4_blocks(rng, *shape, fmt)
     ref = interleaved.pack_ref(b, shape[1])
     got = np.empty_like(b)
-    interleaved.pack(b, got)
+    interleaved.pack(b, got, shape[1])
     np.testing.assert_array_equal(got, ref)
     assert not np.array_equal(got, b)  # a real permutation
     np.testing.assert_array_equal(interleaved.unpack(got, shape[1]), b)
     ids = rng.integers(0, shape[0], 9)
     np.testing.assert_array_equal(interleaved.unpack_rows(got, ids, shape[1]), b[ids])
-    # the documented byte layout: row 5's scale at bytes 10..11 of group 0, its column 12 (j = 1, high nibble)
+    # the documented byte layout: row 5's scale at bytes 10..11 of group 0, then its column 12
     np.testing.assert_array_equal(got[0, 10:12], b[5, 0:2])
-    level12 = b[5, 2 + 12] & 15
-    assert got.reshape(-1)[32 + 64 * 1 + 4 * 5 + 0] >> 4 == level12  # column 12 = 8 * 1 + 4 + 0
+    if fmt == "q4_0":  # column 12 = 8 * 1 + 4 + 0: vector 1, high nibble
+        assert got.reshape(-1)[32 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 2 + 12] & 15
+    else:  # column 12 = 4 * 3 + 0: vector 3, as an unsigned byte
+        assert got.reshape(-1)[32 + 64 * 3 + 4 * 5 + 0] == b[5, 2 + 12] ^ 0x80
 
 
+@FMTS
 @pytest.mark.parametrize("shape", SHAPES)
-def test_kernel_against_reference_and_prefill_kernel(shape):
+def test_kernel_against_reference_and_prefill_kernel(shape, fmt):
     rows, cols = shape
     rng = np.random.default_rng(rows + cols)
-    b = q4_blocks(rng, rows, cols)
+    b = q4_blocks(rng, rows, cols, fmt)
     packed = interleaved.pack_ref(b, cols)
-    w = q4_0.dequantize(b, cols)
+    w = MODULES[fmt].dequantize(b, cols)
     for n in (1, 2, 3, 4, 5, 9):
         X = rng.standard_normal((n, cols)).astype(np.float32)
-        got, = run(packed, X)
+        got, = run(packed, X, fmt=fmt)
         want = X @ w.T
         assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), n
         before = np.empty((n, rows), np.float32)
-        q4_0.matmul_vnni(b, NO_ROWS, NO_ROWS, X, before, NO_OUT, NO_OUT, True)
+        MODULES[fmt].matmul_vnni(b, NO_ROWS, NO_ROWS, X, before, NO_OUT, NO_OUT, True)
         np.testing.assert_array_equal(got, before)  # prompt rows keep their bits
 
 
-def test_each_token_independent_of_the_others():
+@FMTS
+def test_each_token_independent_of_the_others(fmt):
     rng = np.random.default_rng(1)
     rows, cols = 48, 576
-    packed = interleaved.pack_ref(q4_blocks(rng, rows, cols), cols)
+    packed = interleaved.pack_ref(q4_blocks(rng, rows, cols, fmt), cols)
     X = rng.standard_normal((11, cols)).astype(np.float32)
-    together, = run(packed, X)
+    together, = run(packed, X, fmt=fmt)
     for t in range(len(X)):
-        alone, = run(packed, X[t:t + 1])
+        alone, = run(packed, X[t:t + 1], fmt=fmt)
         np.testing.assert_array_equal(together[t], alone[0])
     for n in (2, 3, 4, 5, 8):
-        part, = run(packed, X[:n])
+        part, = run(packed, X[:n], fmt=fmt)
         np.testing.assert_array_equal(part, together[:n])
-    shuffled, = run(packed, X[::-1].copy())
+    shuffled, = run(packed, X[::-1].copy(), fmt=fmt)
     np.testing.assert_array_equal(shuffled, together[::-1])
 
 
-def test_fused_matrices_equal_separate_calls():
+@FMTS
+def test_fused_matrices_equal_separate_calls(fmt):
     rng = np.random.default_rng(2)
     cols = 96
-    a, b, c = (interleaved.pack_ref(q4_blocks(rng, r, cols), cols) for r in (32, 16, 48))
+    a, b, c = (interleaved.pack_ref(q4_blocks(rng, r, cols, fmt), cols) for r in (32, 16, 48))
     X = rng.standard_normal((6, cols)).astype(np.float32)
-    oa, ob, oc = run(a, X, (b, c))
-    np.testing.assert_array_equal(oa, run(a, X)[0])
-    np.testing.assert_array_equal(ob, run(b, X)[0])
-    np.testing.assert_array_equal(oc, run(c, X)[0])
-    oa2, ob2 = run(a, X, (b,))
+    oa, ob, oc = run(a, X, (b, c), fmt)
+    np.testing.assert_array_equal(oa, run(a, X, fmt=fmt)[0])
+    np.testing.assert_array_equal(ob, run(b, X, fmt=fmt)[0])
+    np.testing.assert_array_equal(oc, run(c, X, fmt=fmt)[0])
+    oa2, ob2 = run(a, X, (b,), fmt)
     np.testing.assert_array_equal(oa2, oa)
     np.testing.assert_array_equal(ob2, ob)
 
 
-def test_nan_and_inf_in_activations_give_nan():
+@FMTS
+def test_nan_and_inf_in_activations_give_nan(fmt):
     rng = np.random.default_rng(3)
     cols = 64
-    packed = interleaved.pack_ref(q4_blocks(rng, 16, cols), cols)
+    packed = interleaved.pack_ref(q4_blocks(rng, 16, cols, fmt), cols)
     X = rng.standard_normal((3, cols)).astype(np.float32)
     X[0, 5], X[2, 40] = np.nan, np.inf
-    got, = run(packed, X)
+    got, = run(packed, X, fmt=fmt)
     assert np.isnan(got[0]).all() and np.isnan(got[2]).all() and np.isfinite(got[1]).all()
 
 
-def test_interleaved_weight_protocol():
+@FMTS
+def test_interleaved_weight_protocol(fmt):
     rng = np.random.default_rng(4)
     rows, cols = 32, 96
-    src = QuantizedWeight.quantize("q4_0", rng.standard_normal((rows, cols)).astype(np.float32))
+    src = QuantizedWeight.quantize(fmt, rng.standard_normal((rows, cols)).astype(np.float32))
     w = InterleavedWeight(src)
-    assert w.shape == src.shape and w.dtype == "q4_0" and w.nbytes == src.nbytes
+    assert w.shape == src.shape and w.dtype == fmt and w.nbytes == src.nbytes
     assert not w.packed.flags.writeable
     np.testing.assert_array_equal(w.blocks, src.blocks)
     np.testing.assert_array_equal(w.dequantize(), src.dequantize())
@@ -127,7 +137,7 @@ def test_interleaved_weight_protocol():
     for method in (w.matmul, w.matmul_decode, w.matmul_prompt):
         o = np.empty((5, rows), np.float32)
         method(X, o)
-        np.testing.assert_array_equal(o[0], run(w.packed, X[:1])[0][0])
+        np.testing.assert_array_equal(o[0], run(w.packed, X[:1], fmt=fmt)[0][0])
     with pytest.raises(InputError):
         w.matvec(x[:-1], out)
     with pytest.raises(InputError):
@@ -135,18 +145,22 @@ def test_interleaved_weight_protocol():
     with pytest.raises(InputError):
         w.rows(np.array([rows]))
     # q/k/v in one call only when every matrix is interleaved and of the same width
-    other = InterleavedWeight(QuantizedWeight.quantize("q4_0", rng.standard_normal((16, cols)).astype(np.float32)))
+    other = InterleavedWeight(QuantizedWeight.quantize(fmt, rng.standard_normal((16, cols)).astype(np.float32)))
     outs = [np.empty((5, rows), np.float32), np.empty((5, 16), np.float32)]
     assert InterleavedWeight.matmul_shared([w, other], X, outs)
-    np.testing.assert_array_equal(outs[1], run(other.packed, X)[0])
+    np.testing.assert_array_equal(outs[1], run(other.packed, X, fmt=fmt)[0])
     assert not InterleavedWeight.matmul_shared([w, src], X, outs)
+    stranger = "q8_0" if fmt == "q4_0" else "q4_0"  # another interleaved format: one call per matrix instead
+    mixed = InterleavedWeight(QuantizedWeight.quantize(stranger, rng.standard_normal((16, cols)).astype(np.float32)))
+    assert not InterleavedWeight.matmul_shared([w, mixed], X, outs)
 
 
-def test_prepare_weights_interleaves_q4_0_projections(monkeypatch, tmp_path):
+@FMTS
+def test_prepare_weights_interleaves_projections(monkeypatch, tmp_path, fmt):
     path = write_synthetic(tmp_path / "m", "tiny", seed=3)
-    model = LlamaForCausalLM.from_pretrained(path, quantization="q4_0")
+    model = LlamaForCausalLM.from_pretrained(path, quantization=fmt)
     monkeypatch.setenv("LLAMACPU_REPACK", "0")
-    stored = LlamaForCausalLM.from_pretrained(path, quantization="q4_0")
+    stored = LlamaForCausalLM.from_pretrained(path, quantization=fmt)
     layer = model.weights.layers[0]
     kinds = {type(getattr(layer, n)) for n in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")}
     assert kinds == {InterleavedWeight}
@@ -160,8 +174,9 @@ def test_prepare_weights_interleaves_q4_0_projections(monkeypatch, tmp_path):
     np.testing.assert_array_equal(ga, gb)
 
 
-def test_compiled_step_on_interleaved_weights_is_the_readable_pass(tmp_path):
-    model = LlamaForCausalLM.from_pretrained(write_synthetic(tmp_path / "m", "tiny", seed=4), quantization="q4_0")
+@FMTS
+def test_compiled_step_on_interleaved_weights_is_the_readable_pass(tmp_path, fmt):
+    model = LlamaForCausalLM.from_pretrained(write_synthetic(tmp_path / "m", "tiny", seed=4), quantization=fmt)
     assert isinstance(model.weights.layers[0].wq, InterleavedWeight)
     ids = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]])
     runs = []
@@ -177,8 +192,9 @@ def test_compiled_step_on_interleaved_weights_is_the_readable_pass(tmp_path):
 def test_backend_keeps_ineligible_matrices():
     rng = np.random.default_rng(5)
     odd = QuantizedWeight.quantize("q4_0", rng.standard_normal((24, 64)).astype(np.float32))  # 24 rows
-    q8 = QuantizedWeight.quantize("q8_0", rng.standard_normal((32, 64)).astype(np.float32))
-    assert not interleaved.eligible(odd.shape) and interleaved.eligible((32, 64))
+    q8 = QuantizedWeight.quantize("q4_1", rng.standard_normal((32, 64)).astype(np.float32))  # not interleaved
+    assert not interleaved.eligible("q4_0", odd.shape) and interleaved.eligible("q4_0", (32, 64))
+    assert not interleaved.eligible("q4_1", (32, 64))
     layer = LayerWeights(attn_norm=np.ones(64, np.float32), wq=odd, wk=q8, wv=q8, wo=q8,
                          mlp_norm=np.ones(64, np.float32), w_gate=q8, w_up=q8, w_down=q8)
     w = CPUBackend().prepare_weights(LlamaWeights(embed=q8, layers=[layer], norm=np.ones(64, np.float32), lm_head=q8))

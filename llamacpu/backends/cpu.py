@@ -56,28 +56,31 @@ class CPUBackend(Backend):
 
     def prepare_weights(self, weights):
         """LlamaWeights as loaded -> the weights this backend computes with: where the AVX512-VNNI kernels
-        run, Q4_0 projections and an untied Q4_0 LM head are interleaved by 16 rows (quant/interleaved.py:
-        one kernel for decode, batched decode and prefill; bench/README.md "Q4_0 interleaved at load"),
+        run, Q4_0 and Q8_0 projections and an untied LM head in them are interleaved by 16 rows (quant/interleaved.py:
+        one kernel for decode, batched decode and prefill; bench/README.md "Q4_0 and Q8_0 interleaved at load"),
         their mapped source pages released; everything else as loaded. LLAMACPU_REPACK=0 keeps every
         matrix as stored (A/B measurements)."""
         if not (HAS_AVX512_VNNI and os.environ.get("LLAMACPU_REPACK", "1") != "0"):
             return weights
-        done = {}
 
         def repacked(w):
-            if not (type(w) is QuantizedWeight and w.format.name == "q4_0" and interleaved.eligible(w.shape)):
+            if not (type(w) is QuantizedWeight and interleaved.eligible(w.format.name, w.shape)):
                 return w
-            if id(w) not in done:
-                done[id(w)] = InterleavedWeight(w)
-                _release_mapped_pages(w.blocks)
-            return done[id(w)]
+            packed = InterleavedWeight(w)
+            _release_mapped_pages(w.blocks)
+            return packed
 
-        layers = [dataclasses.replace(l, **{f.name: repacked(getattr(l, f.name)) for f in dataclasses.fields(l)
-                                            if isinstance(getattr(l, f.name), QuantizedWeight)})
-                  for l in weights.layers]
-        tied = weights.lm_head is weights.embed
-        lm_head = weights.lm_head if tied or weights.lm_head is None else repacked(weights.lm_head)
-        return dataclasses.replace(weights, layers=layers, lm_head=lm_head)
+        # in place, so each source matrix is freed as soon as it is packed (the q/k blocks of a GGUF file are
+        # unpermuted copies: kept until the end, they raised the peak RSS by ~10% of the weights)
+        for layer in weights.layers:
+            for f in dataclasses.fields(layer):
+                w = getattr(layer, f.name)
+                if isinstance(w, QuantizedWeight):
+                    setattr(layer, f.name, repacked(w))
+                    del w
+        if weights.lm_head is not None and weights.lm_head is not weights.embed:
+            weights.lm_head = repacked(weights.lm_head)
+        return weights
 
     # ---- the kernels the forward pass calls ---------------------------------------------------------------
     def embed(self, weight, ids: np.ndarray, out) -> None:

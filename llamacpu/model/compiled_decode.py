@@ -24,7 +24,8 @@ from .names import PROJECTIONS
 
 # the formats whose kernel (matmul_vnni: decode, fused, batched) the step calls
 _MODULES = {m.NAME: m for m in quant_kernels.VNNI_MODULES}
-INTERLEAVED = len(quant_kernels.MODULES)  # the `kind` of interleaved Q4_0 matrices (after the format IDs)
+# the `kind` of interleaved matrices: after the format IDs, one per interleaved format
+INTERLEAVED = {name: len(quant_kernels.MODULES) + i for i, name in enumerate(interleaved.FORMATS)}
 _BIASES = ("bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down")
 _F32_2D = types.Array(types.float32, 2, "C")
 
@@ -49,10 +50,11 @@ class CompiledDecode:
         self.cols = np.asarray([a.shape[1] for a in arrays], np.int64)
         self.bias_slot, self.biases = bias_slot, biases
         # addresses of the formats' matmul_vnni (by format ID) and of the parallel kernels (by row count)
-        self.kernel = np.zeros(INTERLEAVED + 1, np.int64)
+        self.kernel = np.zeros(len(quant_kernels.MODULES) + len(INTERLEAVED), np.int64)
         u8 = typeof(NO_ROWS)
+        by_kind = {k: interleaved.KERNELS[name] for name, k in INTERLEAVED.items()}
         for fid in set(kind.tolist()):
-            kernel = interleaved.matmul_vnni if fid == INTERLEAVED else quant_kernels.MODULES[fid].matmul_vnni
+            kernel = by_kind[fid] if fid in by_kind else quant_kernels.MODULES[fid].matmul_vnni
             self.kernel[fid] = native_address(kernel, (u8, u8, u8) + (_F32_2D,) * 4 + (types.boolean,))
         self.parallel = {}
         w = core.weights
@@ -71,7 +73,7 @@ class CompiledDecode:
             for name, bname in zip(PROJECTIONS, _BIASES):
                 w = getattr(layer, name)
                 if isinstance(w, InterleavedWeight):
-                    kind.append(INTERLEAVED)
+                    kind.append(INTERLEAVED[w.format.name])
                     arrays.append(w.packed)
                 elif not (isinstance(w, QuantizedWeight) and w.format.name in _MODULES and w.format.fused is not None
                         and w.blocks.flags.c_contiguous):

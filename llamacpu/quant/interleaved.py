@@ -1,4 +1,4 @@
-"""Q4_0 interleaved by 16 rows: the layout the CPU backend repacks Q4_0 matrices into at load (AVX512-VNNI).
+"""Q4_0 and Q8_0 interleaved by 16 rows: the layout the CPU backend repacks them into at load (AVX512-VNNI).
 
 Why (bench/README.md, "Q4_0 interleaved at load"): the row-per-accumulator decode kernel pays a float
 epilogue per 64 weights of every (row, token) and unpacks each row's nibbles again for every token, and
@@ -10,13 +10,18 @@ blocks (a permutation: no extra memory), so llama.cpp's `repack` idea without it
 activations are vnni.py's 16-bit scheme (2e-5 relative error), and the arithmetic per (row, token, k-block)
 is exactly the VNNI prefill kernel's, so prompt rows give the bits they gave before.
 
-Layout: W [R, C] Q4_0 (R % 16 == 0) as uint8 [R, C // 32 * 18] like its blocks, read as [R / 16, nkb * 288]:
-for group g (rows 16 g .. 16 g + 15) and k-block kb (columns 32 kb .. 32 kb + 31) 288 bytes at kb * 288:
+Layout: W [R, C] (R % 16 == 0) as uint8 [R, C // 32 * type_size] like its blocks, read as [R / 16, nkb * KB]:
+for group g (rows 16 g .. 16 g + 15) and k-block kb (columns 32 kb .. 32 kb + 31) KB bytes at kb * KB:
 
+    Q4_0 (KB = 288 = 16 x 18)
     offset  size  field
     0       32    the 16 rows' fp16 scales d, row order
     32      256   4 vectors of 64 bytes; vector j, byte 4 r + i (row r, i < 4):
-                  low nibble = q[r, 8 j + i], high nibble = q[r, 8 j + 4 + i]
+                  low nibble = q[r, 8 j + i], high nibble = q[r, 8 j + 4 + i]   (levels 0..15, value (q - 8) d)
+
+    Q8_0 (KB = 544 = 16 x 34)
+    0       32    the 16 rows' fp16 scales d
+    32      512   8 vectors of 64 bytes; vector j, byte 4 r + i = q[r, 4 j + i] XOR 0x80 (q + 128: unsigned)
 
 Every (row, token) result is computed alone (lanes are rows, accumulators are tokens; int32 sums are
 exact, so the order of the 4-token and 1-token passes does not matter): a token's output does not depend
@@ -30,13 +35,16 @@ from .common import FASTMATH
 from .vnni import mm_setup
 
 GROUP = 16  # rows interleaved together: the 16 int32 lanes of an accumulator
-KB_BYTES = 288  # bytes of one (group, k-block): 16 fp16 scales + 16 rows x 32 nibbles
+KB_BYTES = 288  # Q4_0: bytes of one (group, k-block): 16 fp16 scales + 16 rows x 32 nibbles
 TYPE_SIZE = 18  # Q4_0's block: fp16 d, 16 bytes of nibbles
+KB_BYTES8 = 544  # Q8_0: 16 fp16 scales + 16 rows x 32 bytes
+TYPE_SIZE8 = 34
+FORMATS = ("q4_0", "q8_0")  # the formats with an interleaved layout
 
 
-def eligible(shape) -> bool:
-    """Whether a Q4_0 matrix of this shape can be interleaved (whole groups of 16 rows)."""
-    return shape[0] % GROUP == 0 and shape[0] > 0 and shape[1] % 32 == 0 and shape[1] > 0
+def eligible(fmt: str, shape) -> bool:
+    """Whether a matrix of this format and shape can be interleaved (whole groups of 16 rows)."""
+    return fmt in FORMATS and shape[0] % GROUP == 0 and shape[0] > 0 and shape[1] % 32 == 0 and shape[1] > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,32 +53,43 @@ def eligible(shape) -> bool:
 
 
 def _levels(blocks: np.ndarray, cols: int):
-    """Q4_0 blocks [R, nkb * 18] -> (d bits uint16 [R, nkb], levels uint8 [R, nkb, 32])."""
+    """Q4_0 or Q8_0 blocks [R, nkb * type_size] -> (d bits uint16 [R, nkb], levels uint8 [R, nkb, 32]: Q4_0's
+    nibbles 0..15, Q8_0's int8 + 128)."""
     R, nkb = blocks.shape[0], cols // 32
-    b = blocks.reshape(R, nkb, TYPE_SIZE)
+    ts = blocks.shape[1] // nkb
+    b = blocks.reshape(R, nkb, ts)
     d = np.ascontiguousarray(b[:, :, :2]).view(np.uint16).reshape(R, nkb)
     qs = b[:, :, 2:]
+    if ts == TYPE_SIZE8:
+        return d, qs ^ np.uint8(0x80)
     return d, np.concatenate([qs & np.uint8(15), qs >> np.uint8(4)], axis=-1)
 
 
 def pack_ref(blocks: np.ndarray, cols: int) -> np.ndarray:
-    """Q4_0 blocks uint8 [R, C // 32 * 18] -> the interleaved layout (same shape; R % 16 == 0)."""
+    """Q4_0 or Q8_0 blocks uint8 [R, C // 32 * type_size] -> the interleaved layout (same shape; R % 16 == 0)."""
     R, nkb = blocks.shape[0], cols // 32
     G = R // GROUP
     d, q = _levels(blocks, cols)
     wt = q.reshape(G, GROUP, nkb, 8, 4).transpose(0, 2, 3, 1, 4)  # [g, kb, k-group of 4 columns, row, i]
-    nib = wt[:, :, 0::2] | (wt[:, :, 1::2] << np.uint8(4))  # [g, kb, j, row, i]
+    if blocks.shape[1] // nkb == TYPE_SIZE8:
+        lv = wt.reshape(G, nkb, 512)
+    else:
+        lv = (wt[:, :, 0::2] | (wt[:, :, 1::2] << np.uint8(4))).reshape(G, nkb, 256)  # [g, kb, j, row, i]
     dt = np.ascontiguousarray(d.reshape(G, GROUP, nkb).transpose(0, 2, 1)).view(np.uint8)  # [g, kb, 32]
-    out = np.concatenate([dt.reshape(G, nkb, 32), nib.reshape(G, nkb, 256)], axis=-1)
+    out = np.concatenate([dt.reshape(G, nkb, 32), lv], axis=-1)
     return np.ascontiguousarray(out).reshape(blocks.shape)
 
 
 def unpack_rows(packed: np.ndarray, ids: np.ndarray, cols: int) -> np.ndarray:
-    """The Q4_0 blocks [len(ids), C // 32 * 18] of rows `ids` (valid indices) of an interleaved matrix."""
+    """The blocks [len(ids), C // 32 * type_size] of rows `ids` (valid indices) of an interleaved matrix."""
     nkb = cols // 32
-    P = packed.reshape(-1, nkb, KB_BYTES)[ids // GROUP]  # [n, kb, 288]
+    ts = packed.shape[1] // nkb
+    P = packed.reshape(-1, nkb, GROUP * ts)[ids // GROUP]  # [n, kb, KB]
     n, r = len(ids), ids % GROUP
     d = P[:, :, :32].reshape(n, nkb, GROUP, 2).transpose(0, 2, 1, 3)[np.arange(n), r]  # [n, kb, 2]
+    if ts == TYPE_SIZE8:
+        lv = P[:, :, 32:].reshape(n, nkb, 8, GROUP, 4).transpose(0, 3, 1, 2, 4)[np.arange(n), r]  # [n, kb, kk, i]
+        return np.concatenate([d, lv.reshape(n, nkb, 32) ^ np.uint8(0x80)], axis=-1).reshape(n, nkb * ts)
     nib = P[:, :, 32:].reshape(n, nkb, 4, GROUP, 4).transpose(0, 3, 1, 2, 4)  # [n, row, kb, j, i]
     mine = nib[np.arange(n), r]  # [n, kb, j, i]
     q = np.stack([mine & np.uint8(15), mine >> np.uint8(4)], axis=3).reshape(n, nkb, 32)  # columns 8j + 4h + i
@@ -79,25 +98,31 @@ def unpack_rows(packed: np.ndarray, ids: np.ndarray, cols: int) -> np.ndarray:
 
 
 def unpack(packed: np.ndarray, cols: int) -> np.ndarray:
-    """The interleaved layout -> Q4_0 blocks in ggml's row order (a copy)."""
+    """The interleaved layout -> the blocks in ggml's row order (a copy)."""
     return unpack_rows(packed, np.arange(packed.shape[0]), cols)
 
 
 @njit(parallel=True, cache=True)
-def pack(blocks, out):
-    """out = pack_ref(blocks): Q4_0 blocks uint8 [R, nkb * 18] (R % 16 == 0) -> uint8 [R, nkb * 18]."""
+def pack(blocks, out, cols):
+    """out = pack_ref(blocks, cols): Q4_0 or Q8_0 blocks uint8 [R, nkb * type_size] (R % 16 == 0) -> the same shape."""
     R, bpr = blocks.shape
-    nkb = bpr // TYPE_SIZE
+    nkb = cols // 32
+    ts = bpr // nkb
     flat = out.reshape(-1)
     for g in prange(R // GROUP):
         base = g * GROUP * bpr
         for r in range(GROUP):
             row = blocks[GROUP * g + r]
             for kb in range(nkb):
-                o = kb * TYPE_SIZE
-                dst = base + kb * KB_BYTES
+                o = kb * ts
+                dst = base + kb * GROUP * ts
                 flat[dst + 2 * r] = row[o]
                 flat[dst + 2 * r + 1] = row[o + 1]
+                if ts == TYPE_SIZE8:
+                    for kk in range(8):
+                        for i in range(4):
+                            flat[dst + 32 + 64 * kk + 4 * r + i] = row[o + 2 + 4 * kk + i] ^ 0x80
+                    continue
                 for j in range(4):
                     for i in range(4):
                         flat[dst + 32 + 64 * j + 4 * r + i] = _level(row, o, 8 * j + i) | (_level(row, o, 8 * j + 4 + i) << 4)
@@ -150,21 +175,51 @@ def _kb1(w, o, XH32, XL32, a0, k0):
 
 
 @njit(inline="always")
+def _kb4_q8(w, o, XH32, XL32, a0, a1, a2, a3, k0):
+    """_kb4 for Q8_0: 8 vectors of byte levels (q + 128), no unpacking."""
+    z = splat(np.int32(0), 16)
+    h0 = z; h1 = z; h2 = z; h3 = z; l0 = z; l1 = z; l2 = z; l3 = z  # noqa: E702
+    for j in range(8):
+        q = load(w, o + 64 * j, 64)
+        k = k0 + j
+        h0 = dpbusd(h0, q, load_splat(XH32, a0 + k, 16)); l0 = dpbusd(l0, q, load_splat(XL32, a0 + k, 16))  # noqa: E702
+        h1 = dpbusd(h1, q, load_splat(XH32, a1 + k, 16)); l1 = dpbusd(l1, q, load_splat(XL32, a1 + k, 16))  # noqa: E702
+        h2 = dpbusd(h2, q, load_splat(XH32, a2 + k, 16)); l2 = dpbusd(l2, q, load_splat(XL32, a2 + k, 16))  # noqa: E702
+        h3 = dpbusd(h3, q, load_splat(XH32, a3 + k, 16)); l3 = dpbusd(l3, q, load_splat(XL32, a3 + k, 16))  # noqa: E702
+    return h0, h1, h2, h3, l0, l1, l2, l3
+
+
+@njit(inline="always")
+def _kb1_q8(w, o, XH32, XL32, a0, k0):
+    """_kb1 for Q8_0 (two accumulators per plane, even and odd k-groups)."""
+    z = splat(np.int32(0), 16)
+    h0 = z; h1 = z; l0 = z; l1 = z  # noqa: E702
+    for j in range(4):
+        q0 = load(w, o + 128 * j, 64)
+        q1 = load(w, o + 128 * j + 64, 64)
+        k = k0 + 2 * j
+        h0 = dpbusd(h0, q0, load_splat(XH32, a0 + k, 16)); l0 = dpbusd(l0, q0, load_splat(XL32, a0 + k, 16))  # noqa: E702
+        h1 = dpbusd(h1, q1, load_splat(XH32, a0 + k + 1, 16)); l1 = dpbusd(l1, q1, load_splat(XL32, a0 + k + 1, 16))  # noqa: E702
+    return h0 + h1, l0 + l1
+
+
+@njit(inline="always")
 def _epilogue(h, l, sxk, cck, e, D, f):
-    """f + D * (sum q * x16 * sx - 8 * sum x16 * sx) for one k-block: the VNNI prefill kernel's arithmetic."""
+    """f + D * (sum q * x16 * sx - z * sum x16 * sx) for one k-block (cck holds the second term, z the level
+    offset: 8 or 128): the VNNI prefill kernel's arithmetic."""
     return fma(fma(sitofp((h << 8) + l), load_splat(sxk, e, 16), load_splat(cck, e, 16)), D, f)
 
 
 @njit(inline="always")
-def _pass4(w, base, nkb, XH32, XL32, sxk, cck, C4, t0, out, r0):
+def _pass4(kb4, kbytes, w, base, nkb, XH32, XL32, sxk, cck, C4, t0, out, r0):
     """out[t0 .. t0 + 3, r0 : r0 + 16] from the interleaved group at byte `base` of w (flat)."""
     f0 = splat(np.float32(0.0), 16)
     f1 = f0; f2 = f0; f3 = f0  # noqa: E702
     a0 = t0 * C4
     e0 = t0 * nkb
     for kb in range(nkb):
-        o = base + kb * KB_BYTES
-        h0, h1, h2, h3, l0, l1, l2, l3 = _kb4(w, o + 32, XH32, XL32, a0, a0 + C4, a0 + 2 * C4, a0 + 3 * C4, 8 * kb)
+        o = base + kb * kbytes
+        h0, h1, h2, h3, l0, l1, l2, l3 = kb4(w, o + 32, XH32, XL32, a0, a0 + C4, a0 + 2 * C4, a0 + 3 * C4, 8 * kb)
         D = fp16_to_f32(bitcast(load(w, o, 32), np.uint16))
         f0 = _epilogue(h0, l0, sxk, cck, e0 + kb, D, f0)
         f1 = _epilogue(h1, l1, sxk, cck, e0 + nkb + kb, D, f1)
@@ -177,18 +232,18 @@ def _pass4(w, base, nkb, XH32, XL32, sxk, cck, C4, t0, out, r0):
 
 
 @njit(inline="always")
-def _pass1(w, base, nkb, XH32, XL32, sxk, cck, C4, t0, out, r0):
+def _pass1(kb1, kbytes, w, base, nkb, XH32, XL32, sxk, cck, C4, t0, out, r0):
     """out[t0, r0 : r0 + 16] (one token: _pass4's arithmetic)."""
     f0 = splat(np.float32(0.0), 16)
     for kb in range(nkb):
-        o = base + kb * KB_BYTES
-        h0, l0 = _kb1(w, o + 32, XH32, XL32, t0 * C4, 8 * kb)
+        o = base + kb * kbytes
+        h0, l0 = kb1(w, o + 32, XH32, XL32, t0 * C4, 8 * kb)
         f0 = _epilogue(h0, l0, sxk, cck, t0 * nkb + kb, fp16_to_f32(bitcast(load(w, o, 32), np.uint16)), f0)
     store(out[t0], r0, f0)
 
 
 @njit(inline="always")
-def _groups(w, g0, g1, nkb, XH32, XL32, sxk, cck, C4, n, out):
+def _groups(kb4, kb1, kbytes, w, g0, g1, nkb, XH32, XL32, sxk, cck, C4, n, out):
     """out[t, 16 g0 : 16 g1] for every token t: groups g0 .. g1 - 1 of the interleaved matrix w, in blocks of
     TOKEN_BLOCK tokens (a prefill of 512 tokens has 2 MB of activation planes at C = 2048: read from L3 once
     per group without the blocking)."""
@@ -197,10 +252,10 @@ def _groups(w, g0, g1, nkb, XH32, XL32, sxk, cck, C4, n, out):
     for tb in range(0, n4, TOKEN_BLOCK):
         for g in range(g0, g1):
             for t0 in range(tb, min(n4, tb + TOKEN_BLOCK), 4):
-                _pass4(w, g * bpg, nkb, XH32, XL32, sxk, cck, C4, t0, out, g * GROUP)
+                _pass4(kb4, kbytes, w, g * bpg, nkb, XH32, XL32, sxk, cck, C4, t0, out, g * GROUP)
     for g in range(g0, g1):
         for t0 in range(n4, n):
-            _pass1(w, g * bpg, nkb, XH32, XL32, sxk, cck, C4, t0, out, g * GROUP)
+            _pass1(kb1, kbytes, w, g * bpg, nkb, XH32, XL32, sxk, cck, C4, t0, out, g * GROUP)
 
 
 SUPER = 4  # groups per parallel task
@@ -208,25 +263,44 @@ TOKEN_BLOCK = 32  # tokens whose activation planes (32 x C x 2 bytes: 128 KB at 
 # task's groups pass over them, each group's weights (18 KB at C = 2048) in L1 during its passes
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def matmul_vnni(a, b, c, X, oa, ob, oc, prefill):
-    """oa[t] = A @ X[t], ob[t] = B @ X[t], oc[t] = C @ X[t] for any n tokens (A, B, C interleaved Q4_0 of the
-    same width, rows multiples of 16; 0-row arrays for unused ones): the activations prepared once, one
-    launch over all their groups. The signature of the formats' matmul_vnni (decode_step calls it by
-    address); `prefill` is ignored: one kernel for every n."""
+@njit(inline="always")
+def _matmul(kb4, kb1, kbytes, z, a, b, c, X, oa, ob, oc):
+    """oa[t] = A @ X[t], ob[t] = B @ X[t], oc[t] = C @ X[t] for any n tokens (A, B, C interleaved, of the same
+    width, rows multiples of 16; 0-row arrays for unused ones): the activations prepared once, one launch
+    over all their groups, in tasks of SUPER groups."""
     n, C = X.shape
     nkb = C // 32
     C4 = C // 4
-    XH32, XL32, sxk, cck, xek, n4 = mm_setup(X, 32, 8, False)  # Q4_0: levels offset by 8, no minimums
+    XH32, XL32, sxk, cck, xek, n4 = mm_setup(X, 32, z, False)  # levels offset by z, no minimums
     sa = (a.shape[0] // GROUP + SUPER - 1) // SUPER  # tasks per matrix
     sab = sa + (b.shape[0] // GROUP + SUPER - 1) // SUPER
     for task in prange(sab + (c.shape[0] // GROUP + SUPER - 1) // SUPER):
         ti = np.int64(task)
         if ti < sa:
-            _groups(a, SUPER * ti, min(a.shape[0] // GROUP, SUPER * ti + SUPER), nkb, XH32, XL32, sxk, cck, C4, n, oa)
+            _groups(kb4, kb1, kbytes, a, SUPER * ti, min(a.shape[0] // GROUP, SUPER * ti + SUPER), nkb, XH32, XL32,
+                    sxk, cck, C4, n, oa)
         elif ti < sab:
             s = ti - sa
-            _groups(b, SUPER * s, min(b.shape[0] // GROUP, SUPER * s + SUPER), nkb, XH32, XL32, sxk, cck, C4, n, ob)
+            _groups(kb4, kb1, kbytes, b, SUPER * s, min(b.shape[0] // GROUP, SUPER * s + SUPER), nkb, XH32, XL32,
+                    sxk, cck, C4, n, ob)
         else:
             s = ti - sab
-            _groups(c, SUPER * s, min(c.shape[0] // GROUP, SUPER * s + SUPER), nkb, XH32, XL32, sxk, cck, C4, n, oc)
+            _groups(kb4, kb1, kbytes, c, SUPER * s, min(c.shape[0] // GROUP, SUPER * s + SUPER), nkb, XH32, XL32,
+                    sxk, cck, C4, n, oc)
+
+
+# The kernels, one per format, with the signature of the formats' matmul_vnni (decode_step calls them by
+# address); `prefill` is ignored: one kernel for every n.
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_q4_0(a, b, c, X, oa, ob, oc, prefill):
+    """Interleaved Q4_0 (see _matmul)."""
+    _matmul(_kb4, _kb1, KB_BYTES, 8, a, b, c, X, oa, ob, oc)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_q8_0(a, b, c, X, oa, ob, oc, prefill):
+    """Interleaved Q8_0 (see _matmul)."""
+    _matmul(_kb4_q8, _kb1_q8, KB_BYTES8, 128, a, b, c, X, oa, ob, oc)
+
+
+KERNELS = {"q4_0": matmul_q4_0, "q8_0": matmul_q8_0}

@@ -149,17 +149,18 @@ class QuantizedWeight(Weight):
 
 
 class InterleavedWeight(QuantizedWeight):
-    """A Q4_0 matrix whose blocks were interleaved by 16 rows at load (`interleaved.py`): the CPU backend
+    """A Q4_0 or Q8_0 matrix whose blocks were interleaved by 16 rows at load (`interleaved.py`): the CPU backend
     makes these where the VNNI kernels run. Same bytes as the blocks, permuted; one kernel for decode,
     batched decode and prefill, so each row's result never depends on how many tokens share a call.
     `blocks` gives ggml's row order back (a copy: writers, other backends); `packed` is what runs."""
 
     def __init__(self, source: QuantizedWeight):
-        # Trusted: the CPU backend checks the format (q4_0) and the shape (interleaved.eligible).
+        # Trusted: the CPU backend checks the format and the shape (interleaved.eligible).
         self.format, self.shape, self.dtype = source.format, source.shape, source.dtype
         packed = np.empty(source.blocks.shape, np.uint8)
-        interleaved.pack(source.blocks, packed)
+        interleaved.pack(source.blocks, packed, self.shape[1])
         self.packed = _readonly(packed)
+        self.kernel = interleaved.KERNELS[self.format.name]
 
     @property
     def blocks(self) -> np.ndarray:
@@ -170,7 +171,7 @@ class InterleavedWeight(QuantizedWeight):
         return int(self.packed.nbytes)
 
     def _run(self, x, out):
-        interleaved.matmul_vnni(self.packed, _NO_ROWS, _NO_ROWS, x, out, _NO_OUT, _NO_OUT, False)
+        self.kernel(self.packed, _NO_ROWS, _NO_ROWS, x, out, _NO_OUT, _NO_OUT, False)
 
     def matvec(self, x, out):
         rows, cols = self.shape
@@ -197,13 +198,14 @@ class InterleavedWeight(QuantizedWeight):
 
     @staticmethod
     def matmul_shared(weights, x, outs, any_rows: bool = False) -> bool:
-        """As QuantizedWeight.matmul_shared, for two or three interleaved matrices of one width: one launch
+        """As QuantizedWeight.matmul_shared, for two or three interleaved matrices of one format and width: one launch
         for any number of tokens (`any_rows` changes nothing: the kernel is the same for every n)."""
         if (not 2 <= len(weights) <= 3 or len(outs) != len(weights) or not isinstance(x, np.ndarray)
                 or x.ndim != 2 or x.shape[0] < 1):
             return False
         cols = weights[0].shape[1]
-        if any(not isinstance(w, InterleavedWeight) or w.shape[1] != cols for w in weights):
+        if any(not isinstance(w, InterleavedWeight) or w.shape[1] != cols or w.kernel is not weights[0].kernel
+               for w in weights):
             return False
         n = x.shape[0]
         _check_operand("x", x, (n, cols))
@@ -211,7 +213,7 @@ class InterleavedWeight(QuantizedWeight):
             _check_operand("out", out, (n, w.shape[0]), writable=True)
         packed = [w.packed for w in weights] + [_NO_ROWS]
         o = list(outs) + [_NO_OUT]
-        interleaved.matmul_vnni(packed[0], packed[1], packed[2], x, o[0], o[1], o[2], False)
+        weights[0].kernel(packed[0], packed[1], packed[2], x, o[0], o[1], o[2], False)
         return True
 
     def rows(self, ids) -> np.ndarray:
