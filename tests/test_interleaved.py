@@ -10,7 +10,7 @@ from llamacpu.backends import CPUBackend
 from llamacpu.checkpoint.synthetic import write_synthetic
 from llamacpu.kernels import simd
 from llamacpu.model.llama import LayerWeights, LlamaWeights
-from llamacpu.quant import QuantizedWeight, interleaved, q4_0, q8_0
+from llamacpu.quant import QuantizedWeight, interleaved, q4_0, q4_k, q8_0
 from llamacpu.quant.vnni import NO_OUT, NO_ROWS
 from llamacpu.quant.weight import InterleavedWeight
 
@@ -18,8 +18,17 @@ pytestmark = pytest.mark.skipif(not simd.HAS_AVX512_VNNI,
                                 reason="Q4_0 is interleaved only where the AVX512-VNNI kernels run (this CPU, or "
                                        "LLAMACPU_PORTABLE=1, keeps the stored layout)")
 SHAPES = [(16, 32), (48, 96), (32, 576), (64, 2048)]  # 576 = SmolLM2's width: 18 k-blocks
-MODULES = {"q4_0": q4_0, "q8_0": q8_0}
+MODULES = {"q4_0": q4_0, "q8_0": q8_0, "q4_k": q4_k}
 FMTS = pytest.mark.parametrize("fmt", interleaved.FORMATS)
+
+
+# the tiny shape's widths (64, 128) hold no Q4_K super-block: wider for it
+WIDE = {"q4_0": {}, "q8_0": {}, "q4_k": dict(hidden_size=256, intermediate_size=512)}
+
+
+def width(fmt, cols):
+    """cols, rounded up to whole super-blocks of 256 for Q4_K."""
+    return -(-cols // 256) * 256 if fmt == "q4_k" else cols
 
 
 def q4_blocks(rng, rows, cols, fmt="q4_0"):
@@ -37,31 +46,37 @@ def run(packed, X, more=(), fmt="q4_0"):
 @FMTS
 @pytest.mark.parametrize("shape", SHAPES)
 def test_layout_round_trip(shape, fmt):
+    shape = shape[0], width(fmt, shape[1])
     rng = np.random.default_rng(shape[1])
     b = q4_blocks(rng, *shape, fmt)
-    ref = interleaved.pack_ref(b, shape[1])
+    ref = interleaved.pack_ref(b, shape[1], fmt)
     got = np.empty_like(b)
-    interleaved.pack(b, got, shape[1])
+    interleaved.pack(b, got, shape[1], fmt == "q4_k")
     np.testing.assert_array_equal(got, ref)
     assert not np.array_equal(got, b)  # a real permutation
-    np.testing.assert_array_equal(interleaved.unpack(got, shape[1]), b)
+    np.testing.assert_array_equal(interleaved.unpack(got, shape[1], fmt), b)
     ids = rng.integers(0, shape[0], 9)
-    np.testing.assert_array_equal(interleaved.unpack_rows(got, ids, shape[1]), b[ids])
+    np.testing.assert_array_equal(interleaved.unpack_rows(got, ids, shape[1], fmt), b[ids])
     # the documented byte layout: row 5's scale at bytes 10..11 of group 0, then its column 12
     np.testing.assert_array_equal(got[0, 10:12], b[5, 0:2])
+    flat = got.reshape(-1)
     if fmt == "q4_0":  # column 12 = 8 * 1 + 4 + 0: vector 1, high nibble
-        assert got.reshape(-1)[32 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 2 + 12] & 15
-    else:  # column 12 = 4 * 3 + 0: vector 3, as an unsigned byte
-        assert got.reshape(-1)[32 + 64 * 3 + 4 * 5 + 0] == b[5, 2 + 12] ^ 0x80
+        assert flat[32 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 2 + 12] & 15
+    elif fmt == "q8_0":  # column 12 = 4 * 3 + 0: vector 3, as an unsigned byte
+        assert flat[32 + 64 * 3 + 4 * 5 + 0] == b[5, 2 + 12] ^ 0x80
+    else:  # dmin at 32 + 10, scale byte 7 at 64 + 16 * 7 + 5; sub-block 3 (chunk 1, high nibbles), column 12
+        np.testing.assert_array_equal(got[0, 32 + 10:32 + 12], b[5, 2:4])
+        assert flat[64 + 16 * 7 + 5] == b[5, 4 + 7]
+        assert flat[256 + 256 * 3 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 16 + 32 * 1 + 12] >> 4
 
 
 @FMTS
 @pytest.mark.parametrize("shape", SHAPES)
 def test_kernel_against_reference_and_prefill_kernel(shape, fmt):
-    rows, cols = shape
+    rows, cols = shape[0], width(fmt, shape[1])
     rng = np.random.default_rng(rows + cols)
     b = q4_blocks(rng, rows, cols, fmt)
-    packed = interleaved.pack_ref(b, cols)
+    packed = interleaved.pack_ref(b, cols, fmt)
     w = MODULES[fmt].dequantize(b, cols)
     for n in (1, 2, 3, 4, 5, 9):
         X = rng.standard_normal((n, cols)).astype(np.float32)
@@ -76,8 +91,8 @@ def test_kernel_against_reference_and_prefill_kernel(shape, fmt):
 @FMTS
 def test_each_token_independent_of_the_others(fmt):
     rng = np.random.default_rng(1)
-    rows, cols = 48, 576
-    packed = interleaved.pack_ref(q4_blocks(rng, rows, cols, fmt), cols)
+    rows, cols = 48, width(fmt, 576)
+    packed = interleaved.pack_ref(q4_blocks(rng, rows, cols, fmt), cols, fmt)
     X = rng.standard_normal((11, cols)).astype(np.float32)
     together, = run(packed, X, fmt=fmt)
     for t in range(len(X)):
@@ -93,8 +108,8 @@ def test_each_token_independent_of_the_others(fmt):
 @FMTS
 def test_fused_matrices_equal_separate_calls(fmt):
     rng = np.random.default_rng(2)
-    cols = 96
-    a, b, c = (interleaved.pack_ref(q4_blocks(rng, r, cols, fmt), cols) for r in (32, 16, 48))
+    cols = width(fmt, 96)
+    a, b, c = (interleaved.pack_ref(q4_blocks(rng, r, cols, fmt), cols, fmt) for r in (32, 16, 48))
     X = rng.standard_normal((6, cols)).astype(np.float32)
     oa, ob, oc = run(a, X, (b, c), fmt)
     np.testing.assert_array_equal(oa, run(a, X, fmt=fmt)[0])
@@ -108,8 +123,8 @@ def test_fused_matrices_equal_separate_calls(fmt):
 @FMTS
 def test_nan_and_inf_in_activations_give_nan(fmt):
     rng = np.random.default_rng(3)
-    cols = 64
-    packed = interleaved.pack_ref(q4_blocks(rng, 16, cols, fmt), cols)
+    cols = width(fmt, 64)
+    packed = interleaved.pack_ref(q4_blocks(rng, 16, cols, fmt), cols, fmt)
     X = rng.standard_normal((3, cols)).astype(np.float32)
     X[0, 5], X[2, 40] = np.nan, np.inf
     got, = run(packed, X, fmt=fmt)
@@ -119,7 +134,7 @@ def test_nan_and_inf_in_activations_give_nan(fmt):
 @FMTS
 def test_interleaved_weight_protocol(fmt):
     rng = np.random.default_rng(4)
-    rows, cols = 32, 96
+    rows, cols = 32, width(fmt, 96)
     src = QuantizedWeight.quantize(fmt, rng.standard_normal((rows, cols)).astype(np.float32))
     w = InterleavedWeight(src)
     assert w.shape == src.shape and w.dtype == fmt and w.nbytes == src.nbytes
@@ -150,14 +165,14 @@ def test_interleaved_weight_protocol(fmt):
     assert InterleavedWeight.matmul_shared([w, other], X, outs)
     np.testing.assert_array_equal(outs[1], run(other.packed, X, fmt=fmt)[0])
     assert not InterleavedWeight.matmul_shared([w, src], X, outs)
-    stranger = "q8_0" if fmt == "q4_0" else "q4_0"  # another interleaved format: one call per matrix instead
+    stranger = "q8_0" if fmt != "q8_0" else "q4_0"  # another interleaved format: one call per matrix instead
     mixed = InterleavedWeight(QuantizedWeight.quantize(stranger, rng.standard_normal((16, cols)).astype(np.float32)))
     assert not InterleavedWeight.matmul_shared([w, mixed], X, outs)
 
 
 @FMTS
 def test_prepare_weights_interleaves_projections(monkeypatch, tmp_path, fmt):
-    path = write_synthetic(tmp_path / "m", "tiny", seed=3)
+    path = write_synthetic(tmp_path / "m", "tiny", seed=3, **WIDE[fmt])
     model = LlamaForCausalLM.from_pretrained(path, quantization=fmt)
     monkeypatch.setenv("LLAMACPU_REPACK", "0")
     stored = LlamaForCausalLM.from_pretrained(path, quantization=fmt)
@@ -176,7 +191,8 @@ def test_prepare_weights_interleaves_projections(monkeypatch, tmp_path, fmt):
 
 @FMTS
 def test_compiled_step_on_interleaved_weights_is_the_readable_pass(tmp_path, fmt):
-    model = LlamaForCausalLM.from_pretrained(write_synthetic(tmp_path / "m", "tiny", seed=4), quantization=fmt)
+    model = LlamaForCausalLM.from_pretrained(write_synthetic(tmp_path / "m", "tiny", seed=4, **WIDE[fmt]),
+                                             quantization=fmt)
     assert isinstance(model.weights.layers[0].wq, InterleavedWeight)
     ids = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]])
     runs = []

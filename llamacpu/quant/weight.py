@@ -158,13 +158,13 @@ class InterleavedWeight(QuantizedWeight):
         # Trusted: the CPU backend checks the format and the shape (interleaved.eligible).
         self.format, self.shape, self.dtype = source.format, source.shape, source.dtype
         packed = np.empty(source.blocks.shape, np.uint8)
-        interleaved.pack(source.blocks, packed, self.shape[1])
+        interleaved.pack(source.blocks, packed, self.shape[1], self.format.name == "q4_k")
         self.packed = _readonly(packed)
         self.kernel = interleaved.KERNELS[self.format.name]
 
     @property
     def blocks(self) -> np.ndarray:
-        return interleaved.unpack(self.packed, self.shape[1])
+        return interleaved.unpack(self.packed, self.shape[1], self.format.name)
 
     @property
     def nbytes(self) -> int:
@@ -222,7 +222,7 @@ class InterleavedWeight(QuantizedWeight):
             raise InputError(f"row ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
         if ids.size and (ids.min() < 0 or ids.max() >= self.shape[0]):
             raise InputError(f"row ids must lie in [0, {self.shape[0]}), got {ids.min()}..{ids.max()}")
-        blocks = interleaved.unpack_rows(self.packed, ids.astype(np.intp), self.shape[1])
+        blocks = interleaved.unpack_rows(self.packed, ids.astype(np.intp), self.shape[1], self.format.name)
         return self.format.dequantize(blocks, self.shape[1])
 
     def dequantize(self) -> np.ndarray:
