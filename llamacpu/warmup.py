@@ -47,6 +47,10 @@ def warm(verbose: bool = True) -> float:
                     except Exception:  # a format this shape cannot hold: warmed by its tests instead
                         continue
                     q.generate(np.array([[1, 2, 3, 4, 5, 6, 7, 8]]), max_new_tokens=2)  # >= 6: the prefill kernel
+                # Q4_K needs widths of 256 (the tiny shape falls back to Q4_0): its kernels, interleaved ones too
+                wide = write_synthetic(f"{tmp}/wide", "tiny", hidden_size=256, intermediate_size=512)
+                q = LlamaForCausalLM.from_pretrained(wide, quantization="q4_k")
+                q.generate(np.array([[1, 2, 3, 4, 5, 6, 7, 8]]), max_new_tokens=2)
     seconds = time.perf_counter() - t0
     if verbose:
         changed = sum(1 for k, t in numba_cache_files().items() if before.get(k) != t)

@@ -10,7 +10,7 @@ from llamacpu.backends import CPUBackend
 from llamacpu.checkpoint.synthetic import write_synthetic
 from llamacpu.kernels import simd
 from llamacpu.model.llama import LayerWeights, LlamaWeights
-from llamacpu.quant import QuantizedWeight, interleaved, q4_0, q4_k, q8_0
+from llamacpu.quant import QuantizedWeight, interleaved, q4_0, q4_1, q4_k, q8_0
 from llamacpu.quant.vnni import NO_OUT, NO_ROWS
 from llamacpu.quant.weight import InterleavedWeight
 
@@ -18,12 +18,12 @@ pytestmark = pytest.mark.skipif(not simd.HAS_AVX512_VNNI,
                                 reason="Q4_0 is interleaved only where the AVX512-VNNI kernels run (this CPU, or "
                                        "LLAMACPU_PORTABLE=1, keeps the stored layout)")
 SHAPES = [(16, 32), (48, 96), (32, 576), (64, 2048)]  # 576 = SmolLM2's width: 18 k-blocks
-MODULES = {"q4_0": q4_0, "q8_0": q8_0, "q4_k": q4_k}
+MODULES = {"q4_0": q4_0, "q8_0": q8_0, "q4_k": q4_k, "q4_1": q4_1}
 FMTS = pytest.mark.parametrize("fmt", interleaved.FORMATS)
 
 
 # the tiny shape's widths (64, 128) hold no Q4_K super-block: wider for it
-WIDE = {"q4_0": {}, "q8_0": {}, "q4_k": dict(hidden_size=256, intermediate_size=512)}
+WIDE = {"q4_0": {}, "q8_0": {}, "q4_1": {}, "q4_k": dict(hidden_size=256, intermediate_size=512)}
 
 
 def width(fmt, cols):
@@ -58,14 +58,17 @@ def test_layout_round_trip(shape, fmt):
     ids = rng.integers(0, shape[0], 9)
     np.testing.assert_array_equal(interleaved.unpack_rows(got, ids, shape[1], fmt), b[ids])
     # the documented byte layout: row 5's scale at bytes 10..11 of group 0, then its column 12
-    np.testing.assert_array_equal(got[0, 10:12], b[5, 0:2])
+    np.testing.assert_array_equal(got.reshape(-1)[10:12], b[5, 0:2])
     flat = got.reshape(-1)
     if fmt == "q4_0":  # column 12 = 8 * 1 + 4 + 0: vector 1, high nibble
         assert flat[32 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 2 + 12] & 15
     elif fmt == "q8_0":  # column 12 = 4 * 3 + 0: vector 3, as an unsigned byte
         assert flat[32 + 64 * 3 + 4 * 5 + 0] == b[5, 2 + 12] ^ 0x80
+    elif fmt == "q4_1":  # the minimum m at 32 + 10; the levels after it, as Q4_0's
+        np.testing.assert_array_equal(flat[32 + 10:32 + 12], b[5, 2:4])
+        assert flat[64 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 4 + 12] & 15
     else:  # dmin at 32 + 10, scale byte 7 at 64 + 16 * 7 + 5; sub-block 3 (chunk 1, high nibbles), column 12
-        np.testing.assert_array_equal(got[0, 32 + 10:32 + 12], b[5, 2:4])
+        np.testing.assert_array_equal(flat[32 + 10:32 + 12], b[5, 2:4])
         assert flat[64 + 16 * 7 + 5] == b[5, 4 + 7]
         assert flat[256 + 256 * 3 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 16 + 32 * 1 + 12] >> 4
 
@@ -180,7 +183,8 @@ def test_prepare_weights_interleaves_projections(monkeypatch, tmp_path, fmt):
     kinds = {type(getattr(layer, n)) for n in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")}
     assert kinds == {InterleavedWeight}
     assert all(type(getattr(l, "wq")) is QuantizedWeight for l in stored.weights.layers)
-    assert type(model.weights.embed) is not InterleavedWeight  # looked up by rows: kept as stored
+    w = model.weights  # the embedding is looked up by rows: interleaved only when it is the LM head too
+    assert (w.lm_head is w.embed) == (type(w.embed) is InterleavedWeight or not interleaved.eligible(fmt, w.embed.shape))
     ids = np.array([[1, 5, 9, 2, 7, 3]])
     a, b = model(ids).logits, stored(ids).logits
     assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
@@ -208,10 +212,25 @@ def test_compiled_step_on_interleaved_weights_is_the_readable_pass(tmp_path, fmt
 def test_backend_keeps_ineligible_matrices():
     rng = np.random.default_rng(5)
     odd = QuantizedWeight.quantize("q4_0", rng.standard_normal((24, 64)).astype(np.float32))  # 24 rows
-    q8 = QuantizedWeight.quantize("q4_1", rng.standard_normal((32, 64)).astype(np.float32))  # not interleaved
+    q8 = QuantizedWeight.quantize("q5_0", rng.standard_normal((32, 64)).astype(np.float32))  # not interleaved
     assert not interleaved.eligible("q4_0", odd.shape) and interleaved.eligible("q4_0", (32, 64))
-    assert not interleaved.eligible("q4_1", (32, 64))
+    assert not interleaved.eligible("q5_0", (32, 64)) and not interleaved.eligible("q4_k", (32, 64))
     layer = LayerWeights(attn_norm=np.ones(64, np.float32), wq=odd, wk=q8, wv=q8, wo=q8,
                          mlp_norm=np.ones(64, np.float32), w_gate=q8, w_up=q8, w_down=q8)
     w = CPUBackend().prepare_weights(LlamaWeights(embed=q8, layers=[layer], norm=np.ones(64, np.float32), lm_head=q8))
     assert w.layers[0].wq is odd and w.layers[0].wk is q8 and w.lm_head is q8
+
+
+def test_tied_embedding_interleaved_once_and_rows_still_exact():
+    rng = np.random.default_rng(6)
+    emb = QuantizedWeight.quantize("q8_0", rng.standard_normal((48, 64)).astype(np.float32))
+    own = QuantizedWeight.quantize("q8_0", rng.standard_normal((32, 64)).astype(np.float32))
+    layer = LayerWeights(attn_norm=np.ones(64, np.float32), wq=own, wk=own, wv=own, wo=own,
+                         mlp_norm=np.ones(64, np.float32), w_gate=own, w_up=own, w_down=own)
+    want = emb.rows(np.array([0, 47, 5]))
+    w = CPUBackend().prepare_weights(LlamaWeights(embed=emb, layers=[layer], norm=np.ones(64, np.float32), lm_head=emb))
+    assert isinstance(w.embed, InterleavedWeight) and w.lm_head is w.embed
+    np.testing.assert_array_equal(w.embed.rows(np.array([0, 47, 5])), want)
+    untied = CPUBackend().prepare_weights(LlamaWeights(embed=emb, layers=[layer], norm=np.ones(64, np.float32),
+                                                       lm_head=own))
+    assert untied.embed is emb and isinstance(untied.lm_head, InterleavedWeight)

@@ -56,8 +56,9 @@ class CPUBackend(Backend):
 
     def prepare_weights(self, weights):
         """LlamaWeights as loaded -> the weights this backend computes with: where the AVX512-VNNI kernels
-        run, Q4_0 and Q8_0 projections and an untied LM head in them are interleaved by 16 rows (quant/interleaved.py:
-        one kernel for decode, batched decode and prefill; bench/README.md "Q4_0 and Q8_0 interleaved at load"),
+        run, the projections and the LM head in Q4_0, Q4_1, Q8_0 and Q4_K are interleaved by 16 rows
+        (quant/interleaved.py: one kernel for decode, batched decode and prefill; bench/README.md
+        "Interleaved at load"),
         their mapped source pages released; everything else as loaded. LLAMACPU_REPACK=0 keeps every
         matrix as stored (A/B measurements)."""
         if not (HAS_AVX512_VNNI and os.environ.get("LLAMACPU_REPACK", "1") != "0"):
@@ -78,8 +79,11 @@ class CPUBackend(Backend):
                 if isinstance(w, QuantizedWeight):
                     setattr(layer, f.name, repacked(w))
                     del w
-        if weights.lm_head is not None and weights.lm_head is not weights.embed:
-            weights.lm_head = repacked(weights.lm_head)
+        if weights.lm_head is not None:  # tied to the embedding too: its row lookups unpack the rows they need
+            head = repacked(weights.lm_head)
+            if weights.lm_head is weights.embed:
+                weights.embed = head
+            weights.lm_head = head
         return weights
 
     # ---- the kernels the forward pass calls ---------------------------------------------------------------

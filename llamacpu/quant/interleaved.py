@@ -23,6 +23,8 @@ for group g (rows 16 g .. 16 g + 15) and k-block kb (columns 32 kb .. 32 kb + 31
     0       32    the 16 rows' fp16 scales d
     32      512   8 vectors of 64 bytes; vector j, byte 4 r + i = q[r, 4 j + i] XOR 0x80 (q + 128: unsigned)
 
+    Q4_1 (KB = 320 = 16 x 20): Q4_0's with the 16 rows' fp16 minimums m at 32 (value = d q + m), levels at 64
+
     Q4_K, per super-block of 256 columns (2304 = 16 x 144 bytes; its 8 sub-blocks are the k-blocks)
     0       32    the 16 rows' fp16 d
     32      32    the 16 rows' fp16 dmin
@@ -48,7 +50,11 @@ KB_BYTES8 = 544  # Q8_0: 16 fp16 scales + 16 rows x 32 bytes
 TYPE_SIZE8 = 34
 TYPE_SIZE_K = 144  # Q4_K's super-block of 256
 SB_BYTES = 2304  # Q4_K: bytes of one (group, super-block)
-FORMATS = ("q4_0", "q8_0", "q4_k")  # the formats with an interleaved layout
+KB_BYTES41 = 320  # Q4_1: 16 fp16 scales, 16 fp16 minimums, 16 rows x 32 nibbles
+TYPE_SIZE41 = 20
+FORMATS = ("q4_0", "q8_0", "q4_k", "q4_1")  # the formats with an interleaved layout
+# blocks of 32: (bytes per block, fp16 header fields (d; Q4_1: d, m), levels as bytes (else nibbles))
+LEGACY = {"q4_0": (TYPE_SIZE, 1, False), "q8_0": (TYPE_SIZE8, 1, True), "q4_1": (TYPE_SIZE41, 2, False)}
 
 
 def eligible(fmt: str, shape) -> bool:
@@ -60,19 +66,6 @@ def eligible(fmt: str, shape) -> bool:
 # ---------------------------------------------------------------------------------------------
 # The layout: NumPy references and the Numba packer used at load
 # ---------------------------------------------------------------------------------------------
-
-
-def _levels(blocks: np.ndarray, cols: int):
-    """Q4_0 or Q8_0 blocks [R, nkb * type_size] -> (d bits uint16 [R, nkb], levels uint8 [R, nkb, 32]: Q4_0's
-    nibbles 0..15, Q8_0's int8 + 128)."""
-    R, nkb = blocks.shape[0], cols // 32
-    ts = blocks.shape[1] // nkb
-    b = blocks.reshape(R, nkb, ts)
-    d = np.ascontiguousarray(b[:, :, :2]).view(np.uint16).reshape(R, nkb)
-    qs = b[:, :, 2:]
-    if ts == TYPE_SIZE8:
-        return d, qs ^ np.uint8(0x80)
-    return d, np.concatenate([qs & np.uint8(15), qs >> np.uint8(4)], axis=-1)
 
 
 def _nibbles(lv: np.ndarray) -> np.ndarray:
@@ -124,16 +117,18 @@ def pack_ref(blocks: np.ndarray, cols: int, fmt: str) -> np.ndarray:
     """Blocks uint8 [R, bytes per row] of format fmt (FORMATS) -> the interleaved layout (same shape; R % 16 == 0)."""
     if fmt == "q4_k":
         return _pack_ref_k(blocks, cols)
+    ts, nfields, as_bytes = LEGACY[fmt]
     R, nkb = blocks.shape[0], cols // 32
     G = R // GROUP
-    d, q = _levels(blocks, cols)
-    wt = q.reshape(G, GROUP, nkb, 8, 4).transpose(0, 2, 3, 1, 4)  # [g, kb, k-group of 4 columns, row, i]
-    if blocks.shape[1] // nkb == TYPE_SIZE8:
-        lv = wt.reshape(G, nkb, 512)
-    else:
-        lv = (wt[:, :, 0::2] | (wt[:, :, 1::2] << np.uint8(4))).reshape(G, nkb, 256)  # [g, kb, j, row, i]
-    dt = np.ascontiguousarray(d.reshape(G, GROUP, nkb).transpose(0, 2, 1)).view(np.uint8)  # [g, kb, 32]
-    out = np.concatenate([dt.reshape(G, nkb, 32), lv], axis=-1)
+    b = blocks.reshape(G, GROUP, nkb, ts)
+    head = 2 * nfields
+    fields = [b[..., 2 * f:2 * f + 2].transpose(0, 2, 1, 3).reshape(G, nkb, 32) for f in range(nfields)]  # row order
+    qs = b[..., head:]
+    if as_bytes:  # Q8_0: int8 + 128, k-group j of 4 columns at 64 j
+        lv = (qs ^ np.uint8(0x80)).reshape(G, GROUP, nkb, 8, 4).transpose(0, 2, 3, 1, 4).reshape(G, nkb, 512)
+    else:  # qs[l] & 15 is column l, qs[l] >> 4 column l + 16
+        lv = _nibbles(np.concatenate([qs & np.uint8(15), qs >> np.uint8(4)], axis=-1))
+    out = np.concatenate(fields + [lv], axis=-1)
     return np.ascontiguousarray(out).reshape(blocks.shape)
 
 
@@ -141,19 +136,20 @@ def unpack_rows(packed: np.ndarray, ids: np.ndarray, cols: int, fmt: str) -> np.
     """The blocks [len(ids), bytes per row] of rows `ids` (valid indices) of an interleaved matrix of format fmt."""
     if fmt == "q4_k":
         return _unpack_rows_k(packed, ids, cols)
+    ts, nfields, as_bytes = LEGACY[fmt]
     nkb = cols // 32
-    ts = packed.shape[1] // nkb
     P = packed.reshape(-1, nkb, GROUP * ts)[ids // GROUP]  # [n, kb, KB]
     n, r = len(ids), ids % GROUP
-    d = P[:, :, :32].reshape(n, nkb, GROUP, 2).transpose(0, 2, 1, 3)[np.arange(n), r]  # [n, kb, 2]
-    if ts == TYPE_SIZE8:
-        lv = P[:, :, 32:].reshape(n, nkb, 8, GROUP, 4).transpose(0, 3, 1, 2, 4)[np.arange(n), r]  # [n, kb, kk, i]
-        return np.concatenate([d, lv.reshape(n, nkb, 32) ^ np.uint8(0x80)], axis=-1).reshape(n, nkb * ts)
-    nib = P[:, :, 32:].reshape(n, nkb, 4, GROUP, 4).transpose(0, 3, 1, 2, 4)  # [n, row, kb, j, i]
-    mine = nib[np.arange(n), r]  # [n, kb, j, i]
-    q = np.stack([mine & np.uint8(15), mine >> np.uint8(4)], axis=3).reshape(n, nkb, 32)  # columns 8j + 4h + i
-    qs = q[:, :, :16] | (q[:, :, 16:] << np.uint8(4))
-    return np.concatenate([d, qs], axis=-1).reshape(n, nkb * TYPE_SIZE)
+    head = 32 * nfields
+    fields = [P[:, :, 32 * f:32 * f + 32].reshape(n, nkb, GROUP, 2).transpose(0, 2, 1, 3)[np.arange(n), r]
+              for f in range(nfields)]  # [n, kb, 2] each
+    if as_bytes:
+        lv = P[:, :, head:].reshape(n, nkb, 8, GROUP, 4).transpose(0, 3, 1, 2, 4)[np.arange(n), r]  # [n, kb, kk, i]
+        qs = lv.reshape(n, nkb, 32) ^ np.uint8(0x80)
+    else:
+        q = _row_nibbles(P[:, :, head:], r)
+        qs = q[:, :, :16] | (q[:, :, 16:] << np.uint8(4))
+    return np.concatenate(fields + [qs], axis=-1).reshape(n, nkb * ts)
 
 
 def unpack(packed: np.ndarray, cols: int, fmt: str) -> np.ndarray:
@@ -164,7 +160,7 @@ def unpack(packed: np.ndarray, cols: int, fmt: str) -> np.ndarray:
 @njit(parallel=True, cache=True)
 def pack(blocks, out, cols, k_quant):
     """out = pack_ref(blocks, cols, fmt): blocks uint8 [R, bytes per row] (R % 16 == 0) -> the same shape, for
-    Q4_K (k_quant) or Q4_0 / Q8_0 (told apart by their block size)."""
+    Q4_K (k_quant) or Q4_0 / Q8_0 / Q4_1 (told apart by their block size)."""
     R, bpr = blocks.shape
     nkb = cols // 32
     ts = bpr // nkb
@@ -179,16 +175,18 @@ def pack(blocks, out, cols, k_quant):
             for kb in range(nkb):
                 o = kb * ts
                 dst = base + kb * GROUP * ts
-                flat[dst + 2 * r] = row[o]
-                flat[dst + 2 * r + 1] = row[o + 1]
+                head = 4 if ts == TYPE_SIZE41 else 2  # fp16 d (and Q4_1's m)
+                for k in range(head):
+                    flat[dst + 32 * (k >> 1) + 2 * r + (k & 1)] = row[o + k]
+                lv = dst + 16 * head
                 if ts == TYPE_SIZE8:
                     for kk in range(8):
                         for i in range(4):
-                            flat[dst + 32 + 64 * kk + 4 * r + i] = row[o + 2 + 4 * kk + i] ^ 0x80
+                            flat[lv + 64 * kk + 4 * r + i] = row[o + 2 + 4 * kk + i] ^ 0x80
                     continue
                 for j in range(4):
                     for i in range(4):
-                        flat[dst + 32 + 64 * j + 4 * r + i] = _level(row, o, 8 * j + i) | (_level(row, o, 8 * j + 4 + i) << 4)
+                        flat[lv + 64 * j + 4 * r + i] = _level(row, o + head, 8 * j + i) | (_level(row, o + head, 8 * j + 4 + i) << 4)
 
 
 @njit(inline="always")
@@ -217,8 +215,8 @@ def _pack_k(blocks, flat, cols):
 
 @njit(inline="always")
 def _level(row, o, l):
-    """Level l (0..31) of the Q4_0 block at byte o of a row: qs[l] & 15 for l < 16, qs[l - 16] >> 4 after."""
-    return np.int64(row[o + 2 + l] & 15) if l < 16 else np.int64(row[o + 2 + l - 16] >> 4)
+    """Level l (0..31) of the nibbles qs at byte o of a row: qs[l] & 15 for l < 16, qs[l - 16] >> 4 after."""
+    return np.int64(row[o + l] & 15) if l < 16 else np.int64(row[o + l - 16] >> 4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,20 +296,29 @@ def _epilogue(h, l, sxk, cck, e, D, f):
 
 
 @njit(inline="always")
-def _pass4(kb4, kbytes, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    """out[t0 .. t0 + 3, r0 : r0 + 16] from the interleaved group at byte `base` of w (flat)."""
+def _pass4(kb4, kbytes, has_min, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
+    """out[t0 .. t0 + 3, r0 : r0 + 16] from the interleaved group at byte `base` of w (flat): k-blocks of
+    `kbytes`, their fp16 scales (and with `has_min` the fp16 minimums after them), then the levels."""
     f0 = splat(np.float32(0.0), 16)
     f1 = f0; f2 = f0; f3 = f0  # noqa: E702
     a0 = t0 * C4
     e0 = t0 * nkb
     for kb in range(nkb):
         o = base + kb * kbytes
-        h0, h1, h2, h3, l0, l1, l2, l3 = kb4(w, o + 32, XH32, XL32, a0, a0 + C4, a0 + 2 * C4, a0 + 3 * C4, 8 * kb)
+        h0, h1, h2, h3, l0, l1, l2, l3 = kb4(w, o + (64 if has_min else 32), XH32, XL32, a0, a0 + C4, a0 + 2 * C4,
+                                             a0 + 3 * C4, 8 * kb)
         D = fp16_to_f32(bitcast(load(w, o, 32), np.uint16))
-        f0 = _epilogue(h0, l0, sxk, cck, e0 + kb, D, f0)
-        f1 = _epilogue(h1, l1, sxk, cck, e0 + nkb + kb, D, f1)
-        f2 = _epilogue(h2, l2, sxk, cck, e0 + 2 * nkb + kb, D, f2)
-        f3 = _epilogue(h3, l3, sxk, cck, e0 + 3 * nkb + kb, D, f3)
+        if has_min:
+            M = fp16_to_f32(bitcast(load(w, o + 32, 32), np.uint16))
+            f0 = _epilogue_min(h0, l0, sxk, cck, xek, e0 + kb, D, M, f0)
+            f1 = _epilogue_min(h1, l1, sxk, cck, xek, e0 + nkb + kb, D, M, f1)
+            f2 = _epilogue_min(h2, l2, sxk, cck, xek, e0 + 2 * nkb + kb, D, M, f2)
+            f3 = _epilogue_min(h3, l3, sxk, cck, xek, e0 + 3 * nkb + kb, D, M, f3)
+        else:
+            f0 = _epilogue(h0, l0, sxk, cck, e0 + kb, D, f0)
+            f1 = _epilogue(h1, l1, sxk, cck, e0 + nkb + kb, D, f1)
+            f2 = _epilogue(h2, l2, sxk, cck, e0 + 2 * nkb + kb, D, f2)
+            f3 = _epilogue(h3, l3, sxk, cck, e0 + 3 * nkb + kb, D, f3)
     store(out[t0], r0, f0)
     store(out[t0 + 1], r0, f1)
     store(out[t0 + 2], r0, f2)
@@ -319,13 +326,18 @@ def _pass4(kb4, kbytes, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0
 
 
 @njit(inline="always")
-def _pass1(kb1, kbytes, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
+def _pass1(kb1, kbytes, has_min, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
     """out[t0, r0 : r0 + 16] (one token: _pass4's arithmetic)."""
     f0 = splat(np.float32(0.0), 16)
     for kb in range(nkb):
         o = base + kb * kbytes
-        h0, l0 = kb1(w, o + 32, XH32, XL32, t0 * C4, 8 * kb)
-        f0 = _epilogue(h0, l0, sxk, cck, t0 * nkb + kb, fp16_to_f32(bitcast(load(w, o, 32), np.uint16)), f0)
+        h0, l0 = kb1(w, o + (64 if has_min else 32), XH32, XL32, t0 * C4, 8 * kb)
+        D = fp16_to_f32(bitcast(load(w, o, 32), np.uint16))
+        if has_min:
+            M = fp16_to_f32(bitcast(load(w, o + 32, 32), np.uint16))
+            f0 = _epilogue_min(h0, l0, sxk, cck, xek, t0 * nkb + kb, D, M, f0)
+        else:
+            f0 = _epilogue(h0, l0, sxk, cck, t0 * nkb + kb, D, f0)
     store(out[t0], r0, f0)
 
 
@@ -380,29 +392,40 @@ def _matmul(p4, p1, z, centre, a, b, c, X, oa, ob, oc):
 # each format's passes (see _matmul)
 @njit(inline="always")
 def _p4_q4_0(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    _pass4(_kb4, KB_BYTES, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
+    _pass4(_kb4, KB_BYTES, False, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
 
 
 @njit(inline="always")
 def _p1_q4_0(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    _pass1(_kb1, KB_BYTES, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
+    _pass1(_kb1, KB_BYTES, False, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
 
 
 @njit(inline="always")
 def _p4_q8_0(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    _pass4(_kb4_q8, KB_BYTES8, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
+    _pass4(_kb4_q8, KB_BYTES8, False, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
 
 
 @njit(inline="always")
 def _p1_q8_0(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    _pass1(_kb1_q8, KB_BYTES8, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
+    _pass1(_kb1_q8, KB_BYTES8, False, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
 
 
 @njit(inline="always")
-def _k_scales(w, o, j):
-    """(D, M) float32 <16> of sub-block j for the 16 rows of a Q4_K super-block at byte o: D = d sc[j],
-    M = -dmin m[j], as the VNNI prefill (q4_k.prefill_k) computes them; the 6-bit sc, m unpacked as ggml's
-    get_scale_min_k4 does, 16 rows at a time (byte b of the rows at o + 64 + 16 b)."""
+def _p4_q4_1(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
+    _pass4(_kb4, KB_BYTES41, True, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
+
+
+@njit(inline="always")
+def _p1_q4_1(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
+    _pass1(_kb1, KB_BYTES41, True, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
+
+
+@njit(inline="always")
+def _k_scales(w, o, j, d, ndmin):
+    """(D, M) float32 <16> of sub-block j for the 16 rows of a Q4_K super-block at byte o (d, ndmin: its
+    rows' d and -dmin as float32 <16>): D = d sc[j], M = -dmin m[j], as the VNNI prefill (q4_k.prefill_k)
+    computes them; the 6-bit sc, m unpacked as ggml's get_scale_min_k4 does, 16 rows at a time (byte b of
+    the rows at o + 64 + 16 b)."""
     if j < 4:
         sc = zext(load(w, o + 64 + 16 * j, 16), np.int32) & np.int32(63)
         mn = zext(load(w, o + 64 + 16 * (j + 4), 16), np.int32) & np.int32(63)
@@ -410,9 +433,14 @@ def _k_scales(w, o, j):
         a = zext(load(w, o + 64 + 16 * (j + 4), 16), np.int32)
         sc = (a & np.int32(15)) | ((zext(load(w, o + 64 + 16 * (j - 4), 16), np.int32) >> 6) << 4)
         mn = (a >> 4) | ((zext(load(w, o + 64 + 16 * j, 16), np.int32) >> 6) << 4)
-    d = fp16_to_f32(bitcast(load(w, o, 32), np.uint16))
-    dmin = fp16_to_f32(bitcast(load(w, o + 32, 32), np.uint16))
-    return d * sitofp(sc), (dmin * splat(np.float32(-1.0), 16)) * sitofp(mn)
+    return d * sitofp(sc), ndmin * sitofp(mn)
+
+
+@njit(inline="always")
+def _k_supers(w, o):
+    """(d, -dmin) float32 <16> of the 16 rows of a Q4_K super-block at byte o (negated exactly)."""
+    return (fp16_to_f32(bitcast(load(w, o, 32), np.uint16)),
+            fp16_to_f32(bitcast(load(w, o + 32, 32), np.uint16)) * splat(np.float32(-1.0), 16))
 
 
 @njit(inline="always")
@@ -429,9 +457,10 @@ def _p4_q4_k(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
     e0 = t0 * nkb
     for sb in range(nkb // 8):
         o = base + sb * SB_BYTES
+        d, ndmin = _k_supers(w, o)
         for j in range(8):
             kb = 8 * sb + j
-            D, M = _k_scales(w, o, j)
+            D, M = _k_scales(w, o, j, d, ndmin)
             h0, h1, h2, h3, l0, l1, l2, l3 = _kb4(w, o + 256 + 256 * j, XH32, XL32, a0, a0 + C4, a0 + 2 * C4,
                                                   a0 + 3 * C4, 8 * kb)
             f0 = _epilogue_min(h0, l0, sxk, cck, xek, e0 + kb, D, M, f0)
@@ -449,9 +478,10 @@ def _p1_q4_k(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
     f0 = splat(np.float32(0.0), 16)
     for sb in range(nkb // 8):
         o = base + sb * SB_BYTES
+        d, ndmin = _k_supers(w, o)
         for j in range(8):
             kb = 8 * sb + j
-            D, M = _k_scales(w, o, j)
+            D, M = _k_scales(w, o, j, d, ndmin)
             h0, l0 = _kb1(w, o + 256 + 256 * j, XH32, XL32, t0 * C4, 8 * kb)
             f0 = _epilogue_min(h0, l0, sxk, cck, xek, t0 * nkb + kb, D, M, f0)
     store(out[t0], r0, f0)
@@ -477,4 +507,10 @@ def matmul_q4_k(a, b, c, X, oa, ob, oc, prefill):
     _matmul(_p4_q4_k, _p1_q4_k, 8, True, a, b, c, X, oa, ob, oc)
 
 
-KERNELS = {"q4_0": matmul_q4_0, "q8_0": matmul_q8_0, "q4_k": matmul_q4_k}
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_q4_1(a, b, c, X, oa, ob, oc, prefill):
+    """Interleaved Q4_1 (see _matmul): minimums, levels centred on 8."""
+    _matmul(_p4_q4_1, _p1_q4_1, 8, True, a, b, c, X, oa, ob, oc)
+
+
+KERNELS = {"q4_0": matmul_q4_0, "q8_0": matmul_q8_0, "q4_k": matmul_q4_k, "q4_1": matmul_q4_1}
