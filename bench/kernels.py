@@ -8,7 +8,9 @@ For each format: G weights/s and GB/s (stored bytes) of the portable kernel (`qu
 fast one (the format's `matvec_vnni`), on the TinyLlama shapes 2048x5632 and 5632x2048 (a few MB: they stay in
 the 32 MB L3 between calls, so this is the kernels' compute speed) and on one matrix over 256 MB (every
 call streams it from DRAM: what a decode step sees). F16 and BF16 dense matvec as well. Next to them,
-the plain-read bandwidth of the same run: a Numba prange sum over a 1 GB float32 array.
+the plain-read bandwidth of the same run: a Numba prange sum over a 1 GB float32 array. For the formats
+the CPU backend interleaves at load (Q4_0, Q4_1, Q8_0, Q4_K on AVX512-VNNI CPUs) "fast" is the interleaved
+kernel (quant/interleaved.py), what a model runs; the others' is their row-by-row VNNI kernel.
 
 Then prefill: matmul of n = 128 tokens, portable vs fast vs BLAS sgemm (OpenBLAS uses its own threads).
 
@@ -27,7 +29,8 @@ import numpy as np
 from numba import njit, prange
 
 from llamacpu.kernels import dense, simd
-from llamacpu.quant import FORMATS, registry
+from llamacpu.quant import FORMATS, interleaved, registry
+from llamacpu.quant.vnni import NO_OUT, NO_ROWS
 
 try:
     from llamacpu.kernels import dense_fast
@@ -62,6 +65,18 @@ def random_blocks(name, rows, cols, rng):
     b = b.reshape(rows, nb * fmt.type_size)
     b.flags.writeable = False  # as QuantizedWeight passes them: one compiled signature
     return b
+
+
+def interleaved_kernel(name, w, cols):
+    """What a model runs for format `name` where the CPU backend interleaves it at load (Q4_0, Q4_1, Q8_0, Q4_K
+    on VNNI CPUs): a function (w, X [n, C], out [n, R]) over the packed copy of w; None for other formats."""
+    if not (simd.HAS_AVX512_VNNI and interleaved.eligible(name, w.shape[:1] + (cols,))):
+        return None
+    packed = np.empty_like(w)
+    interleaved.pack(w, packed, cols, name == "q4_k")
+    packed.flags.writeable = False
+    kernel = interleaved.KERNELS[name]
+    return lambda _w, X, out: kernel(packed, NO_ROWS, NO_ROWS, X, out, NO_OUT, NO_OUT, False)
 
 
 def timings(fn, reps):
@@ -105,7 +120,8 @@ def prefill(args, threads, rng):
             for nt in threads:
                 numba.set_num_threads(nt)
                 cells = []
-                fns = [registry.PORTABLE[name].matmul, registry.FAST_MATMUL.get(name), lambda w, X, out: np.matmul(X, wf.T, out=out)]
+                fast = interleaved_kernel(name, w, cols) or registry.FAST_MATMUL.get(name)
+                fns = [registry.PORTABLE[name].matmul, fast, lambda w, X, out: np.matmul(X, wf.T, out=out)]
                 for fn in fns:
                     if fn is None:
                         cells.append(f"{'-':>15}")
@@ -151,7 +167,7 @@ def main(argv=None):
         if not args.no_dram:
             cols = 5632
             bpr = cols * 2 if name in ("f16", "bf16") else FORMATS[name].bytes_per_row(cols)
-            cases.append((int(np.ceil(args.dram_mb * 1e6 / bpr)), cols))
+            cases.append((int(np.ceil(args.dram_mb * 1e6 / bpr / 16)) * 16, cols))
         for rows, cols in cases:
             x = rng.standard_normal(cols).astype(np.float32)
             out = np.empty(rows, np.float32)
@@ -169,6 +185,9 @@ def main(argv=None):
                 w = random_blocks(name, rows, cols, rng)
                 portable = registry.PORTABLE[name].matvec
                 fast_fn = registry.FAST_MATVEC.get(name)
+                mm = interleaved_kernel(name, w, cols)
+                if mm is not None:  # the interleaved kernel a model runs: one token
+                    fast_fn = lambda w, x, out, mm=mm: mm(w, x.reshape(1, -1), out.reshape(1, -1))  # noqa: E731
             nbytes = w.nbytes
             for nt in threads:
                 numba.set_num_threads(nt)

@@ -31,13 +31,19 @@ def width(fmt, cols):
     return -(-cols // 256) * 256 if fmt == "q4_k" else cols
 
 
+def ro(a):
+    """Read-only, as the model's blocks are: the kernels' compiled signatures (warmed by `make warm`) are reused."""
+    a.flags.writeable = False
+    return a
+
+
 def q4_blocks(rng, rows, cols, fmt="q4_0"):
-    return MODULES[fmt].quantize((rng.standard_normal((rows, cols)) * 0.1).astype(np.float32))
+    return ro(MODULES[fmt].quantize((rng.standard_normal((rows, cols)) * 0.1).astype(np.float32)))
 
 
 def run(packed, X, more=(), fmt="q4_0"):
     outs = [np.full((X.shape[0], p.shape[0]), np.nan, np.float32) for p in (packed,) + tuple(more)]
-    mats = [packed, *more] + [NO_ROWS] * (2 - len(more))
+    mats = [ro(m) for m in (packed, *more)] + [NO_ROWS] * (2 - len(more))
     o = outs + [NO_OUT] * (2 - len(more))
     interleaved.KERNELS[fmt](mats[0], mats[1], mats[2], X, o[0], o[1], o[2], False)
     return outs
