@@ -12,7 +12,7 @@ import numpy as np
 from .checkpoint.synthetic import write_synthetic
 from .model.causal_lm import LlamaForCausalLM
 from .kernels.slot_attention import slot_attention, slot_attention_serial
-from .quant import format_names
+from .quant import QuantizedWeight, format_names
 
 
 def numba_cache_files() -> dict[str, float]:
@@ -47,6 +47,13 @@ def warm(verbose: bool = True) -> float:
                     except Exception:  # a format this shape cannot hold: warmed by its tests instead
                         continue
                     q.generate(np.array([[1, 2, 3, 4, 5, 6, 7, 8]]), max_new_tokens=2)  # >= 6: the prefill kernel
+                # each format's row-by-row kernels (decode and prefill): models of the interleaved formats no
+                # longer call them, but matrices the CPU backend cannot interleave and LLAMACPU_REPACK=0 do
+                rng = np.random.default_rng(0)
+                for name in format_names():
+                    w = QuantizedWeight.quantize(name, rng.standard_normal((16, 256)).astype(np.float32))
+                    for n in (1, 5):
+                        w.matmul(np.zeros((n, 256), np.float32), np.zeros((n, 16), np.float32))
                 # Q4_K needs widths of 256 (the tiny shape falls back to Q4_0): its kernels, interleaved ones too
                 wide = write_synthetic(f"{tmp}/wide", "tiny", hidden_size=256, intermediate_size=512)
                 q = LlamaForCausalLM.from_pretrained(wide, quantization="q4_k")
