@@ -110,7 +110,11 @@ class QuantizedWeight(Weight):
         _check_operand("x", x, (n, cols))
         _check_operand("out", out, (n, rows), writable=True)
         if n:
-            (kernel or self.format.matmul)(self.blocks, x, out)
+            self._run(kernel, x, out)
+
+    def _run(self, kernel, x, out):
+        """out = x @ W.T through `kernel` (None: the format's matmul) on checked operands."""
+        (kernel or self.format.matmul)(self.blocks, x, out)
 
     @staticmethod
     def matmul_shared(weights, x: np.ndarray, outs, any_rows: bool = False) -> bool:
@@ -142,14 +146,18 @@ class QuantizedWeight(Weight):
             raise InputError(f"row ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
         if ids.size and (ids.min() < 0 or ids.max() >= self.shape[0]):
             raise InputError(f"row ids must lie in [0, {self.shape[0]}), got {ids.min()}..{ids.max()}")
-        return self.format.dequantize(self.blocks[ids.astype(np.intp)], self.shape[1])
+        return self.format.dequantize(self._row_blocks(ids.astype(np.intp)), self.shape[1])
+
+    def _row_blocks(self, ids: np.ndarray) -> np.ndarray:
+        """The blocks of rows `ids` (valid indices), in ggml's layout."""
+        return self.blocks[ids]
 
     def dequantize(self) -> np.ndarray:
         return self.format.dequantize(self.blocks, self.shape[1])
 
 
 class InterleavedWeight(QuantizedWeight):
-    """A Q4_0 or Q8_0 matrix whose blocks were interleaved by 16 rows at load (`interleaved.py`): the CPU backend
+    """A Q4_0, Q4_1, Q8_0 or Q4_K matrix whose blocks were interleaved by 16 rows at load (`interleaved.py`): the CPU backend
     makes these where the VNNI kernels run. Same bytes as the blocks, permuted; one kernel for decode,
     batched decode and prefill, so each row's result never depends on how many tokens share a call.
     `blocks` gives ggml's row order back (a copy: writers, other backends); `packed` is what runs."""
@@ -170,31 +178,17 @@ class InterleavedWeight(QuantizedWeight):
     def nbytes(self) -> int:
         return int(self.packed.nbytes)
 
-    def _run(self, x, out):
-        self.kernel(self.packed, _NO_ROWS, _NO_ROWS, x, out, _NO_OUT, _NO_OUT, False)
+    def _run(self, kernel, x, out):
+        self.kernel(self.packed, _NO_ROWS, _NO_ROWS, x, out, _NO_OUT, _NO_OUT, False)  # one kernel for every n
 
     def matvec(self, x, out):
         rows, cols = self.shape
         _check_operand("x", x, (cols,))
         _check_operand("out", out, (rows,), writable=True)
-        self._run(x.reshape(1, cols), out.reshape(1, rows))
+        self._run(None, x.reshape(1, cols), out.reshape(1, rows))
 
     def matmul(self, x, out):
         self._rows(None, x, out)
-
-    def matmul_decode(self, x, out):
-        self._rows(None, x, out)
-
-    def matmul_prompt(self, x, out):
-        self._rows(None, x, out)
-
-    def _rows(self, kernel, x, out):
-        rows, cols = self.shape
-        n = x.shape[0] if isinstance(x, np.ndarray) and x.ndim == 2 else -1
-        _check_operand("x", x, (n, cols))
-        _check_operand("out", out, (n, rows), writable=True)
-        if n:
-            self._run(x, out)
 
     @staticmethod
     def matmul_shared(weights, x, outs, any_rows: bool = False) -> bool:
@@ -216,17 +210,8 @@ class InterleavedWeight(QuantizedWeight):
         weights[0].kernel(packed[0], packed[1], packed[2], x, o[0], o[1], o[2], False)
         return True
 
-    def rows(self, ids) -> np.ndarray:
-        ids = np.asarray(ids)
-        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-            raise InputError(f"row ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.shape[0]):
-            raise InputError(f"row ids must lie in [0, {self.shape[0]}), got {ids.min()}..{ids.max()}")
-        blocks = interleaved.unpack_rows(self.packed, ids.astype(np.intp), self.shape[1], self.format.name)
-        return self.format.dequantize(blocks, self.shape[1])
-
-    def dequantize(self) -> np.ndarray:
-        return self.format.dequantize(self.blocks, self.shape[1])
+    def _row_blocks(self, ids):
+        return interleaved.unpack_rows(self.packed, ids, self.shape[1], self.format.name)
 
 
 def _check_operand(name: str, a, shape: tuple, writable: bool = False) -> None:
