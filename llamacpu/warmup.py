@@ -54,10 +54,11 @@ def warm(verbose: bool = True) -> float:
                     w = QuantizedWeight.quantize(name, rng.standard_normal((16, 256)).astype(np.float32))
                     for n in (1, 5):
                         w.matmul(np.zeros((n, 256), np.float32), np.zeros((n, 16), np.float32))
-                # Q4_K needs widths of 256 (the tiny shape falls back to Q4_0): its kernels, interleaved ones too
+                # the K-quants need widths of 256 (the tiny shape falls back to Q4_0): their kernels, interleaved too
                 wide = write_synthetic(f"{tmp}/wide", "tiny", hidden_size=256, intermediate_size=512)
-                q = LlamaForCausalLM.from_pretrained(wide, quantization="q4_k")
-                q.generate(np.array([[1, 2, 3, 4, 5, 6, 7, 8]]), max_new_tokens=2)
+                for name in ("q4_k", "q5_k", "q6_k"):
+                    q = LlamaForCausalLM.from_pretrained(wide, quantization=name)
+                    q.generate(np.array([[1, 2, 3, 4, 5, 6, 7, 8]]), max_new_tokens=2)
     seconds = time.perf_counter() - t0
     if verbose:
         changed = sum(1 for k, t in numba_cache_files().items() if before.get(k) != t)

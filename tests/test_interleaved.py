@@ -1,4 +1,5 @@
-"""Q4_0 and Q8_0 interleaved by 16 rows at load (llamacpu/quant/interleaved.py, InterleavedWeight, CPUBackend.prepare_weights):
+"""Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K and Q6_K interleaved by 16 rows at load
+(llamacpu/quant/interleaved.py, InterleavedWeight, CPUBackend.prepare_weights):
 the layout against its NumPy reference and back, the one kernel against the float reference and bit for bit
 against the VNNI prefill kernel it replaces, each token's result independent of the others, the weight's
 protocol, and models: which matrices get interleaved, logits as with the stored layout, the compiled step."""
@@ -10,7 +11,7 @@ from llamacpu.backends import CPUBackend
 from llamacpu.checkpoint.synthetic import write_synthetic
 from llamacpu.kernels import simd
 from llamacpu.model.llama import LayerWeights, LlamaWeights
-from llamacpu.quant import QuantizedWeight, interleaved, q4_0, q4_1, q4_k, q8_0
+from llamacpu.quant import QuantizedWeight, interleaved, kernels
 from llamacpu.quant.vnni import NO_OUT, NO_ROWS
 from llamacpu.quant.weight import InterleavedWeight
 
@@ -18,17 +19,18 @@ pytestmark = pytest.mark.skipif(not simd.HAS_AVX512_VNNI,
                                 reason="Q4_0 is interleaved only where the AVX512-VNNI kernels run (this CPU, or "
                                        "LLAMACPU_PORTABLE=1, keeps the stored layout)")
 SHAPES = [(16, 32), (48, 96), (32, 576), (64, 2048)]  # 576 = SmolLM2's width: 18 k-blocks
-MODULES = {"q4_0": q4_0, "q8_0": q8_0, "q4_k": q4_k, "q4_1": q4_1}
+MODULES = {m.NAME: m for m in kernels.MODULES}
 FMTS = pytest.mark.parametrize("fmt", interleaved.FORMATS)
 
 
-# the tiny shape's widths (64, 128) hold no Q4_K super-block: wider for it
-WIDE = {"q4_0": {}, "q8_0": {}, "q4_1": {}, "q4_k": dict(hidden_size=256, intermediate_size=512)}
+# the tiny shape's widths (64, 128) hold no super-block of 256: wider for the K-quants
+WIDE = {f: dict(hidden_size=256, intermediate_size=512) if interleaved.SPECS[f].block == 256 else {}
+        for f in interleaved.FORMATS}
 
 
 def width(fmt, cols):
-    """cols, rounded up to whole super-blocks of 256 for Q4_K."""
-    return -(-cols // 256) * 256 if fmt == "q4_k" else cols
+    """cols, rounded up to whole super-blocks of 256 for the K-quants."""
+    return -(-cols // 256) * 256 if interleaved.SPECS[fmt].block == 256 else cols
 
 
 def ro(a):
@@ -57,26 +59,42 @@ def test_layout_round_trip(shape, fmt):
     b = q4_blocks(rng, *shape, fmt)
     ref = interleaved.pack_ref(b, shape[1], fmt)
     got = np.empty_like(b)
-    interleaved.pack(b, got, shape[1], fmt == "q4_k")
+    interleaved.pack(b, got, shape[1], fmt)
     np.testing.assert_array_equal(got, ref)
     assert not np.array_equal(got, b)  # a real permutation
     np.testing.assert_array_equal(interleaved.unpack(got, shape[1], fmt), b)
     ids = rng.integers(0, shape[0], 9)
     np.testing.assert_array_equal(interleaved.unpack_rows(got, ids, shape[1], fmt), b[ids])
-    # the documented byte layout: row 5's scale at bytes 10..11 of group 0, then its column 12
-    np.testing.assert_array_equal(got.reshape(-1)[10:12], b[5, 0:2])
+    # the documented byte layout: row 5's first header field (d) at bytes 10..11 of group 0, then its column 12
     flat = got.reshape(-1)
-    if fmt == "q4_0":  # column 12 = 8 * 1 + 4 + 0: vector 1, high nibble
+    h0 = interleaved.SPECS[fmt].header[0][0]
+    np.testing.assert_array_equal(flat[10:12], b[5, h0:h0 + 2])
+    if fmt in ("q4_0", "iq4_nl"):  # column 12 = 8 * 1 + 4 + 0: vector 1, high nibble
         assert flat[32 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 2 + 12] & 15
     elif fmt == "q8_0":  # column 12 = 4 * 3 + 0: vector 3, as an unsigned byte
         assert flat[32 + 64 * 3 + 4 * 5 + 0] == b[5, 2 + 12] ^ 0x80
-    elif fmt == "q4_1":  # the minimum m at 32 + 10; the levels after it, as Q4_0's
+    elif fmt in ("q4_1", "q5_1"):  # the minimum m at 32 + 10; (Q5_1: the fifth bits, then) the nibbles
         np.testing.assert_array_equal(flat[32 + 10:32 + 12], b[5, 2:4])
-        assert flat[64 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 4 + 12] & 15
-    else:  # dmin at 32 + 10, scale byte 7 at 64 + 16 * 7 + 5; sub-block 3 (chunk 1, high nibbles), column 12
+        if fmt == "q4_1":
+            assert flat[64 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 4 + 12] & 15
+        else:  # bit 12 of qh: byte 1, bit 4; in the fifth bits at bit 4 + 1 (high half of vector 1)
+            assert flat[64 + 64 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 8 + 12] & 15
+            assert (flat[64 + 4 * 5 + 0] >> 5) & 1 == (b[5, 4 + 1] >> 4) & 1
+    elif fmt == "q5_0":
+        assert flat[32 + 64 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 6 + 12] & 15
+        assert (flat[32 + 4 * 5 + 0] >> 5) & 1 == (b[5, 2 + 1] >> 4) & 1
+    elif fmt == "q6_k":  # scale 7 at 32 + 16 * 7 + 5; column 12 (ql[12] low, qh[12] bits 0-1): chunk 0, vector B
+        assert flat[32 + 16 * 7 + 5] == b[5, 192 + 7]
+        assert flat[288 + 128 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 12] & 15
+        assert (flat[288 + 64 + 4 * 5 + 0] >> 2) & 3 == b[5, 128 + 12] & 3
+    else:  # Q4_K, Q5_K: dmin at 32 + 10, scale byte 7 at 64 + 16 * 7 + 5; sub-block 3 (chunk 1, high nibbles)
         np.testing.assert_array_equal(flat[32 + 10:32 + 12], b[5, 2:4])
         assert flat[64 + 16 * 7 + 5] == b[5, 4 + 7]
-        assert flat[256 + 256 * 3 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 16 + 32 * 1 + 12] >> 4
+        if fmt == "q4_k":
+            assert flat[256 + 256 * 3 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 16 + 32 * 1 + 12] >> 4
+        else:  # each sub-block: 64 bytes of fifth bits (bit 3 of qh[12]), then the nibbles
+            assert flat[256 + 320 * 3 + 64 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 48 + 32 * 1 + 12] >> 4
+            assert (flat[256 + 320 * 3 + 4 * 5 + 0] >> 5) & 1 == (b[5, 16 + 12] >> 3) & 1
 
 
 @FMTS
@@ -218,13 +236,13 @@ def test_compiled_step_on_interleaved_weights_is_the_readable_pass(tmp_path, fmt
 def test_backend_keeps_ineligible_matrices():
     rng = np.random.default_rng(5)
     odd = QuantizedWeight.quantize("q4_0", rng.standard_normal((24, 64)).astype(np.float32))  # 24 rows
-    q8 = QuantizedWeight.quantize("q5_0", rng.standard_normal((32, 64)).astype(np.float32))  # not interleaved
+    q3 = QuantizedWeight.quantize("q3_k", rng.standard_normal((32, 256)).astype(np.float32))  # not interleaved
     assert not interleaved.eligible("q4_0", odd.shape) and interleaved.eligible("q4_0", (32, 64))
-    assert not interleaved.eligible("q5_0", (32, 64)) and not interleaved.eligible("q4_k", (32, 64))
-    layer = LayerWeights(attn_norm=np.ones(64, np.float32), wq=odd, wk=q8, wv=q8, wo=q8,
-                         mlp_norm=np.ones(64, np.float32), w_gate=q8, w_up=q8, w_down=q8)
-    w = CPUBackend().prepare_weights(LlamaWeights(embed=q8, layers=[layer], norm=np.ones(64, np.float32), lm_head=q8))
-    assert w.layers[0].wq is odd and w.layers[0].wk is q8 and w.lm_head is q8
+    assert not interleaved.eligible("q3_k", (32, 256)) and not interleaved.eligible("q4_k", (32, 64))
+    layer = LayerWeights(attn_norm=np.ones(64, np.float32), wq=odd, wk=q3, wv=q3, wo=q3,
+                         mlp_norm=np.ones(64, np.float32), w_gate=q3, w_up=q3, w_down=q3)
+    w = CPUBackend().prepare_weights(LlamaWeights(embed=q3, layers=[layer], norm=np.ones(64, np.float32), lm_head=q3))
+    assert w.layers[0].wq is odd and w.layers[0].wk is q3 and w.lm_head is q3
 
 
 def test_tied_embedding_interleaved_once_and_rows_still_exact():

@@ -1,155 +1,228 @@
-"""Q4_0, Q8_0 and Q4_K interleaved by 16 rows: the layout the CPU backend repacks them into at load (AVX512-VNNI).
+"""Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K and Q6_K interleaved by 16 rows: the layout the CPU
+backend repacks them into at load (AVX512-VNNI).
 
-Why (bench/README.md, "Q4_0 interleaved at load"): the row-per-accumulator decode kernel pays a float
+Why (bench/README.md, "Interleaved at load"): the row-per-accumulator decode kernel pays a float
 epilogue per 64 weights of every (row, token) and unpacks each row's nibbles again for every token, and
 the prefill kernel repacked 16 rows per call (most of a step of 8 sequences). Stored interleaved once,
 one kernel serves every token count: a 64-byte load holds 4 columns of 16 rows twice over (low and high
 nibbles), each `vpdpbusd` multiplies it by 4 bytes of one token broadcast to all lanes, an int32 lane sums
-one (row, k-block) exactly, and the float epilogue runs once per 32 columns of 16 rows. Same bytes as the
-blocks (a permutation: no extra memory), so llama.cpp's `repack` idea without its 8-bit activations: the
-activations are vnni.py's 16-bit scheme (2e-5 relative error), and the arithmetic per (row, token, k-block)
-is exactly the VNNI prefill kernel's, so prompt rows give the bits they gave before.
+one (row, k-block) exactly, and the float epilogue runs once per 32 columns (Q6_K: 16) of 16 rows. Same
+bytes as the blocks (a permutation: no extra memory), so llama.cpp's `repack` idea without its 8-bit
+activations: the activations are vnni.py's 16-bit scheme (2e-5 relative error), and the arithmetic per
+(row, token, k-block) is exactly the VNNI prefill kernel's, so prompt rows give the bits they gave before.
 
-Layout: W [R, C] (R % 16 == 0) as uint8 [R, C // 32 * type_size] like its blocks, read as [R / 16, nkb * KB]:
-for group g (rows 16 g .. 16 g + 15) and k-block kb (columns 32 kb .. 32 kb + 31) KB bytes at kb * KB:
+Layout: W [R, C] (R % 16 == 0) as uint8 [R, C // block * type_size] like its blocks, read as
+[R / 16, nblocks * 16 * type_size]: for group g (rows 16 g .. 16 g + 15) and block b (columns of block b)
+16 x type_size bytes at b * 16 * type_size, in two parts:
 
-    Q4_0 (KB = 288 = 16 x 18)
-    offset  size  field
-    0       32    the 16 rows' fp16 scales d, row order
-    32      256   4 vectors of 64 bytes; vector j, byte 4 r + i (row r, i < 4):
-                  low nibble = q[r, 8 j + i], high nibble = q[r, 8 j + 4 + i]   (levels 0..15, value (q - 8) d)
+  1. the header: each field of the block (SPECS[fmt].header: byte offset, count, unit) for the 16 rows,
+     unit by unit: unit u of row r of a field at its start + (16 u' + r) * size (fp16 d, m: the 16 rows'
+     values in row order; Q4_K's 12 packed scale bytes and Q6_K's 16 int8 scales byte-major, 16 b + r)
+  2. the levels (q as the kernels multiply it: unsigned, 0..15, 0..31, 0..63, or 0..255), per chunk of 32
+     columns (a block of 32, or a sub-block of a super-block): the high bits (if any), then the nibbles
 
-    Q8_0 (KB = 544 = 16 x 34)
-    0       32    the 16 rows' fp16 scales d
-    32      512   8 vectors of 64 bytes; vector j, byte 4 r + i = q[r, 4 j + i] XOR 0x80 (q + 128: unsigned)
+    nibbles (256 bytes)  4 vectors of 64 bytes; vector j, byte 4 r + i (row r, i < 4):
+                         low nibble = q[r, 8 j + i] & 15, high nibble = q[r, 8 j + 4 + i] & 15
+    fifth bits (64)      Q5_0, Q5_1, Q5_K: byte 4 r + i, bit j = bit 4 of q[r, 8 j + i],
+                         bit 4 + j = bit 4 of q[r, 8 j + 4 + i]
+    sixth bits (128)     Q6_K: two vectors A, B; byte 4 r + i, bits 2j..2j+1 = q >> 4 of q[r, 8 j + i] (A),
+                         of q[r, 8 j + 4 + i] (B)
+    Q8_0 (512)           no nibbles: 8 vectors of 64 bytes; vector j, byte 4 r + i = q[r, 4 j + i] XOR 0x80 (q + 128)
 
-    Q4_1 (KB = 320 = 16 x 20): Q4_0's with the 16 rows' fp16 minimums m at 32 (value = d q + m), levels at 64
+    IQ4_NL's nibbles are its codes (the kernel looks them up: vnni.NL_LEVELS, unsigned + 128). So a Q4_0
+    block of 16 rows is 32 bytes of d then 256 of nibbles (288 = 16 x 18); a Q4_K super-block d, dmin,
+    scales (256 bytes) then 8 x 256; a Q6_K super-block d, scales (288) then 8 x (128 + 256).
 
-    Q4_K, per super-block of 256 columns (2304 = 16 x 144 bytes; its 8 sub-blocks are the k-blocks)
-    0       32    the 16 rows' fp16 d
-    32      32    the 16 rows' fp16 dmin
-    64      192   the 12 packed scale bytes: byte b of row r at 16 b + r (6-bit sc, m unpacked for 16 rows at once)
-    256     2048  sub-block s at 256 s: its levels in Q4_0's 256-byte nibble layout
-                  (value = d sc[s] q - dmin m[s], levels centred on 8 as in vnni.py)
+Values as the formats define them: (q - 8) d (Q4_0), d q + m (Q4_1), (q - 16) d (Q5_0), d sc q - dmin m
+(Q4_K, Q5_K; levels centred on 8, 16 as vnni.py does), d sc[s] (q - 32) (Q6_K, 16 sub-blocks of 16).
 
 Every (row, token) result is computed alone (lanes are rows, accumulators are tokens; int32 sums are
 exact, so the order of the 4-token and 1-token passes does not matter): a token's output does not depend
 on how many others share the call. `pack`/`unpack` are exact inverses (tests: against the NumPy references).
 """
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
-from ..kernels.simd import bitcast, dpbusd, fma, fp16_to_f32, load, load_splat, sitofp, splat, store, zext
+from ..kernels.simd import bitcast, dpbusd, fma, fp16_to_f32, load, load_splat, pshufb, sext, sitofp, splat, store, zext
 from .common import FASTMATH
-from .vnni import mm_setup
+from .vnni import NL_LEVELS, mm_setup
 
 GROUP = 16  # rows interleaved together: the 16 int32 lanes of an accumulator
-KB_BYTES = 288  # Q4_0: bytes of one (group, k-block): 16 fp16 scales + 16 rows x 32 nibbles
-TYPE_SIZE = 18  # Q4_0's block: fp16 d, 16 bytes of nibbles
-KB_BYTES8 = 544  # Q8_0: 16 fp16 scales + 16 rows x 32 bytes
-TYPE_SIZE8 = 34
-TYPE_SIZE_K = 144  # Q4_K's super-block of 256
-SB_BYTES = 2304  # Q4_K: bytes of one (group, super-block)
-KB_BYTES41 = 320  # Q4_1: 16 fp16 scales, 16 fp16 minimums, 16 rows x 32 nibbles
-TYPE_SIZE41 = 20
-FORMATS = ("q4_0", "q8_0", "q4_k", "q4_1")  # the formats with an interleaved layout
-# blocks of 32: (bytes per block, fp16 header fields (d; Q4_1: d, m), levels as bytes (else nibbles))
-LEGACY = {"q4_0": (TYPE_SIZE, 1, False), "q8_0": (TYPE_SIZE8, 1, True), "q4_1": (TYPE_SIZE41, 2, False)}
+
+
+class Spec(NamedTuple):
+    code: int  # the packer's number for the format
+    block: int  # columns per block (32, or a super-block of 256)
+    type_size: int  # bytes per block
+    header: tuple  # (byte offset, count, unit bytes) of each field kept as bytes: d, m, scales
+    levels: int  # byte offset of the level bits in the block (packer: where its levels start)
+    bits: int  # bits per level above the nibble: 0, 1 (Q5), 2 (Q6_K); 8: Q8_0's byte levels
+
+
+SPECS = {
+    "q4_0": Spec(0, 32, 18, ((0, 1, 2),), 2, 0),
+    "q8_0": Spec(1, 32, 34, ((0, 1, 2),), 2, 8),
+    "q4_k": Spec(2, 256, 144, ((0, 1, 2), (2, 1, 2), (4, 12, 1)), 16, 0),
+    "q4_1": Spec(3, 32, 20, ((0, 1, 2), (2, 1, 2)), 4, 0),
+    "q5_0": Spec(4, 32, 22, ((0, 1, 2),), 2, 1),
+    "q5_1": Spec(5, 32, 24, ((0, 1, 2), (2, 1, 2)), 4, 1),
+    "iq4_nl": Spec(6, 32, 18, ((0, 1, 2),), 2, 0),
+    "q5_k": Spec(7, 256, 176, ((0, 1, 2), (2, 1, 2), (4, 12, 1)), 16, 1),
+    "q6_k": Spec(8, 256, 210, ((208, 1, 2), (192, 16, 1)), 0, 2),
+}
+FORMATS = tuple(SPECS)  # the formats with an interleaved layout (compiled_decode numbers them in this order)
+# the packer's codes of the formats it decodes apart (the others: blocks of 32 with nibbles)
+Q8_CODE, Q4K_CODE, Q5K_CODE, Q6K_CODE = (SPECS[f].code for f in ("q8_0", "q4_k", "q5_k", "q6_k"))
+
+
+def head_bytes(s: Spec) -> int:
+    """Bytes of a block's header for 16 rows."""
+    return GROUP * sum(n * u for _, n, u in s.header)
+
+
+def chunk_bytes(s: Spec) -> int:
+    """Bytes of 32 columns of levels for 16 rows."""
+    return 512 if s.bits == 8 else 256 + 64 * s.bits
 
 
 def eligible(fmt: str, shape) -> bool:
     """Whether a matrix of this format and shape can be interleaved (whole groups of 16 rows)."""
-    width = 256 if fmt == "q4_k" else 32
-    return fmt in FORMATS and shape[0] % GROUP == 0 and shape[0] > 0 and shape[1] % width == 0 and shape[1] > 0
+    return (fmt in SPECS and shape[0] % GROUP == 0 and shape[0] > 0 and shape[1] % SPECS[fmt].block == 0
+            and shape[1] > 0)
 
 
 # ---------------------------------------------------------------------------------------------
-# The layout: NumPy references and the Numba packer used at load
+# The layout: NumPy references (levels of ggml's blocks and back, the interleaving) ...
 # ---------------------------------------------------------------------------------------------
 
 
-def _nibbles(lv: np.ndarray) -> np.ndarray:
-    """levels uint8 [G, 16 rows, K, 32] -> Q4_0's 256-byte nibble layout per k-block: [G, K, 256]."""
-    G, _, K, _ = lv.shape
-    wt = lv.reshape(G, GROUP, K, 8, 4).transpose(0, 2, 3, 1, 4)  # [g, kb, k-group of 4 columns, row, i]
-    return (wt[:, :, 0::2] | (wt[:, :, 1::2] << np.uint8(4))).reshape(G, K, 256)  # [g, kb, j, row, i]
+def _bits_le(b: np.ndarray) -> np.ndarray:
+    """uint8 [..., n] -> its bits [..., 8 n], least significant first (qh words of Q5_0, Q5_1)."""
+    return np.unpackbits(b, axis=-1, bitorder="little")
 
 
-def _row_nibbles(P: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Inverse of _nibbles for rows r of groups P [n, K, 256] -> levels [n, K, 32]."""
-    n, K = P.shape[:2]
-    mine = P.reshape(n, K, 4, GROUP, 4).transpose(0, 3, 1, 2, 4)[np.arange(n), r]  # [n, kb, j, i]
-    return np.stack([mine & np.uint8(15), mine >> np.uint8(4)], axis=3).reshape(n, K, 32)  # columns 8j + 4h + i
+def block_levels(b: np.ndarray, fmt: str) -> np.ndarray:
+    """Blocks uint8 [..., type_size] of format fmt -> their levels uint8 [..., block] in column order, as the
+    kernel multiplies them (Q8_0: q + 128)."""
+    s = SPECS[fmt]
+    if fmt == "q8_0":
+        return b[..., 2:34] ^ np.uint8(0x80)
+    if s.block == 32:  # qs[l] & 15 is column l, qs[l] >> 4 column l + 16; Q5's fifth bit l in the qh word
+        qs = b[..., s.levels + 4 * s.bits:s.levels + 4 * s.bits + 16]
+        lv = np.concatenate([qs & np.uint8(15), qs >> np.uint8(4)], axis=-1)
+        return lv | (_bits_le(b[..., s.levels:s.levels + 4]) << np.uint8(4)) if s.bits else lv
+    if fmt == "q6_k":  # see q6_k: half h, quarter k, l: 128 h + 32 k + l
+        ql = b[..., 0:128].reshape(b.shape[:-1] + (2, 1, 64))
+        qh = b[..., 128:192].reshape(b.shape[:-1] + (2, 1, 32))
+        lo = np.concatenate([ql & np.uint8(15), ql >> np.uint8(4)], axis=-2).reshape(b.shape[:-1] + (2, 4, 32))
+        hi = (qh >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)) & np.uint8(3)
+        return (lo | (hi << np.uint8(4))).reshape(b.shape[:-1] + (256,))
+    # Q4_K, Q5_K: chunk c of 32 bytes at qs holds sub-block 2 c (low nibbles) and 2 c + 1 (high)
+    qoff = 48 if fmt == "q5_k" else 16
+    qs = b[..., None, qoff:qoff + 128].reshape(b.shape[:-1] + (4, 1, 32))
+    lv = np.concatenate([qs & np.uint8(15), qs >> np.uint8(4)], axis=-2).reshape(b.shape[:-1] + (8, 32))
+    if fmt == "q5_k":  # bit s of qh[l]: sub-block s, column l
+        lv = lv | (((b[..., None, 16:48] >> np.arange(8, dtype=np.uint8).reshape(8, 1)) & np.uint8(1)) << np.uint8(4))
+    return lv.reshape(b.shape[:-1] + (256,))
 
 
-def _by_row(P: np.ndarray, r: np.ndarray, size: int) -> np.ndarray:
-    """Fields stored as [K, size, 16 rows] (byte b of row r at 16 b + r) -> rows r: [n, K, size]."""
-    n, K = P.shape[:2]
-    return P.reshape(n, K, size, GROUP).transpose(0, 3, 1, 2)[np.arange(n), r]
+def level_bytes(lv: np.ndarray, fmt: str) -> np.ndarray:
+    """Inverse of block_levels for the level bytes: levels [..., block] -> the bytes from Spec.levels on
+    (Q6_K: ql, qh; before the header fields that follow them)."""
+    s = SPECS[fmt]
+    if fmt == "q8_0":
+        return lv ^ np.uint8(0x80)
+    if s.block == 32:
+        qs = (lv[..., :16] & np.uint8(15)) | (lv[..., 16:] << np.uint8(4))
+        if not s.bits:
+            return qs
+        return np.concatenate([np.packbits(lv >> np.uint8(4), axis=-1, bitorder="little"), qs], axis=-1)
+    if fmt == "q6_k":
+        L = lv.reshape(lv.shape[:-1] + (2, 4, 32))
+        ql = np.concatenate([(L[..., 0, :] & 15) | ((L[..., 2, :] & 15) << 4),
+                             (L[..., 1, :] & 15) | ((L[..., 3, :] & 15) << 4)], axis=-1)
+        qh = (L[..., 0, :] >> 4) | ((L[..., 1, :] >> 4) << 2) | ((L[..., 2, :] >> 4) << 4) | ((L[..., 3, :] >> 4) << 6)
+        return np.concatenate([ql.reshape(lv.shape[:-1] + (128,)), qh.reshape(lv.shape[:-1] + (64,))], axis=-1)
+    L = lv.reshape(lv.shape[:-1] + (4, 2, 32))
+    qs = ((L[..., 0, :] & 15) | ((L[..., 1, :] & 15) << 4)).reshape(lv.shape[:-1] + (128,))
+    if fmt == "q4_k":
+        return qs
+    sub = (lv.reshape(lv.shape[:-1] + (8, 32)) >> 4) << np.arange(8, dtype=np.uint8).reshape(8, 1)
+    return np.concatenate([np.bitwise_or.reduce(sub, axis=-2), qs], axis=-1)
 
 
-def _pack_ref_k(blocks: np.ndarray, cols: int) -> np.ndarray:
-    R, nsb = blocks.shape[0], cols // 256
-    G = R // GROUP
-    b = blocks.reshape(G, GROUP, nsb, TYPE_SIZE_K)
-    d = b[..., 0:2].transpose(0, 2, 1, 3).reshape(G, nsb, 32)  # fp16 d, row order
-    dmin = b[..., 2:4].transpose(0, 2, 1, 3).reshape(G, nsb, 32)
-    sc = b[..., 4:16].transpose(0, 2, 3, 1).reshape(G, nsb, 192)  # byte b of row r at 16 b + r
-    qs = b[..., 16:].reshape(G, GROUP, nsb, 4, 1, 32)  # chunk c: sub-blocks 2c (low nibbles), 2c + 1 (high)
-    lv = np.concatenate([qs & np.uint8(15), qs >> np.uint8(4)], axis=4).reshape(G, GROUP, nsb * 8, 32)
-    out = np.concatenate([d, dmin, sc, _nibbles(lv).reshape(G, nsb, 2048)], axis=-1)
-    return np.ascontiguousarray(out).reshape(blocks.shape)
+def _chunks(lv: np.ndarray, bits: int) -> np.ndarray:
+    """Levels [G, 16 rows, nb, nc, 32] (chunks of 32 columns) -> their interleaved bytes [G, nb, nc, chunk bytes]."""
+    w = lv.transpose(0, 2, 3, 1, 4).reshape(lv.shape[0], lv.shape[2], lv.shape[3], 16, 8, 4)
+    w = w.transpose(0, 1, 2, 4, 3, 5)  # [g, b, c, k-group of 4 columns, row, i]
+    if bits == 8:
+        return w.reshape(w.shape[:3] + (512,))
+    lo, hi = w[:, :, :, 0::2], w[:, :, :, 1::2]  # [g, b, c, j, row, i]: columns 8 j + i, 8 j + 4 + i
+    parts = [((lo & 15) | ((hi & 15) << 4)).reshape(w.shape[:3] + (256,))]
+    j = np.arange(4, dtype=np.uint8).reshape(4, 1, 1)
+    if bits == 1:
+        hb = np.bitwise_or.reduce((((lo >> 4) & 1) << j) | (((hi >> 4) & 1) << (j + 4)), axis=3)
+        parts.insert(0, hb.reshape(w.shape[:3] + (64,)))
+    elif bits == 2:
+        a = np.bitwise_or.reduce(((lo >> 4) & 3) << (2 * j), axis=3)
+        b = np.bitwise_or.reduce(((hi >> 4) & 3) << (2 * j), axis=3)
+        parts.insert(0, np.concatenate([a, b], axis=-2).reshape(w.shape[:3] + (128,)))
+    return np.concatenate(parts, axis=-1)
 
 
-def _unpack_rows_k(packed: np.ndarray, ids: np.ndarray, cols: int) -> np.ndarray:
-    nsb = cols // 256
-    P = packed.reshape(-1, nsb, SB_BYTES)[ids // GROUP]
-    n, r = len(ids), ids % GROUP
-    d = P[..., :32].reshape(n, nsb, GROUP, 2).transpose(0, 2, 1, 3)[np.arange(n), r]
-    dmin = P[..., 32:64].reshape(n, nsb, GROUP, 2).transpose(0, 2, 1, 3)[np.arange(n), r]
-    sc = _by_row(P[..., 64:256], r, 12)
-    q = _row_nibbles(P[..., 256:].reshape(n, nsb * 8, 256), r).reshape(n, nsb, 4, 2, 32)
-    qs = (q[:, :, :, 0] | (q[:, :, :, 1] << np.uint8(4))).reshape(n, nsb, 128)
-    return np.concatenate([d, dmin, sc, qs], axis=-1).reshape(n, nsb * TYPE_SIZE_K)
+def _chunk_levels(P: np.ndarray, r: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of _chunks for row r[i] of group i: P [n, nb, nc, chunk bytes] -> levels [n, nb, nc, 32]."""
+    def mine(V, nvec):  # vectors [n, b, c, nvec * 64] -> row r's bytes [n, b, c, nvec, 4]
+        return V.reshape(P.shape[:3] + (nvec, GROUP, 4)).transpose(0, 4, 1, 2, 3, 5)[np.arange(len(r)), r]
+
+    if bits == 8:
+        return mine(P, 8).reshape(P.shape[:3] + (32,))
+    hb = 64 * bits
+    nib = mine(P[..., hb:], 4)  # [n, b, c, j, i]
+    lo, hi = nib & np.uint8(15), nib >> np.uint8(4)
+    j = np.arange(4, dtype=np.uint8).reshape(4, 1)
+    if bits:
+        H = mine(P[..., :hb], bits)  # [n, b, c, vector, i]
+        if bits == 1:
+            lo = lo | (((H[..., 0, None, :] >> j) & 1) << 4)
+            hi = hi | (((H[..., 0, None, :] >> (j + 4)) & 1) << 4)
+        else:
+            lo = lo | (((H[..., 0, None, :] >> (2 * j)) & 3) << 4)
+            hi = hi | (((H[..., 1, None, :] >> (2 * j)) & 3) << 4)
+    return np.stack([lo, hi], axis=-2).reshape(P.shape[:3] + (32,))  # columns 8 j + 4 h + i
 
 
 def pack_ref(blocks: np.ndarray, cols: int, fmt: str) -> np.ndarray:
     """Blocks uint8 [R, bytes per row] of format fmt (FORMATS) -> the interleaved layout (same shape; R % 16 == 0)."""
-    if fmt == "q4_k":
-        return _pack_ref_k(blocks, cols)
-    ts, nfields, as_bytes = LEGACY[fmt]
-    R, nkb = blocks.shape[0], cols // 32
+    s = SPECS[fmt]
+    R, nb = blocks.shape[0], cols // s.block
     G = R // GROUP
-    b = blocks.reshape(G, GROUP, nkb, ts)
-    head = 2 * nfields
-    fields = [b[..., 2 * f:2 * f + 2].transpose(0, 2, 1, 3).reshape(G, nkb, 32) for f in range(nfields)]  # row order
-    qs = b[..., head:]
-    if as_bytes:  # Q8_0: int8 + 128, k-group j of 4 columns at 64 j
-        lv = (qs ^ np.uint8(0x80)).reshape(G, GROUP, nkb, 8, 4).transpose(0, 2, 3, 1, 4).reshape(G, nkb, 512)
-    else:  # qs[l] & 15 is column l, qs[l] >> 4 column l + 16
-        lv = _nibbles(np.concatenate([qs & np.uint8(15), qs >> np.uint8(4)], axis=-1))
-    out = np.concatenate(fields + [lv], axis=-1)
-    return np.ascontiguousarray(out).reshape(blocks.shape)
+    b = blocks.reshape(G, GROUP, nb, s.type_size)
+    parts = [b[..., o:o + n * u].reshape(G, GROUP, nb, n, u).transpose(0, 2, 3, 1, 4).reshape(G, nb, GROUP * n * u)
+             for o, n, u in s.header]
+    lv = block_levels(b, fmt).reshape(G, GROUP, nb, s.block // 32, 32)
+    parts.append(_chunks(lv, s.bits).reshape(G, nb, -1))
+    return np.ascontiguousarray(np.concatenate(parts, axis=-1)).reshape(blocks.shape)
 
 
 def unpack_rows(packed: np.ndarray, ids: np.ndarray, cols: int, fmt: str) -> np.ndarray:
     """The blocks [len(ids), bytes per row] of rows `ids` (valid indices) of an interleaved matrix of format fmt."""
-    if fmt == "q4_k":
-        return _unpack_rows_k(packed, ids, cols)
-    ts, nfields, as_bytes = LEGACY[fmt]
-    nkb = cols // 32
-    P = packed.reshape(-1, nkb, GROUP * ts)[ids // GROUP]  # [n, kb, KB]
+    s = SPECS[fmt]
+    nb = cols // s.block
+    P = packed.reshape(-1, nb, GROUP * s.type_size)[ids // GROUP]  # [n, b, 16 type_size]
     n, r = len(ids), ids % GROUP
-    head = 32 * nfields
-    fields = [P[:, :, 32 * f:32 * f + 32].reshape(n, nkb, GROUP, 2).transpose(0, 2, 1, 3)[np.arange(n), r]
-              for f in range(nfields)]  # [n, kb, 2] each
-    if as_bytes:
-        lv = P[:, :, head:].reshape(n, nkb, 8, GROUP, 4).transpose(0, 3, 1, 2, 4)[np.arange(n), r]  # [n, kb, kk, i]
-        qs = lv.reshape(n, nkb, 32) ^ np.uint8(0x80)
-    else:
-        q = _row_nibbles(P[:, :, head:], r)
-        qs = q[:, :, :16] | (q[:, :, 16:] << np.uint8(4))
-    return np.concatenate(fields + [qs], axis=-1).reshape(n, nkb * ts)
+    out = np.empty((n, nb, s.type_size), np.uint8)
+    at = 0
+    for o, cnt, u in s.header:
+        seg = P[..., at:at + GROUP * cnt * u].reshape(n, nb, cnt, GROUP, u).transpose(0, 3, 1, 2, 4)[np.arange(n), r]
+        out[..., o:o + cnt * u] = seg.reshape(n, nb, cnt * u)
+        at += GROUP * cnt * u
+    lv = _chunk_levels(P[..., at:].reshape(n, nb, s.block // 32, chunk_bytes(s)), r, s.bits).reshape(n, nb, s.block)
+    lb = level_bytes(lv, fmt)
+    out[..., s.levels:s.levels + lb.shape[-1]] = lb
+    return out.reshape(n, nb * s.type_size)
 
 
 def unpack(packed: np.ndarray, cols: int, fmt: str) -> np.ndarray:
@@ -157,66 +230,106 @@ def unpack(packed: np.ndarray, cols: int, fmt: str) -> np.ndarray:
     return unpack_rows(packed, np.arange(packed.shape[0]), cols, fmt)
 
 
+# ... and the Numba packer used at load
+
+
+def pack(blocks: np.ndarray, out: np.ndarray, cols: int, fmt: str) -> None:
+    """out = pack_ref(blocks, cols, fmt) (blocks uint8 [R, bytes per row], R % 16 == 0; out the same shape)."""
+    s = SPECS[fmt]
+    _pack(blocks, out, cols, s.code, s.block, s.type_size, np.array(s.header, np.int64), s.levels, s.bits)
+
+
 @njit(parallel=True, cache=True)
-def pack(blocks, out, cols, k_quant):
-    """out = pack_ref(blocks, cols, fmt): blocks uint8 [R, bytes per row] (R % 16 == 0) -> the same shape, for
-    Q4_K (k_quant) or Q4_0 / Q8_0 / Q4_1 (told apart by their block size)."""
+def _pack(blocks, out, cols, code, block, ts, hdr, loff, bits):
+    """pack: each row's blocks decoded to levels (_levels_into) and scattered with their header fields."""
     R, bpr = blocks.shape
-    nkb = cols // 32
-    ts = bpr // nkb
+    nb = cols // block
     flat = out.reshape(-1)
-    if k_quant:
-        _pack_k(blocks, flat, cols)
+    cb = 512 if bits == 8 else 256 + 64 * bits
+    for g in prange(R // GROUP):
+        lv = np.empty(block, np.uint8)
+        for r in range(GROUP):
+            row = blocks[GROUP * g + r]
+            for b in range(nb):
+                o = b * ts
+                at = g * GROUP * bpr + b * GROUP * ts
+                for f in range(hdr.shape[0]):  # unit k of row r at (16 k + r) * unit
+                    off, cnt, u = hdr[f, 0], hdr[f, 1], hdr[f, 2]
+                    for k in range(cnt):
+                        for x in range(u):
+                            flat[at + (GROUP * k + r) * u + x] = row[o + off + k * u + x]
+                    at += GROUP * cnt * u
+                _levels_into(row, o, code, loff, bits, lv)
+                for c in range(block // 32):
+                    _put_chunk(flat, at + c * cb, r, lv, 32 * c, bits)
+
+
+@njit(inline="always")
+def _levels_into(row, o, code, loff, bits, lv):
+    """block_levels of the block at byte o of a row into lv uint8 [block]."""
+    if code == Q8_CODE:
+        for l in range(32):
+            lv[l] = row[o + 2 + l] ^ 0x80
+    elif code == Q6K_CODE:
+        for h in range(2):
+            for l in range(32):
+                a = np.int64(row[o + 64 * h + l])
+                b = np.int64(row[o + 64 * h + 32 + l])
+                c = np.int64(row[o + 128 + 32 * h + l])
+                lv[128 * h + l] = (a & 15) | ((c & 3) << 4)
+                lv[128 * h + l + 32] = (b & 15) | (((c >> 2) & 3) << 4)
+                lv[128 * h + l + 64] = (a >> 4) | (((c >> 4) & 3) << 4)
+                lv[128 * h + l + 96] = (b >> 4) | (((c >> 6) & 3) << 4)
+    elif code == Q4K_CODE or code == Q5K_CODE:
+        qs = o + (48 if bits else 16)
+        for c in range(4):
+            for l in range(32):
+                v = np.int64(row[qs + 32 * c + l])
+                lv[64 * c + l] = v & 15
+                lv[64 * c + 32 + l] = v >> 4
+        if bits:
+            for s in range(8):
+                for l in range(32):
+                    lv[32 * s + l] |= ((np.int64(row[o + 16 + l]) >> s) & 1) << 4
+    else:  # blocks of 32: nibbles after the fifth bits (a little-endian uint32), if any
+        qs = o + loff + 4 * bits
+        for l in range(16):
+            v = np.int64(row[qs + l])
+            lv[l] = v & 15
+            lv[l + 16] = v >> 4
+        if bits:
+            for l in range(32):
+                lv[l] |= ((np.int64(row[o + loff + (l >> 3)]) >> (l & 7)) & 1) << 4
+
+
+@njit(inline="always")
+def _put_chunk(flat, dst, r, lv, l0, bits):
+    """Levels lv[l0 : l0 + 32] of row r into the chunk at byte dst (see the module docstring)."""
+    if bits == 8:
+        for kk in range(8):
+            for i in range(4):
+                flat[dst + 64 * kk + 4 * r + i] = lv[l0 + 4 * kk + i]
         return
-    for g in prange(R // GROUP):
-        base = g * GROUP * bpr
-        for r in range(GROUP):
-            row = blocks[GROUP * g + r]
-            for kb in range(nkb):
-                o = kb * ts
-                dst = base + kb * GROUP * ts
-                head = 4 if ts == TYPE_SIZE41 else 2  # fp16 d (and Q4_1's m)
-                for k in range(head):
-                    flat[dst + 32 * (k >> 1) + 2 * r + (k & 1)] = row[o + k]
-                lv = dst + 16 * head
-                if ts == TYPE_SIZE8:
-                    for kk in range(8):
-                        for i in range(4):
-                            flat[lv + 64 * kk + 4 * r + i] = row[o + 2 + 4 * kk + i] ^ 0x80
-                    continue
-                for j in range(4):
-                    for i in range(4):
-                        flat[lv + 64 * j + 4 * r + i] = _level(row, o + head, 8 * j + i) | (_level(row, o + head, 8 * j + 4 + i) << 4)
-
-
-@njit(inline="always")
-def _pack_k(blocks, flat, cols):
-    R, bpr = blocks.shape
-    for g in prange(R // GROUP):
-        for r in range(GROUP):
-            row = blocks[GROUP * g + r]
-            for sb in range(cols // 256):
-                o = sb * TYPE_SIZE_K
-                dst = g * GROUP * bpr + sb * SB_BYTES
-                for k in range(2):
-                    flat[dst + 2 * r + k] = row[o + k]  # d
-                    flat[dst + 32 + 2 * r + k] = row[o + 2 + k]  # dmin
-                for k in range(12):
-                    flat[dst + 64 + 16 * k + r] = row[o + 4 + k]
-                for j in range(8):  # sub-block j: chunk j // 2, low nibbles for even j
-                    q = row[o + 16 + 32 * (j >> 1): o + 16 + 32 * (j >> 1) + 32]
-                    sh = 4 * (j & 1)
-                    for jj in range(4):
-                        for i in range(4):
-                            lo = (np.int64(q[8 * jj + i]) >> sh) & 15
-                            hi = (np.int64(q[8 * jj + 4 + i]) >> sh) & 15
-                            flat[dst + 256 + 256 * j + 64 * jj + 4 * r + i] = lo | (hi << 4)
-
-
-@njit(inline="always")
-def _level(row, o, l):
-    """Level l (0..31) of the nibbles qs at byte o of a row: qs[l] & 15 for l < 16, qs[l - 16] >> 4 after."""
-    return np.int64(row[o + l] & 15) if l < 16 else np.int64(row[o + l - 16] >> 4)
+    nib = dst + 64 * bits
+    for j in range(4):
+        for i in range(4):
+            lo = np.int64(lv[l0 + 8 * j + i]) & 15
+            flat[nib + 64 * j + 4 * r + i] = lo | ((np.int64(lv[l0 + 8 * j + 4 + i]) & 15) << 4)
+    for i in range(4):
+        va = 0
+        vb = 0
+        for j in range(4):
+            a = np.int64(lv[l0 + 8 * j + i]) >> 4
+            b = np.int64(lv[l0 + 8 * j + 4 + i]) >> 4
+            if bits == 1:
+                va |= ((a & 1) << j) | ((b & 1) << (4 + j))
+            else:
+                va |= (a & 3) << (2 * j)
+                vb |= (b & 3) << (2 * j)
+        if bits >= 1:
+            flat[dst + 4 * r + i] = va
+        if bits == 2:
+            flat[dst + 64 + 4 * r + i] = vb
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,16 +338,31 @@ def _level(row, o, l):
 
 
 @njit(inline="always")
-def _kb4(w, o, XH32, XL32, a0, a1, a2, a3, k0):
-    """One k-block (w bytes o .. o + 256: the 4 nibble vectors) of 16 rows times 4 tokens (dword offsets a0..a3
-    of their planes; k0 = the k-block's first k-group): the int32 lane sums of q * H and q * L per token."""
+def _levels(p, w, hb, bits, nl, j, half):
+    """The 64 levels in half `half` (0: low nibbles, 1: high) of nibble vector j of a chunk (p, loaded): IQ4_NL
+    codes looked up (nl), Q5's fifth bits (bits 1) or Q6_K's sixth bits (bits 2) from the vectors at byte hb."""
+    q = (p & np.uint8(15)) if half == 0 else (p >> np.uint8(4))
+    if nl:
+        q = pshufb(load(NL_LEVELS, 0, 64), q)
+    if bits == 1:  # bit j (low half) or 4 + j (high half) -> bit 4
+        h = load(w, hb, 64)
+        q = q | (((h << np.uint8(4 - j)) if half == 0 else (h >> np.uint8(j))) & np.uint8(16))
+    elif bits == 2:  # bits 2j, 2j + 1 of vector A (low half) or B (high half) -> bits 4, 5
+        h = load(w, hb + 64 * half, 64)
+        q = q | (((h << np.uint8(4 - 2 * j)) if j < 3 else (h >> np.uint8(2))) & np.uint8(0x30))
+    return q
+
+
+@njit(inline="always")
+def _kb4(w, o, hb, bits, nl, j0, nj, XH32, XL32, a0, a1, a2, a3, k0):
+    """Nibble vectors j0 .. j0 + nj - 1 of the chunk at byte o (high bits at hb) times 4 tokens (dword offsets
+    a0..a3 of their planes; k0 = the chunk's first k-group): the int32 lane sums of q * H and q * L per token."""
     z = splat(np.int32(0), 16)
     h0 = z; h1 = z; h2 = z; h3 = z; l0 = z; l1 = z; l2 = z; l3 = z  # noqa: E702
-    m = splat(np.uint8(15), 64)
-    for j in range(4):
+    for j in range(j0, j0 + nj):
         p = load(w, o + 64 * j, 64)
         for half in range(2):
-            q = (p & m) if half == 0 else ((p >> np.uint8(4)) & m)
+            q = _levels(p, w, hb, bits, nl, j, half)
             k = k0 + 2 * j + half
             h0 = dpbusd(h0, q, load_splat(XH32, a0 + k, 16)); l0 = dpbusd(l0, q, load_splat(XL32, a0 + k, 16))  # noqa: E702
             h1 = dpbusd(h1, q, load_splat(XH32, a1 + k, 16)); l1 = dpbusd(l1, q, load_splat(XL32, a1 + k, 16))  # noqa: E702
@@ -244,15 +372,14 @@ def _kb4(w, o, XH32, XL32, a0, a1, a2, a3, k0):
 
 
 @njit(inline="always")
-def _kb1(w, o, XH32, XL32, a0, k0):
+def _kb1(w, o, hb, bits, nl, j0, nj, XH32, XL32, a0, k0):
     """_kb4 for one token (two accumulators per plane: the low and the high nibbles, summed exactly)."""
     z = splat(np.int32(0), 16)
     h0 = z; h1 = z; l0 = z; l1 = z  # noqa: E702
-    m = splat(np.uint8(15), 64)
-    for j in range(4):
+    for j in range(j0, j0 + nj):
         p = load(w, o + 64 * j, 64)
-        lo = p & m
-        hi = (p >> np.uint8(4)) & m
+        lo = _levels(p, w, hb, bits, nl, j, 0)
+        hi = _levels(p, w, hb, bits, nl, j, 1)
         k = k0 + 2 * j
         h0 = dpbusd(h0, lo, load_splat(XH32, a0 + k, 16)); l0 = dpbusd(l0, lo, load_splat(XL32, a0 + k, 16))  # noqa: E702
         h1 = dpbusd(h1, hi, load_splat(XH32, a0 + k + 1, 16)); l1 = dpbusd(l1, hi, load_splat(XL32, a0 + k + 1, 16))  # noqa: E702
@@ -291,138 +418,25 @@ def _kb1_q8(w, o, XH32, XL32, a0, k0):
 @njit(inline="always")
 def _epilogue(h, l, sxk, cck, e, D, f):
     """f + D * (sum q * x16 * sx - z * sum x16 * sx) for one k-block (cck holds the second term, z the level
-    offset: 8 or 128): the VNNI prefill kernel's arithmetic."""
+    offset): the VNNI prefill kernel's arithmetic (vnni.mm_group)."""
     return fma(fma(sitofp((h << 8) + l), load_splat(sxk, e, 16), load_splat(cck, e, 16)), D, f)
 
 
 @njit(inline="always")
-def _pass4(kb4, kbytes, has_min, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    """out[t0 .. t0 + 3, r0 : r0 + 16] from the interleaved group at byte `base` of w (flat): k-blocks of
-    `kbytes`, their fp16 scales (and with `has_min` the fp16 minimums after them), then the levels."""
-    f0 = splat(np.float32(0.0), 16)
-    f1 = f0; f2 = f0; f3 = f0  # noqa: E702
-    a0 = t0 * C4
-    e0 = t0 * nkb
-    for kb in range(nkb):
-        o = base + kb * kbytes
-        h0, h1, h2, h3, l0, l1, l2, l3 = kb4(w, o + (64 if has_min else 32), XH32, XL32, a0, a0 + C4, a0 + 2 * C4,
-                                             a0 + 3 * C4, 8 * kb)
-        D = fp16_to_f32(bitcast(load(w, o, 32), np.uint16))
-        if has_min:
-            M = fp16_to_f32(bitcast(load(w, o + 32, 32), np.uint16))
-            f0 = _epilogue_min(h0, l0, sxk, cck, xek, e0 + kb, D, M, f0)
-            f1 = _epilogue_min(h1, l1, sxk, cck, xek, e0 + nkb + kb, D, M, f1)
-            f2 = _epilogue_min(h2, l2, sxk, cck, xek, e0 + 2 * nkb + kb, D, M, f2)
-            f3 = _epilogue_min(h3, l3, sxk, cck, xek, e0 + 3 * nkb + kb, D, M, f3)
-        else:
-            f0 = _epilogue(h0, l0, sxk, cck, e0 + kb, D, f0)
-            f1 = _epilogue(h1, l1, sxk, cck, e0 + nkb + kb, D, f1)
-            f2 = _epilogue(h2, l2, sxk, cck, e0 + 2 * nkb + kb, D, f2)
-            f3 = _epilogue(h3, l3, sxk, cck, e0 + 3 * nkb + kb, D, f3)
-    store(out[t0], r0, f0)
-    store(out[t0 + 1], r0, f1)
-    store(out[t0 + 2], r0, f2)
-    store(out[t0 + 3], r0, f3)
+def _epilogue_min(h, l, sxk, cck, xek, e, D, M, f):
+    """_epilogue plus the minimums' term M * sum(x) (mm_group's arithmetic for formats with minimums)."""
+    return fma(M, load_splat(xek, e, 16), _epilogue(h, l, sxk, cck, e, D, f))
 
 
 @njit(inline="always")
-def _pass1(kb1, kbytes, has_min, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    """out[t0, r0 : r0 + 16] (one token: _pass4's arithmetic)."""
-    f0 = splat(np.float32(0.0), 16)
-    for kb in range(nkb):
-        o = base + kb * kbytes
-        h0, l0 = kb1(w, o + (64 if has_min else 32), XH32, XL32, t0 * C4, 8 * kb)
-        D = fp16_to_f32(bitcast(load(w, o, 32), np.uint16))
-        if has_min:
-            M = fp16_to_f32(bitcast(load(w, o + 32, 32), np.uint16))
-            f0 = _epilogue_min(h0, l0, sxk, cck, xek, t0 * nkb + kb, D, M, f0)
-        else:
-            f0 = _epilogue(h0, l0, sxk, cck, t0 * nkb + kb, D, f0)
-    store(out[t0], r0, f0)
-
-
-@njit(inline="always")
-def _groups(p4, p1, w, g0, g1, nkb, XH32, XL32, sxk, cck, xek, C4, n, out):
-    """out[t, 16 g0 : 16 g1] for every token t: groups g0 .. g1 - 1 of the interleaved matrix w, in blocks of
-    TOKEN_BLOCK tokens (a prefill of 512 tokens has 2 MB of activation planes at C = 2048: read from L3 once
-    per group without the blocking)."""
-    bpg = GROUP * w.shape[1]  # bytes per group
-    n4 = n // 4 * 4
-    for tb in range(0, n4, TOKEN_BLOCK):
-        for g in range(g0, g1):
-            for t0 in range(tb, min(n4, tb + TOKEN_BLOCK), 4):
-                p4(w, g * bpg, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, g * GROUP)
-    for g in range(g0, g1):
-        for t0 in range(n4, n):
-            p1(w, g * bpg, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, g * GROUP)
-
-
-SUPER = 4  # groups per parallel task
-TOKEN_BLOCK = 32  # tokens whose activation planes (32 x C x 2 bytes: 128 KB at C = 2048) stay in L2 while a
-# task's groups pass over them, each group's weights (18 KB at C = 2048) in L1 during its passes
-
-
-@njit(inline="always")
-def _matmul(p4, p1, z, centre, a, b, c, X, oa, ob, oc):
-    """oa[t] = A @ X[t], ob[t] = B @ X[t], oc[t] = C @ X[t] for any n tokens (A, B, C interleaved, of the same
-    width, rows multiples of 16; 0-row arrays for unused ones): the activations prepared once, one launch
-    over all their groups, in tasks of SUPER groups. p4 / p1: the format's passes over a group for 4 tokens
-    and for 1; z, centre: its levels' offset, and whether they are centred on it (formats with minimums)."""
-    n, C = X.shape
-    nkb = C // 32
-    C4 = C // 4
-    XH32, XL32, sxk, cck, xek, n4 = mm_setup(X, 32, z, centre)
-    sa = (a.shape[0] // GROUP + SUPER - 1) // SUPER  # tasks per matrix
-    sab = sa + (b.shape[0] // GROUP + SUPER - 1) // SUPER
-    for task in prange(sab + (c.shape[0] // GROUP + SUPER - 1) // SUPER):
-        ti = np.int64(task)
-        if ti < sa:
-            _groups(p4, p1, a, SUPER * ti, min(a.shape[0] // GROUP, SUPER * ti + SUPER), nkb, XH32, XL32,
-                    sxk, cck, xek, C4, n, oa)
-        elif ti < sab:
-            s = ti - sa
-            _groups(p4, p1, b, SUPER * s, min(b.shape[0] // GROUP, SUPER * s + SUPER), nkb, XH32, XL32,
-                    sxk, cck, xek, C4, n, ob)
-        else:
-            s = ti - sab
-            _groups(p4, p1, c, SUPER * s, min(c.shape[0] // GROUP, SUPER * s + SUPER), nkb, XH32, XL32,
-                    sxk, cck, xek, C4, n, oc)
-
-
-# each format's passes (see _matmul)
-@njit(inline="always")
-def _p4_q4_0(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    _pass4(_kb4, KB_BYTES, False, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
-
-
-@njit(inline="always")
-def _p1_q4_0(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    _pass1(_kb1, KB_BYTES, False, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
-
-
-@njit(inline="always")
-def _p4_q8_0(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    _pass4(_kb4_q8, KB_BYTES8, False, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
-
-
-@njit(inline="always")
-def _p1_q8_0(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    _pass1(_kb1_q8, KB_BYTES8, False, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
-
-
-@njit(inline="always")
-def _p4_q4_1(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    _pass4(_kb4, KB_BYTES41, True, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
-
-
-@njit(inline="always")
-def _p1_q4_1(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    _pass1(_kb1, KB_BYTES41, True, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0)
+def _f16x16(w, o):
+    """The 16 rows' fp16 values at byte o as float32 <16>."""
+    return fp16_to_f32(bitcast(load(w, o, 32), np.uint16))
 
 
 @njit(inline="always")
 def _k_scales(w, o, j, d, ndmin):
-    """(D, M) float32 <16> of sub-block j for the 16 rows of a Q4_K super-block at byte o (d, ndmin: its
+    """(D, M) float32 <16> of sub-block j for the 16 rows of a Q4_K / Q5_K super-block at byte o (d, ndmin: its
     rows' d and -dmin as float32 <16>): D = d sc[j], M = -dmin m[j], as the VNNI prefill (q4_k.prefill_k)
     computes them; the 6-bit sc, m unpacked as ggml's get_scale_min_k4 does, 16 rows at a time (byte b of
     the rows at o + 64 + 16 b)."""
@@ -436,37 +450,148 @@ def _k_scales(w, o, j, d, ndmin):
     return d * sitofp(sc), ndmin * sitofp(mn)
 
 
-@njit(inline="always")
-def _k_supers(w, o):
-    """(d, -dmin) float32 <16> of the 16 rows of a Q4_K super-block at byte o (negated exactly)."""
-    return (fp16_to_f32(bitcast(load(w, o, 32), np.uint16)),
-            fp16_to_f32(bitcast(load(w, o + 32, 32), np.uint16)) * splat(np.float32(-1.0), 16))
-
+# The passes over one group of 16 rows, for 4 tokens (t0 .. t0 + 3) and for 1, of the three families:
+# blocks of 32 (LEGACY), Q4_K / Q5_K, Q6_K. Each k-block's arithmetic is vnni.mm_group's.
 
 @njit(inline="always")
-def _epilogue_min(h, l, sxk, cck, xek, e, D, M, f):
-    """_epilogue plus the minimums' term M * sum(x) (mm_group's arithmetic for formats with minimums)."""
-    return fma(M, load_splat(xek, e, 16), _epilogue(h, l, sxk, cck, e, D, f))
+def _legacy4(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
+    """spec = (block bytes for 16 rows, fp16 fields (d; d, m), high bits, IQ4_NL table)."""
+    kbytes, nf, bits, nl = spec
+    f0 = splat(np.float32(0.0), 16)
+    f1 = f0; f2 = f0; f3 = f0  # noqa: E702
+    a0 = t0 * C4
+    e0 = t0 * nkb
+    for kb in range(nkb):
+        o = base + kb * kbytes
+        if bits == 8:
+            h0, h1, h2, h3, l0, l1, l2, l3 = _kb4_q8(w, o + 32, XH32, XL32, a0, a0 + C4, a0 + 2 * C4, a0 + 3 * C4,
+                                                     8 * kb)
+        else:
+            h0, h1, h2, h3, l0, l1, l2, l3 = _kb4(w, o + 32 * nf + 64 * bits, o + 32 * nf, bits, nl, 0, 4, XH32, XL32,
+                                                  a0, a0 + C4, a0 + 2 * C4, a0 + 3 * C4, 8 * kb)
+        D = _f16x16(w, o)
+        if nf == 2:
+            M = _f16x16(w, o + 32)
+            f0 = _epilogue_min(h0, l0, sxk, cck, xek, e0 + kb, D, M, f0)
+            f1 = _epilogue_min(h1, l1, sxk, cck, xek, e0 + nkb + kb, D, M, f1)
+            f2 = _epilogue_min(h2, l2, sxk, cck, xek, e0 + 2 * nkb + kb, D, M, f2)
+            f3 = _epilogue_min(h3, l3, sxk, cck, xek, e0 + 3 * nkb + kb, D, M, f3)
+        else:
+            f0 = _epilogue(h0, l0, sxk, cck, e0 + kb, D, f0)
+            f1 = _epilogue(h1, l1, sxk, cck, e0 + nkb + kb, D, f1)
+            f2 = _epilogue(h2, l2, sxk, cck, e0 + 2 * nkb + kb, D, f2)
+            f3 = _epilogue(h3, l3, sxk, cck, e0 + 3 * nkb + kb, D, f3)
+    _store4(out, t0, r0, f0, f1, f2, f3)
 
 
 @njit(inline="always")
-def _p4_q4_k(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
+def _legacy1(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
+    kbytes, nf, bits, nl = spec
+    f0 = splat(np.float32(0.0), 16)
+    for kb in range(nkb):
+        o = base + kb * kbytes
+        if bits == 8:
+            h0, l0 = _kb1_q8(w, o + 32, XH32, XL32, t0 * C4, 8 * kb)
+        else:
+            h0, l0 = _kb1(w, o + 32 * nf + 64 * bits, o + 32 * nf, bits, nl, 0, 4, XH32, XL32, t0 * C4, 8 * kb)
+        D = _f16x16(w, o)
+        if nf == 2:
+            f0 = _epilogue_min(h0, l0, sxk, cck, xek, t0 * nkb + kb, D, _f16x16(w, o + 32), f0)
+        else:
+            f0 = _epilogue(h0, l0, sxk, cck, t0 * nkb + kb, D, f0)
+    store(out[t0], r0, f0)
+
+
+@njit(inline="always")
+def _k4(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
+    """Q4_K (spec = (0,)), Q5_K ((1,): fifth bits): per super-block d, dmin, scales (256 bytes), then its 8
+    sub-blocks (the k-blocks) as chunks."""
+    bits = spec[0]
+    cb = 256 + 64 * bits
     f0 = splat(np.float32(0.0), 16)
     f1 = f0; f2 = f0; f3 = f0  # noqa: E702
     a0 = t0 * C4
     e0 = t0 * nkb
     for sb in range(nkb // 8):
-        o = base + sb * SB_BYTES
-        d, ndmin = _k_supers(w, o)
+        o = base + sb * (256 + 8 * cb)
+        d, ndmin = _f16x16(w, o), _f16x16(w, o + 32) * splat(np.float32(-1.0), 16)  # -dmin: exact
         for j in range(8):
             kb = 8 * sb + j
             D, M = _k_scales(w, o, j, d, ndmin)
-            h0, h1, h2, h3, l0, l1, l2, l3 = _kb4(w, o + 256 + 256 * j, XH32, XL32, a0, a0 + C4, a0 + 2 * C4,
-                                                  a0 + 3 * C4, 8 * kb)
+            c = o + 256 + cb * j
+            h0, h1, h2, h3, l0, l1, l2, l3 = _kb4(w, c + 64 * bits, c, bits, False, 0, 4, XH32, XL32, a0, a0 + C4,
+                                                  a0 + 2 * C4, a0 + 3 * C4, 8 * kb)
             f0 = _epilogue_min(h0, l0, sxk, cck, xek, e0 + kb, D, M, f0)
             f1 = _epilogue_min(h1, l1, sxk, cck, xek, e0 + nkb + kb, D, M, f1)
             f2 = _epilogue_min(h2, l2, sxk, cck, xek, e0 + 2 * nkb + kb, D, M, f2)
             f3 = _epilogue_min(h3, l3, sxk, cck, xek, e0 + 3 * nkb + kb, D, M, f3)
+    _store4(out, t0, r0, f0, f1, f2, f3)
+
+
+@njit(inline="always")
+def _k1(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
+    bits = spec[0]
+    cb = 256 + 64 * bits
+    f0 = splat(np.float32(0.0), 16)
+    for sb in range(nkb // 8):
+        o = base + sb * (256 + 8 * cb)
+        d, ndmin = _f16x16(w, o), _f16x16(w, o + 32) * splat(np.float32(-1.0), 16)
+        for j in range(8):
+            kb = 8 * sb + j
+            D, M = _k_scales(w, o, j, d, ndmin)
+            c = o + 256 + cb * j
+            h0, l0 = _kb1(w, c + 64 * bits, c, bits, False, 0, 4, XH32, XL32, t0 * C4, 8 * kb)
+            f0 = _epilogue_min(h0, l0, sxk, cck, xek, t0 * nkb + kb, D, M, f0)
+    store(out[t0], r0, f0)
+
+
+@njit(inline="always")
+def _q6_scales(w, o, s, d):
+    """D = d sc[s] float32 <16> of sub-block s (16 columns) of the 16 rows of a Q6_K super-block at byte o."""
+    return d * sitofp(sext(bitcast(load(w, o + 32 + 16 * s, 16), np.int8), np.int32))
+
+
+@njit(inline="always")
+def _q6_4(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
+    """Q6_K: per super-block d, the 16 int8 scales (288 bytes), then 8 chunks of 32 columns (sixth bits, then
+    nibbles: 384 bytes); the k-blocks are the sub-blocks of 16 columns (nkb = C / 16), two per chunk."""
+    f0 = splat(np.float32(0.0), 16)
+    f1 = f0; f2 = f0; f3 = f0  # noqa: E702
+    a0 = t0 * C4
+    e0 = t0 * nkb
+    for sb in range(nkb // 16):
+        o = base + sb * 3360
+        d = _f16x16(w, o)
+        for c in range(8):
+            ch = o + 288 + 384 * c
+            for s in range(2):
+                kb = 16 * sb + 2 * c + s
+                D = _q6_scales(w, o, 2 * c + s, d)
+                h0, h1, h2, h3, l0, l1, l2, l3 = _kb4(w, ch + 128, ch, 2, False, 2 * s, 2, XH32, XL32, a0, a0 + C4,
+                                                      a0 + 2 * C4, a0 + 3 * C4, 8 * (8 * sb + c))
+                f0 = _epilogue(h0, l0, sxk, cck, e0 + kb, D, f0)
+                f1 = _epilogue(h1, l1, sxk, cck, e0 + nkb + kb, D, f1)
+                f2 = _epilogue(h2, l2, sxk, cck, e0 + 2 * nkb + kb, D, f2)
+                f3 = _epilogue(h3, l3, sxk, cck, e0 + 3 * nkb + kb, D, f3)
+    _store4(out, t0, r0, f0, f1, f2, f3)
+
+
+@njit(inline="always")
+def _q6_1(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
+    f0 = splat(np.float32(0.0), 16)
+    for sb in range(nkb // 16):
+        o = base + sb * 3360
+        d = _f16x16(w, o)
+        for c in range(8):
+            ch = o + 288 + 384 * c
+            for s in range(2):
+                h0, l0 = _kb1(w, ch + 128, ch, 2, False, 2 * s, 2, XH32, XL32, t0 * C4, 8 * (8 * sb + c))
+                f0 = _epilogue(h0, l0, sxk, cck, t0 * nkb + 16 * sb + 2 * c + s, _q6_scales(w, o, 2 * c + s, d), f0)
+    store(out[t0], r0, f0)
+
+
+@njit(inline="always")
+def _store4(out, t0, r0, f0, f1, f2, f3):
     store(out[t0], r0, f0)
     store(out[t0 + 1], r0, f1)
     store(out[t0 + 2], r0, f2)
@@ -474,43 +599,134 @@ def _p4_q4_k(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
 
 
 @njit(inline="always")
-def _p1_q4_k(w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    f0 = splat(np.float32(0.0), 16)
-    for sb in range(nkb // 8):
-        o = base + sb * SB_BYTES
-        d, ndmin = _k_supers(w, o)
-        for j in range(8):
-            kb = 8 * sb + j
-            D, M = _k_scales(w, o, j, d, ndmin)
-            h0, l0 = _kb1(w, o + 256 + 256 * j, XH32, XL32, t0 * C4, 8 * kb)
-            f0 = _epilogue_min(h0, l0, sxk, cck, xek, t0 * nkb + kb, D, M, f0)
-    store(out[t0], r0, f0)
+def _groups(p4, p1, spec, w, g0, g1, nkb, XH32, XL32, sxk, cck, xek, C4, n, out):
+    """out[t, 16 g0 : 16 g1] for every token t: groups g0 .. g1 - 1 of the interleaved matrix w, in blocks of
+    TOKEN_BLOCK tokens (a prefill of 512 tokens has 2 MB of activation planes at C = 2048: read from L3 once
+    per group without the blocking)."""
+    bpg = GROUP * w.shape[1]  # bytes per group
+    n4 = n // 4 * 4
+    for tb in range(0, n4, TOKEN_BLOCK):
+        for g in range(g0, g1):
+            for t0 in range(tb, min(n4, tb + TOKEN_BLOCK), 4):
+                p4(spec, w, g * bpg, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, g * GROUP)
+    for g in range(g0, g1):
+        for t0 in range(n4, n):
+            p1(spec, w, g * bpg, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, g * GROUP)
+
+
+def _group_kernel(p4, p1, spec):
+    """_groups for one format's passes, compiled once as a function of its own (not inlined into the three
+    matrix branches of _matmul: a kernel compiles in 7 s instead of 28)."""
+
+    @njit(fastmath=FASTMATH)
+    def groups(w, g0, g1, nkb, XH32, XL32, sxk, cck, xek, C4, n, out):
+        _groups(p4, p1, spec, w, g0, g1, nkb, XH32, XL32, sxk, cck, xek, C4, n, out)
+
+    return groups
+
+
+SUPER = 4  # groups per parallel task
+TOKEN_BLOCK = 32  # tokens whose activation planes (32 x C x 2 bytes: 128 KB at C = 2048) stay in L2 while a
+# task's groups pass over them, each group's weights (18 KB at C = 2048) in L1 during its passes
+
+
+@njit(inline="always")
+def _matmul(groups, bk, z, centre, a, b, c, X, oa, ob, oc):
+    """oa[t] = A @ X[t], ob[t] = B @ X[t], oc[t] = C @ X[t] for any n tokens (A, B, C interleaved, of the same
+    width, rows multiples of 16; 0-row arrays for unused ones): the activations prepared once, one launch
+    over all their groups, in tasks of SUPER groups. groups: the format's _group_kernel; bk: columns per
+    k-block; z, centre: the levels' offset, and whether they are centred on it (formats with minimums)."""
+    n, C = X.shape
+    nkb = C // bk
+    C4 = C // 4
+    XH32, XL32, sxk, cck, xek, n4 = mm_setup(X, bk, z, centre)
+    sa = (a.shape[0] // GROUP + SUPER - 1) // SUPER  # tasks per matrix
+    sab = sa + (b.shape[0] // GROUP + SUPER - 1) // SUPER
+    for task in prange(sab + (c.shape[0] // GROUP + SUPER - 1) // SUPER):
+        ti = np.int64(task)
+        if ti < sa:
+            groups(a, SUPER * ti, min(a.shape[0] // GROUP, SUPER * ti + SUPER), nkb, XH32, XL32,
+                    sxk, cck, xek, C4, n, oa)
+        elif ti < sab:
+            s = ti - sa
+            groups(b, SUPER * s, min(b.shape[0] // GROUP, SUPER * s + SUPER), nkb, XH32, XL32,
+                    sxk, cck, xek, C4, n, ob)
+        else:
+            s = ti - sab
+            groups(c, SUPER * s, min(c.shape[0] // GROUP, SUPER * s + SUPER), nkb, XH32, XL32,
+                    sxk, cck, xek, C4, n, oc)
+
+
+# each format's passes: (4 tokens, 1 token, constants: LEGACY (block bytes for 16 rows, fp16 fields, high bits,
+# IQ4_NL table); K (fifth bits))
+_G_Q4_0 = _group_kernel(_legacy4, _legacy1, (288, 1, 0, False))
+_G_Q4_1 = _group_kernel(_legacy4, _legacy1, (320, 2, 0, False))
+_G_Q5_0 = _group_kernel(_legacy4, _legacy1, (352, 1, 1, False))
+_G_Q5_1 = _group_kernel(_legacy4, _legacy1, (384, 2, 1, False))
+_G_IQ4_NL = _group_kernel(_legacy4, _legacy1, (288, 1, 0, True))
+_G_Q8_0 = _group_kernel(_legacy4, _legacy1, (544, 1, 8, False))
+_G_Q4_K = _group_kernel(_k4, _k1, (0,))
+_G_Q5_K = _group_kernel(_k4, _k1, (1,))
+_G_Q6_K = _group_kernel(_q6_4, _q6_1, (0,))
 
 
 # The kernels, one per format, with the signature of the formats' matmul_vnni (decode_step calls them by
-# address); `prefill` is ignored: one kernel for every n.
+# address); `prefill` is ignored: one kernel for every n. Their k-block width, level offset and centring
+# are the formats' PREFILL (the VNNI prefill kernel's arithmetic).
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def matmul_q4_0(a, b, c, X, oa, ob, oc, prefill):
-    """Interleaved Q4_0 (see _matmul): levels offset by 8."""
-    _matmul(_p4_q4_0, _p1_q4_0, 8, False, a, b, c, X, oa, ob, oc)
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def matmul_q8_0(a, b, c, X, oa, ob, oc, prefill):
-    """Interleaved Q8_0 (see _matmul): int8 levels stored + 128."""
-    _matmul(_p4_q8_0, _p1_q8_0, 128, False, a, b, c, X, oa, ob, oc)
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def matmul_q4_k(a, b, c, X, oa, ob, oc, prefill):
-    """Interleaved Q4_K (see _matmul): minimums, levels centred on 8."""
-    _matmul(_p4_q4_k, _p1_q4_k, 8, True, a, b, c, X, oa, ob, oc)
+    """Interleaved Q4_0: levels offset by 8."""
+    _matmul(_G_Q4_0, 32, 8, False, a, b, c, X, oa, ob, oc)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def matmul_q4_1(a, b, c, X, oa, ob, oc, prefill):
-    """Interleaved Q4_1 (see _matmul): minimums, levels centred on 8."""
-    _matmul(_p4_q4_1, _p1_q4_1, 8, True, a, b, c, X, oa, ob, oc)
+    """Interleaved Q4_1: minimums, levels centred on 8."""
+    _matmul(_G_Q4_1, 32, 8, True, a, b, c, X, oa, ob, oc)
 
 
-KERNELS = {"q4_0": matmul_q4_0, "q8_0": matmul_q8_0, "q4_k": matmul_q4_k, "q4_1": matmul_q4_1}
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_q5_0(a, b, c, X, oa, ob, oc, prefill):
+    """Interleaved Q5_0: levels offset by 16."""
+    _matmul(_G_Q5_0, 32, 16, False, a, b, c, X, oa, ob, oc)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_q5_1(a, b, c, X, oa, ob, oc, prefill):
+    """Interleaved Q5_1: minimums, levels centred on 16."""
+    _matmul(_G_Q5_1, 32, 16, True, a, b, c, X, oa, ob, oc)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_iq4_nl(a, b, c, X, oa, ob, oc, prefill):
+    """Interleaved IQ4_NL: codes looked up as levels + 128."""
+    _matmul(_G_IQ4_NL, 32, 128, False, a, b, c, X, oa, ob, oc)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_q8_0(a, b, c, X, oa, ob, oc, prefill):
+    """Interleaved Q8_0: int8 levels stored + 128."""
+    _matmul(_G_Q8_0, 32, 128, False, a, b, c, X, oa, ob, oc)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_q4_k(a, b, c, X, oa, ob, oc, prefill):
+    """Interleaved Q4_K: minimums, levels centred on 8."""
+    _matmul(_G_Q4_K, 32, 8, True, a, b, c, X, oa, ob, oc)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_q5_k(a, b, c, X, oa, ob, oc, prefill):
+    """Interleaved Q5_K: minimums, levels centred on 16."""
+    _matmul(_G_Q5_K, 32, 16, True, a, b, c, X, oa, ob, oc)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_q6_k(a, b, c, X, oa, ob, oc, prefill):
+    """Interleaved Q6_K: k-blocks of 16 columns, levels offset by 32."""
+    _matmul(_G_Q6_K, 16, 32, False, a, b, c, X, oa, ob, oc)
+
+
+KERNELS = {"q4_0": matmul_q4_0, "q8_0": matmul_q8_0, "q4_k": matmul_q4_k, "q4_1": matmul_q4_1,
+           "q5_0": matmul_q5_0, "q5_1": matmul_q5_1, "iq4_nl": matmul_iq4_nl, "q5_k": matmul_q5_k,
+           "q6_k": matmul_q6_k}

@@ -157,8 +157,9 @@ class QuantizedWeight(Weight):
 
 
 class InterleavedWeight(QuantizedWeight):
-    """A Q4_0, Q4_1, Q8_0 or Q4_K matrix whose blocks were interleaved by 16 rows at load (`interleaved.py`): the CPU backend
-    makes these where the VNNI kernels run. Same bytes as the blocks, permuted; one kernel for decode,
+    """A matrix in one of interleaved.FORMATS (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K, Q6_K) whose
+    blocks were interleaved by 16 rows at load (`interleaved.py`): the CPU backend makes these where the VNNI
+    kernels run. Same bytes as the blocks, permuted; one kernel for decode,
     batched decode and prefill, so each row's result never depends on how many tokens share a call.
     `blocks` gives ggml's row order back (a copy: writers, other backends); `packed` is what runs."""
 
@@ -166,7 +167,7 @@ class InterleavedWeight(QuantizedWeight):
         # Trusted: the CPU backend checks the format and the shape (interleaved.eligible).
         self.format, self.shape, self.dtype = source.format, source.shape, source.dtype
         packed = np.empty(source.blocks.shape, np.uint8)
-        interleaved.pack(source.blocks, packed, self.shape[1], self.format.name == "q4_k")
+        interleaved.pack(source.blocks, packed, self.shape[1], self.format.name)
         self.packed = _readonly(packed)
         self.kernel = interleaved.KERNELS[self.format.name]
 
