@@ -9,7 +9,7 @@ fast one (the format's `matvec_vnni`), on the TinyLlama shapes 2048x5632 and 563
 the 32 MB L3 between calls, so this is the kernels' compute speed) and on one matrix over 256 MB (every
 call streams it from DRAM: what a decode step sees). F16 and BF16 dense matvec as well. Next to them,
 the plain-read bandwidth of the same run: a Numba prange sum over a 1 GB float32 array. For the formats
-the CPU backend interleaves at load (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K, Q6_K on AVX512-VNNI CPUs) "fast" is the interleaved
+the CPU backend interleaves at load (interleaved.FORMATS on AVX512-VNNI CPUs) "fast" is the interleaved
 kernel (quant/interleaved.py), what a model runs; the others' is their row-by-row VNNI kernel.
 
 Then prefill: matmul of n = 128 tokens, portable vs fast vs BLAS sgemm (OpenBLAS uses its own threads).

@@ -1,4 +1,4 @@
-"""Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K and Q6_K interleaved by 16 rows at load
+"""Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K, Q6_K and IQ4_XS interleaved by 16 rows at load
 (llamacpu/quant/interleaved.py, InterleavedWeight, CPUBackend.prepare_weights):
 the layout against its NumPy reference and back, the one kernel against the float reference and bit for bit
 against the VNNI prefill kernel it replaces, each token's result independent of the others, the weight's
@@ -87,6 +87,10 @@ def test_layout_round_trip(shape, fmt):
         assert flat[32 + 16 * 7 + 5] == b[5, 192 + 7]
         assert flat[288 + 128 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 12] & 15
         assert (flat[288 + 64 + 4 * 5 + 0] >> 2) & 3 == b[5, 128 + 12] & 3
+    elif fmt == "iq4_xs":  # scales_h at 32 + 10, scales_l byte 3 at 64 + 16 * 3 + 5; sub-block 3's codes
+        np.testing.assert_array_equal(flat[32 + 10:32 + 12], b[5, 2:4])
+        assert flat[64 + 16 * 3 + 5] == b[5, 4 + 3]
+        assert flat[128 + 256 * 3 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 8 + 16 * 3 + 12] & 15
     else:  # Q4_K, Q5_K: dmin at 32 + 10, scale byte 7 at 64 + 16 * 7 + 5; sub-block 3 (chunk 1, high nibbles)
         np.testing.assert_array_equal(flat[32 + 10:32 + 12], b[5, 2:4])
         assert flat[64 + 16 * 7 + 5] == b[5, 4 + 7]

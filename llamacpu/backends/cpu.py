@@ -57,10 +57,10 @@ class CPUBackend(Backend):
     def prepare_weights(self, weights):
         """LlamaWeights as loaded -> the weights this backend computes with: where the AVX512-VNNI kernels
         run, the projections and the LM head in the formats of interleaved.FORMATS (Q4_0, Q4_1, Q5_0, Q5_1,
-        IQ4_NL, Q8_0, Q4_K, Q5_K, Q6_K) are interleaved by 16 rows (quant/interleaved.py: one kernel for
-        decode, batched decode and prefill; bench/README.md "Interleaved at load"), their mapped source pages
-        released; everything else as loaded. LLAMACPU_REPACK=0 keeps every
-        matrix as stored (A/B measurements)."""
+        IQ4_NL, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS) are interleaved by 16 rows (quant/interleaved.py: one kernel
+        for decode, batched decode and prefill; bench/README.md "Interleaved at load"), their mapped source
+        pages released; everything else as loaded. LLAMACPU_REPACK=0 keeps every matrix as stored (A/B
+        measurements)."""
         if not (HAS_AVX512_VNNI and os.environ.get("LLAMACPU_REPACK", "1") != "0"):
             return weights
 

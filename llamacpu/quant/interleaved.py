@@ -1,5 +1,5 @@
-"""Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K and Q6_K interleaved by 16 rows: the layout the CPU
-backend repacks them into at load (AVX512-VNNI).
+"""Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K, Q6_K and IQ4_XS interleaved by 16 rows: the layout the
+CPU backend repacks them into at load (AVX512-VNNI).
 
 Why (bench/README.md, "Interleaved at load"): the row-per-accumulator decode kernel pays a float
 epilogue per 64 weights of every (row, token) and unpacks each row's nibbles again for every token, and
@@ -17,7 +17,8 @@ Layout: W [R, C] (R % 16 == 0) as uint8 [R, C // block * type_size] like its blo
 
   1. the header: each field of the block (SPECS[fmt].header: byte offset, count, unit) for the 16 rows,
      unit by unit: unit u of row r of a field at its start + (16 u' + r) * size (fp16 d, m: the 16 rows'
-     values in row order; Q4_K's 12 packed scale bytes and Q6_K's 16 int8 scales byte-major, 16 b + r)
+     values in row order; Q4_K's 12 packed scale bytes, Q6_K's 16 int8 scales, IQ4_XS's 4 scales_l bytes
+     byte-major, 16 b + r)
   2. the levels (q as the kernels multiply it: unsigned, 0..15, 0..31, 0..63, or 0..255), per chunk of 32
      columns (a block of 32, or a sub-block of a super-block): the high bits (if any), then the nibbles
 
@@ -29,12 +30,13 @@ Layout: W [R, C] (R % 16 == 0) as uint8 [R, C // block * type_size] like its blo
                          of q[r, 8 j + 4 + i] (B)
     Q8_0 (512)           no nibbles: 8 vectors of 64 bytes; vector j, byte 4 r + i = q[r, 4 j + i] XOR 0x80 (q + 128)
 
-    IQ4_NL's nibbles are its codes (the kernel looks them up: vnni.NL_LEVELS, unsigned + 128). So a Q4_0
+    IQ4_NL's and IQ4_XS's nibbles are codes (the kernel looks them up: vnni.NL_LEVELS, unsigned + 128). So a Q4_0
     block of 16 rows is 32 bytes of d then 256 of nibbles (288 = 16 x 18); a Q4_K super-block d, dmin,
     scales (256 bytes) then 8 x 256; a Q6_K super-block d, scales (288) then 8 x (128 + 256).
 
 Values as the formats define them: (q - 8) d (Q4_0), d q + m (Q4_1), (q - 16) d (Q5_0), d sc q - dmin m
-(Q4_K, Q5_K; levels centred on 8, 16 as vnni.py does), d sc[s] (q - 32) (Q6_K, 16 sub-blocks of 16).
+(Q4_K, Q5_K; levels centred on 8, 16 as vnni.py does), d sc[s] (q - 32) (Q6_K, 16 sub-blocks of 16),
+d (ls[s] - 32) KVALUES[code] (IQ4_XS).
 
 Every (row, token) result is computed alone (lanes are rows, accumulators are tokens; int32 sums are
 exact, so the order of the 4-token and 1-token passes does not matter): a token's output does not depend
@@ -71,10 +73,11 @@ SPECS = {
     "iq4_nl": Spec(6, 32, 18, ((0, 1, 2),), 2, 0),
     "q5_k": Spec(7, 256, 176, ((0, 1, 2), (2, 1, 2), (4, 12, 1)), 16, 1),
     "q6_k": Spec(8, 256, 210, ((208, 1, 2), (192, 16, 1)), 0, 2),
+    "iq4_xs": Spec(9, 256, 136, ((0, 1, 2), (2, 1, 2), (4, 4, 1)), 8, 0),
 }
 FORMATS = tuple(SPECS)  # the formats with an interleaved layout (compiled_decode numbers them in this order)
 # the packer's codes of the formats it decodes apart (the others: blocks of 32 with nibbles)
-Q8_CODE, Q4K_CODE, Q5K_CODE, Q6K_CODE = (SPECS[f].code for f in ("q8_0", "q4_k", "q5_k", "q6_k"))
+Q8_CODE, Q4K_CODE, Q5K_CODE, Q6K_CODE, XS_CODE = (SPECS[f].code for f in ("q8_0", "q4_k", "q5_k", "q6_k", "iq4_xs"))
 
 
 def head_bytes(s: Spec) -> int:
@@ -113,6 +116,9 @@ def block_levels(b: np.ndarray, fmt: str) -> np.ndarray:
         qs = b[..., s.levels + 4 * s.bits:s.levels + 4 * s.bits + 16]
         lv = np.concatenate([qs & np.uint8(15), qs >> np.uint8(4)], axis=-1)
         return lv | (_bits_le(b[..., s.levels:s.levels + 4]) << np.uint8(4)) if s.bits else lv
+    if fmt == "iq4_xs":  # sub-block s: qs[16 s + j] & 15 is column 32 s + j, >> 4 column 32 s + 16 + j
+        qs = b[..., 8:136].reshape(b.shape[:-1] + (8, 16))
+        return np.concatenate([qs & np.uint8(15), qs >> np.uint8(4)], axis=-1).reshape(b.shape[:-1] + (256,))
     if fmt == "q6_k":  # see q6_k: half h, quarter k, l: 128 h + 32 k + l
         ql = b[..., 0:128].reshape(b.shape[:-1] + (2, 1, 64))
         qh = b[..., 128:192].reshape(b.shape[:-1] + (2, 1, 32))
@@ -139,6 +145,9 @@ def level_bytes(lv: np.ndarray, fmt: str) -> np.ndarray:
         if not s.bits:
             return qs
         return np.concatenate([np.packbits(lv >> np.uint8(4), axis=-1, bitorder="little"), qs], axis=-1)
+    if fmt == "iq4_xs":
+        L = lv.reshape(lv.shape[:-1] + (8, 32))
+        return ((L[..., :16] & 15) | (L[..., 16:] << 4)).reshape(lv.shape[:-1] + (128,))
     if fmt == "q6_k":
         L = lv.reshape(lv.shape[:-1] + (2, 4, 32))
         ql = np.concatenate([(L[..., 0, :] & 15) | ((L[..., 2, :] & 15) << 4),
@@ -280,6 +289,12 @@ def _levels_into(row, o, code, loff, bits, lv):
                 lv[128 * h + l + 32] = (b & 15) | (((c >> 2) & 3) << 4)
                 lv[128 * h + l + 64] = (a >> 4) | (((c >> 4) & 3) << 4)
                 lv[128 * h + l + 96] = (b >> 4) | (((c >> 6) & 3) << 4)
+    elif code == XS_CODE:
+        for s in range(8):
+            for j in range(16):
+                v = np.int64(row[o + 8 + 16 * s + j])
+                lv[32 * s + j] = v & 15
+                lv[32 * s + 16 + j] = v >> 4
     elif code == Q4K_CODE or code == Q5K_CODE:
         qs = o + (48 if bits else 16)
         for c in range(4):
@@ -503,45 +518,68 @@ def _legacy1(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
 
 
 @njit(inline="always")
+def _xs_scales(w, o, j, d):
+    """D = d (ls[j] - 32) float32 <16> of sub-block j for the 16 rows of an IQ4_XS super-block at byte o (d: their
+    d as float32 <16>): the 6-bit ls from scales_l (byte j // 2 of the rows at o + 64 + 16 (j // 2), nibble j % 2)
+    and scales_h (the rows' uint16 at o + 32, bits 2j, 2j + 1), as iq4_xs.prefill_block computes it."""
+    lo = (zext(load(w, o + 64 + 16 * (j >> 1), 16), np.int32) >> (4 * (j & 1))) & np.int32(15)
+    hi = (zext(bitcast(load(w, o + 32, 32), np.uint16), np.int32) >> (2 * j)) & np.int32(3)
+    return d * sitofp((lo | (hi << 4)) - np.int32(32))
+
+
+@njit(inline="always")
 def _k4(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    """Q4_K (spec = (0,)), Q5_K ((1,): fifth bits): per super-block d, dmin, scales (256 bytes), then its 8
-    sub-blocks (the k-blocks) as chunks."""
-    bits = spec[0]
+    """Super-blocks of 8 sub-blocks of 32 (the k-blocks), spec = (high bits, IQ4_XS): Q4_K (0, False) and Q5_K
+    (1, False: fifth bits) with d, dmin, scales (256 bytes) then the sub-blocks as chunks; IQ4_XS (0, True)
+    with d, scales_h, scales_l (128 bytes), then the sub-blocks' codes."""
+    bits, xs = spec
     cb = 256 + 64 * bits
+    head = 128 if xs else 256
     f0 = splat(np.float32(0.0), 16)
     f1 = f0; f2 = f0; f3 = f0  # noqa: E702
     a0 = t0 * C4
     e0 = t0 * nkb
     for sb in range(nkb // 8):
-        o = base + sb * (256 + 8 * cb)
+        o = base + sb * (head + 8 * cb)
         d, ndmin = _f16x16(w, o), _f16x16(w, o + 32) * splat(np.float32(-1.0), 16)  # -dmin: exact
         for j in range(8):
             kb = 8 * sb + j
-            D, M = _k_scales(w, o, j, d, ndmin)
-            c = o + 256 + cb * j
-            h0, h1, h2, h3, l0, l1, l2, l3 = _kb4(w, c + 64 * bits, c, bits, False, 0, 4, XH32, XL32, a0, a0 + C4,
+            c = o + head + cb * j
+            h0, h1, h2, h3, l0, l1, l2, l3 = _kb4(w, c + 64 * bits, c, bits, xs, 0, 4, XH32, XL32, a0, a0 + C4,
                                                   a0 + 2 * C4, a0 + 3 * C4, 8 * kb)
-            f0 = _epilogue_min(h0, l0, sxk, cck, xek, e0 + kb, D, M, f0)
-            f1 = _epilogue_min(h1, l1, sxk, cck, xek, e0 + nkb + kb, D, M, f1)
-            f2 = _epilogue_min(h2, l2, sxk, cck, xek, e0 + 2 * nkb + kb, D, M, f2)
-            f3 = _epilogue_min(h3, l3, sxk, cck, xek, e0 + 3 * nkb + kb, D, M, f3)
+            if xs:
+                D = _xs_scales(w, o, j, d)
+                f0 = _epilogue(h0, l0, sxk, cck, e0 + kb, D, f0)
+                f1 = _epilogue(h1, l1, sxk, cck, e0 + nkb + kb, D, f1)
+                f2 = _epilogue(h2, l2, sxk, cck, e0 + 2 * nkb + kb, D, f2)
+                f3 = _epilogue(h3, l3, sxk, cck, e0 + 3 * nkb + kb, D, f3)
+            else:
+                D, M = _k_scales(w, o, j, d, ndmin)
+                f0 = _epilogue_min(h0, l0, sxk, cck, xek, e0 + kb, D, M, f0)
+                f1 = _epilogue_min(h1, l1, sxk, cck, xek, e0 + nkb + kb, D, M, f1)
+                f2 = _epilogue_min(h2, l2, sxk, cck, xek, e0 + 2 * nkb + kb, D, M, f2)
+                f3 = _epilogue_min(h3, l3, sxk, cck, xek, e0 + 3 * nkb + kb, D, M, f3)
     _store4(out, t0, r0, f0, f1, f2, f3)
 
 
 @njit(inline="always")
 def _k1(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    bits = spec[0]
+    bits, xs = spec
     cb = 256 + 64 * bits
+    head = 128 if xs else 256
     f0 = splat(np.float32(0.0), 16)
     for sb in range(nkb // 8):
-        o = base + sb * (256 + 8 * cb)
+        o = base + sb * (head + 8 * cb)
         d, ndmin = _f16x16(w, o), _f16x16(w, o + 32) * splat(np.float32(-1.0), 16)
         for j in range(8):
             kb = 8 * sb + j
-            D, M = _k_scales(w, o, j, d, ndmin)
-            c = o + 256 + cb * j
-            h0, l0 = _kb1(w, c + 64 * bits, c, bits, False, 0, 4, XH32, XL32, t0 * C4, 8 * kb)
-            f0 = _epilogue_min(h0, l0, sxk, cck, xek, t0 * nkb + kb, D, M, f0)
+            c = o + head + cb * j
+            h0, l0 = _kb1(w, c + 64 * bits, c, bits, xs, 0, 4, XH32, XL32, t0 * C4, 8 * kb)
+            if xs:
+                f0 = _epilogue(h0, l0, sxk, cck, t0 * nkb + kb, _xs_scales(w, o, j, d), f0)
+            else:
+                D, M = _k_scales(w, o, j, d, ndmin)
+                f0 = _epilogue_min(h0, l0, sxk, cck, xek, t0 * nkb + kb, D, M, f0)
     store(out[t0], r0, f0)
 
 
@@ -658,15 +696,16 @@ def _matmul(groups, bk, z, centre, a, b, c, X, oa, ob, oc):
 
 
 # each format's passes: (4 tokens, 1 token, constants: LEGACY (block bytes for 16 rows, fp16 fields, high bits,
-# IQ4_NL table); K (fifth bits))
+# IQ4_NL table); K (fifth bits, IQ4_XS))
 _G_Q4_0 = _group_kernel(_legacy4, _legacy1, (288, 1, 0, False))
 _G_Q4_1 = _group_kernel(_legacy4, _legacy1, (320, 2, 0, False))
 _G_Q5_0 = _group_kernel(_legacy4, _legacy1, (352, 1, 1, False))
 _G_Q5_1 = _group_kernel(_legacy4, _legacy1, (384, 2, 1, False))
 _G_IQ4_NL = _group_kernel(_legacy4, _legacy1, (288, 1, 0, True))
 _G_Q8_0 = _group_kernel(_legacy4, _legacy1, (544, 1, 8, False))
-_G_Q4_K = _group_kernel(_k4, _k1, (0,))
-_G_Q5_K = _group_kernel(_k4, _k1, (1,))
+_G_Q4_K = _group_kernel(_k4, _k1, (0, False))
+_G_Q5_K = _group_kernel(_k4, _k1, (1, False))
+_G_IQ4_XS = _group_kernel(_k4, _k1, (0, True))
 _G_Q6_K = _group_kernel(_q6_4, _q6_1, (0,))
 
 
@@ -722,6 +761,12 @@ def matmul_q5_k(a, b, c, X, oa, ob, oc, prefill):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_iq4_xs(a, b, c, X, oa, ob, oc, prefill):
+    """Interleaved IQ4_XS: codes looked up as levels + 128, signed 6-bit sub-block scales."""
+    _matmul(_G_IQ4_XS, 32, 128, False, a, b, c, X, oa, ob, oc)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
 def matmul_q6_k(a, b, c, X, oa, ob, oc, prefill):
     """Interleaved Q6_K: k-blocks of 16 columns, levels offset by 32."""
     _matmul(_G_Q6_K, 16, 32, False, a, b, c, X, oa, ob, oc)
@@ -729,4 +774,4 @@ def matmul_q6_k(a, b, c, X, oa, ob, oc, prefill):
 
 KERNELS = {"q4_0": matmul_q4_0, "q8_0": matmul_q8_0, "q4_k": matmul_q4_k, "q4_1": matmul_q4_1,
            "q5_0": matmul_q5_0, "q5_1": matmul_q5_1, "iq4_nl": matmul_iq4_nl, "q5_k": matmul_q5_k,
-           "q6_k": matmul_q6_k}
+           "q6_k": matmul_q6_k, "iq4_xs": matmul_iq4_xs}

@@ -157,11 +157,11 @@ class QuantizedWeight(Weight):
 
 
 class InterleavedWeight(QuantizedWeight):
-    """A matrix in one of interleaved.FORMATS (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K, Q6_K) whose
-    blocks were interleaved by 16 rows at load (`interleaved.py`): the CPU backend makes these where the VNNI
-    kernels run. Same bytes as the blocks, permuted; one kernel for decode,
-    batched decode and prefill, so each row's result never depends on how many tokens share a call.
-    `blocks` gives ggml's row order back (a copy: writers, other backends); `packed` is what runs."""
+    """A matrix in one of interleaved.FORMATS (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS)
+    whose blocks were interleaved by 16 rows at load (`interleaved.py`): the CPU backend makes these where the
+    VNNI kernels run. Same bytes as the blocks, permuted; one kernel for decode, batched decode and prefill,
+    so each row's result never depends on how many tokens share a call. `blocks` gives ggml's row order back
+    (a copy: writers, other backends); `packed` is what runs."""
 
     def __init__(self, source: QuantizedWeight):
         # Trusted: the CPU backend checks the format and the shape (interleaved.eligible).
