@@ -56,7 +56,7 @@ def warm(verbose: bool = True) -> float:
                         w.matmul(np.zeros((n, 256), np.float32), np.zeros((n, 16), np.float32))
                 # the K-quants need widths of 256 (the tiny shape falls back to Q4_0): their kernels, interleaved too
                 wide = write_synthetic(f"{tmp}/wide", "tiny", hidden_size=256, intermediate_size=512)
-                for name in ("q4_k", "q5_k", "q6_k", "iq4_xs"):
+                for name in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs"):
                     q = LlamaForCausalLM.from_pretrained(wide, quantization=name)
                     q.generate(np.array([[1, 2, 3, 4, 5, 6, 7, 8]]), max_new_tokens=2)
     seconds = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K, Q6_K and IQ4_XS interleaved by 16 rows at load
+"""Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and IQ4_XS interleaved by 16 rows at load
 (llamacpu/quant/interleaved.py, InterleavedWeight, CPUBackend.prepare_weights):
 the layout against its NumPy reference and back, the one kernel against the float reference and bit for bit
 against the VNNI prefill kernel it replaces, each token's result independent of the others, the weight's
@@ -87,6 +87,14 @@ def test_layout_round_trip(shape, fmt):
         assert flat[32 + 16 * 7 + 5] == b[5, 192 + 7]
         assert flat[288 + 128 + 64 * 1 + 4 * 5 + 0] >> 4 == b[5, 12] & 15
         assert (flat[288 + 64 + 4 * 5 + 0] >> 2) & 3 == b[5, 128 + 12] & 3
+    elif fmt == "q2_k":  # dmin at 32 + 10, scale byte 7 at 64 + 16 * 7 + 5; column 12 (qs[12] & 3): vector B, bits 2, 3
+        np.testing.assert_array_equal(flat[32 + 10:32 + 12], b[5, 82:84])
+        assert flat[64 + 16 * 7 + 5] == b[5, 7]
+        assert (flat[320 + 64 + 4 * 5 + 0] >> 2) & 3 == b[5, 16 + 12] & 3
+    elif fmt == "q3_k":  # scale byte 7 at 32 + 16 * 7 + 5; column 12: its third bit (hmask[12] bit 0), low bits
+        assert flat[32 + 16 * 7 + 5] == b[5, 96 + 7]
+        assert (flat[224 + 4 * 5 + 0] >> 5) & 1 == b[5, 12] & 1
+        assert (flat[224 + 64 + 64 + 4 * 5 + 0] >> 2) & 3 == b[5, 32 + 12] & 3
     elif fmt == "iq4_xs":  # scales_h at 32 + 10, scales_l byte 3 at 64 + 16 * 3 + 5; sub-block 3's codes
         np.testing.assert_array_equal(flat[32 + 10:32 + 12], b[5, 2:4])
         assert flat[64 + 16 * 3 + 5] == b[5, 4 + 3]
@@ -240,13 +248,14 @@ def test_compiled_step_on_interleaved_weights_is_the_readable_pass(tmp_path, fmt
 def test_backend_keeps_ineligible_matrices():
     rng = np.random.default_rng(5)
     odd = QuantizedWeight.quantize("q4_0", rng.standard_normal((24, 64)).astype(np.float32))  # 24 rows
-    q3 = QuantizedWeight.quantize("q3_k", rng.standard_normal((32, 256)).astype(np.float32))  # not interleaved
+    other = QuantizedWeight.quantize("int4_g128", rng.standard_normal((32, 128)).astype(np.float32))  # not interleaved
     assert not interleaved.eligible("q4_0", odd.shape) and interleaved.eligible("q4_0", (32, 64))
-    assert not interleaved.eligible("q3_k", (32, 256)) and not interleaved.eligible("q4_k", (32, 64))
-    layer = LayerWeights(attn_norm=np.ones(64, np.float32), wq=odd, wk=q3, wv=q3, wo=q3,
-                         mlp_norm=np.ones(64, np.float32), w_gate=q3, w_up=q3, w_down=q3)
-    w = CPUBackend().prepare_weights(LlamaWeights(embed=q3, layers=[layer], norm=np.ones(64, np.float32), lm_head=q3))
-    assert w.layers[0].wq is odd and w.layers[0].wk is q3 and w.lm_head is q3
+    assert not interleaved.eligible("int4_g128", (32, 128)) and not interleaved.eligible("q4_k", (32, 64))
+    layer = LayerWeights(attn_norm=np.ones(64, np.float32), wq=odd, wk=other, wv=other, wo=other,
+                         mlp_norm=np.ones(64, np.float32), w_gate=other, w_up=other, w_down=other)
+    w = CPUBackend().prepare_weights(LlamaWeights(embed=other, layers=[layer], norm=np.ones(64, np.float32),
+                                                  lm_head=other))
+    assert w.layers[0].wq is odd and w.layers[0].wk is other and w.lm_head is other
 
 
 def test_tied_embedding_interleaved_once_and_rows_still_exact():

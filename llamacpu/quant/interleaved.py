@@ -1,12 +1,12 @@
-"""Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K, Q6_K and IQ4_XS interleaved by 16 rows: the layout the
-CPU backend repacks them into at load (AVX512-VNNI).
+"""Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and IQ4_XS interleaved by 16 rows: the
+layout the CPU backend repacks them into at load (AVX512-VNNI).
 
 Why (bench/README.md, "Interleaved at load"): the row-per-accumulator decode kernel pays a float
 epilogue per 64 weights of every (row, token) and unpacks each row's nibbles again for every token, and
 the prefill kernel repacked 16 rows per call (most of a step of 8 sequences). Stored interleaved once,
 one kernel serves every token count: a 64-byte load holds 4 columns of 16 rows twice over (low and high
 nibbles), each `vpdpbusd` multiplies it by 4 bytes of one token broadcast to all lanes, an int32 lane sums
-one (row, k-block) exactly, and the float epilogue runs once per 32 columns (Q6_K: 16) of 16 rows. Same
+one (row, k-block) exactly, and the float epilogue runs once per 32 columns (Q2_K, Q3_K, Q6_K: 16) of 16 rows. Same
 bytes as the blocks (a permutation: no extra memory), so llama.cpp's `repack` idea without its 8-bit
 activations: the activations are vnni.py's 16-bit scheme (2e-5 relative error), and the arithmetic per
 (row, token, k-block) is exactly the VNNI prefill kernel's, so prompt rows give the bits they gave before.
@@ -20,7 +20,8 @@ Layout: W [R, C] (R % 16 == 0) as uint8 [R, C // block * type_size] like its blo
      values in row order; Q4_K's 12 packed scale bytes, Q6_K's 16 int8 scales, IQ4_XS's 4 scales_l bytes
      byte-major, 16 b + r)
   2. the levels (q as the kernels multiply it: unsigned, 0..15, 0..31, 0..63, or 0..255), per chunk of 32
-     columns (a block of 32, or a sub-block of a super-block): the high bits (if any), then the nibbles
+     columns (a block of 32, or a sub-block of a super-block): the single high bits (if any), then the 2-bit
+     fields (if any), then the nibbles (if any)
 
     nibbles (256 bytes)  4 vectors of 64 bytes; vector j, byte 4 r + i (row r, i < 4):
                          low nibble = q[r, 8 j + i] & 15, high nibble = q[r, 8 j + 4 + i] & 15
@@ -29,14 +30,18 @@ Layout: W [R, C] (R % 16 == 0) as uint8 [R, C // block * type_size] like its blo
     sixth bits (128)     Q6_K: two vectors A, B; byte 4 r + i, bits 2j..2j+1 = q >> 4 of q[r, 8 j + i] (A),
                          of q[r, 8 j + 4 + i] (B)
     Q8_0 (512)           no nibbles: 8 vectors of 64 bytes; vector j, byte 4 r + i = q[r, 4 j + i] XOR 0x80 (q + 128)
+    Q2_K (128)           no nibbles: the levels (0..3) as Q6_K's sixth bits are stored
+    Q3_K (64 + 128)      no nibbles: bit 2 of the levels (0..7) as Q5's fifth bits are, then their low 2 bits
+                         as Q2_K's
 
     IQ4_NL's and IQ4_XS's nibbles are codes (the kernel looks them up: vnni.NL_LEVELS, unsigned + 128). So a Q4_0
     block of 16 rows is 32 bytes of d then 256 of nibbles (288 = 16 x 18); a Q4_K super-block d, dmin,
-    scales (256 bytes) then 8 x 256; a Q6_K super-block d, scales (288) then 8 x (128 + 256).
+    scales (256 bytes) then 8 x 256; a Q6_K super-block d, scales (288) then 8 x (128 + 256); Q2_K d, dmin, 16
+    scale bytes (320) then 8 x 128; Q3_K d, 12 scale bytes (224) then 8 x 192.
 
 Values as the formats define them: (q - 8) d (Q4_0), d q + m (Q4_1), (q - 16) d (Q5_0), d sc q - dmin m
 (Q4_K, Q5_K; levels centred on 8, 16 as vnni.py does), d sc[s] (q - 32) (Q6_K, 16 sub-blocks of 16),
-d (ls[s] - 32) KVALUES[code] (IQ4_XS).
+d (ls[s] - 32) KVALUES[code] (IQ4_XS), d sc[k] q - dmin m[k] (Q2_K), d (sc[k] - 32) (q - 4) (Q3_K).
 
 Every (row, token) result is computed alone (lanes are rows, accumulators are tokens; int32 sums are
 exact, so the order of the 4-token and 1-token passes does not matter): a token's output does not depend
@@ -60,8 +65,13 @@ class Spec(NamedTuple):
     type_size: int  # bytes per block
     header: tuple  # (byte offset, count, unit bytes) of each field kept as bytes: d, m, scales
     levels: int  # byte offset of the level bits in the block (packer: where its levels start)
-    bits: int  # bits per level above the nibble: 0, 1 (Q5), 2 (Q6_K); 8: Q8_0's byte levels
+    bits: int  # how the levels are stored (chunk kinds): NIB, NIB5, NIB6, LOW2, LOW3, BYTES
 
+
+# chunk kinds: nibbles; + a fifth bit (Q5_0, Q5_1, Q5_K); + 2 high bits (Q6_K); 2-bit levels (Q2_K); 2 + 1 bits
+# (Q3_K); bytes (Q8_0). The value is also the number of 64-byte vectors of high bits before the nibbles.
+NIB, NIB5, NIB6, LOW2, LOW3, BYTES = 0, 1, 2, 3, 4, 8
+CHUNK_BYTES = {NIB: 256, NIB5: 320, NIB6: 384, LOW2: 128, LOW3: 192, BYTES: 512}
 
 SPECS = {
     "q4_0": Spec(0, 32, 18, ((0, 1, 2),), 2, 0),
@@ -74,10 +84,13 @@ SPECS = {
     "q5_k": Spec(7, 256, 176, ((0, 1, 2), (2, 1, 2), (4, 12, 1)), 16, 1),
     "q6_k": Spec(8, 256, 210, ((208, 1, 2), (192, 16, 1)), 0, 2),
     "iq4_xs": Spec(9, 256, 136, ((0, 1, 2), (2, 1, 2), (4, 4, 1)), 8, 0),
+    "q2_k": Spec(10, 256, 84, ((80, 1, 2), (82, 1, 2), (0, 16, 1)), 16, LOW2),
+    "q3_k": Spec(11, 256, 110, ((108, 1, 2), (96, 12, 1)), 0, LOW3),
 }
 FORMATS = tuple(SPECS)  # the formats with an interleaved layout (compiled_decode numbers them in this order)
 # the packer's codes of the formats it decodes apart (the others: blocks of 32 with nibbles)
-Q8_CODE, Q4K_CODE, Q5K_CODE, Q6K_CODE, XS_CODE = (SPECS[f].code for f in ("q8_0", "q4_k", "q5_k", "q6_k", "iq4_xs"))
+Q8_CODE, Q4K_CODE, Q5K_CODE, Q6K_CODE, XS_CODE, Q2K_CODE, Q3K_CODE = (
+    SPECS[f].code for f in ("q8_0", "q4_k", "q5_k", "q6_k", "iq4_xs", "q2_k", "q3_k"))
 
 
 def head_bytes(s: Spec) -> int:
@@ -87,7 +100,7 @@ def head_bytes(s: Spec) -> int:
 
 def chunk_bytes(s: Spec) -> int:
     """Bytes of 32 columns of levels for 16 rows."""
-    return 512 if s.bits == 8 else 256 + 64 * s.bits
+    return CHUNK_BYTES[s.bits]
 
 
 def eligible(fmt: str, shape) -> bool:
@@ -116,6 +129,12 @@ def block_levels(b: np.ndarray, fmt: str) -> np.ndarray:
         qs = b[..., s.levels + 4 * s.bits:s.levels + 4 * s.bits + 16]
         lv = np.concatenate([qs & np.uint8(15), qs >> np.uint8(4)], axis=-1)
         return lv | (_bits_le(b[..., s.levels:s.levels + 4]) << np.uint8(4)) if s.bits else lv
+    if fmt in ("q2_k", "q3_k"):  # column 128 c + 32 s + l: (qs[32 c + l] >> 2 s) & 3, Q3_K's high bit
+        lv = _unpack2(b[..., 16:80] if fmt == "q2_k" else b[..., 32:96])  # (hmask[l] >> (4 c + s)) & 1
+        if fmt == "q3_k":
+            hi = (b[..., None, 0:32] >> np.arange(8, dtype=np.uint8).reshape(8, 1)) & np.uint8(1)
+            lv = lv | (hi.reshape(lv.shape) << np.uint8(2))
+        return lv
     if fmt == "iq4_xs":  # sub-block s: qs[16 s + j] & 15 is column 32 s + j, >> 4 column 32 s + 16 + j
         qs = b[..., 8:136].reshape(b.shape[:-1] + (8, 16))
         return np.concatenate([qs & np.uint8(15), qs >> np.uint8(4)], axis=-1).reshape(b.shape[:-1] + (256,))
@@ -145,6 +164,14 @@ def level_bytes(lv: np.ndarray, fmt: str) -> np.ndarray:
         if not s.bits:
             return qs
         return np.concatenate([np.packbits(lv >> np.uint8(4), axis=-1, bitorder="little"), qs], axis=-1)
+    if fmt in ("q2_k", "q3_k"):
+        L = lv.reshape(lv.shape[:-1] + (2, 4, 32)) & np.uint8(3)
+        qs = L[..., 0, :] | (L[..., 1, :] << 2) | (L[..., 2, :] << 4) | (L[..., 3, :] << 6)
+        qs = qs.reshape(lv.shape[:-1] + (64,))
+        if fmt == "q2_k":
+            return qs
+        hi = ((lv.reshape(lv.shape[:-1] + (8, 32)) >> 2) & 1) << np.arange(8, dtype=np.uint8).reshape(8, 1)
+        return np.concatenate([np.bitwise_or.reduce(hi, axis=-2), qs], axis=-1)
     if fmt == "iq4_xs":
         L = lv.reshape(lv.shape[:-1] + (8, 32))
         return ((L[..., :16] & 15) | (L[..., 16:] << 4)).reshape(lv.shape[:-1] + (128,))
@@ -162,6 +189,12 @@ def level_bytes(lv: np.ndarray, fmt: str) -> np.ndarray:
     return np.concatenate([np.bitwise_or.reduce(sub, axis=-2), qs], axis=-1)
 
 
+def _unpack2(qs: np.ndarray) -> np.ndarray:
+    """Q2_K's and Q3_K's qs [..., 64] -> 2-bit levels [..., 256] (column 128 c + 32 s + l: (qs[32 c + l] >> 2 s) & 3)"""
+    q = qs.reshape(qs.shape[:-1] + (2, 1, 32)) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)
+    return (q & np.uint8(3)).reshape(qs.shape[:-1] + (256,))
+
+
 def _chunks(lv: np.ndarray, bits: int) -> np.ndarray:
     """Levels [G, 16 rows, nb, nc, 32] (chunks of 32 columns) -> their interleaved bytes [G, nb, nc, chunk bytes]."""
     w = lv.transpose(0, 2, 3, 1, 4).reshape(lv.shape[0], lv.shape[2], lv.shape[3], 16, 8, 4)
@@ -169,8 +202,16 @@ def _chunks(lv: np.ndarray, bits: int) -> np.ndarray:
     if bits == 8:
         return w.reshape(w.shape[:3] + (512,))
     lo, hi = w[:, :, :, 0::2], w[:, :, :, 1::2]  # [g, b, c, j, row, i]: columns 8 j + i, 8 j + 4 + i
-    parts = [((lo & 15) | ((hi & 15) << 4)).reshape(w.shape[:3] + (256,))]
     j = np.arange(4, dtype=np.uint8).reshape(4, 1, 1)
+    if bits in (LOW2, LOW3):
+        a = np.bitwise_or.reduce((lo & 3) << (2 * j), axis=3)
+        b = np.bitwise_or.reduce((hi & 3) << (2 * j), axis=3)
+        parts = [np.concatenate([a, b], axis=-2).reshape(w.shape[:3] + (128,))]
+        if bits == LOW3:
+            hb = np.bitwise_or.reduce((((lo >> 2) & 1) << j) | (((hi >> 2) & 1) << (j + 4)), axis=3)
+            parts.insert(0, hb.reshape(w.shape[:3] + (64,)))
+        return np.concatenate(parts, axis=-1)
+    parts = [((lo & 15) | ((hi & 15) << 4)).reshape(w.shape[:3] + (256,))]
     if bits == 1:
         hb = np.bitwise_or.reduce((((lo >> 4) & 1) << j) | (((hi >> 4) & 1) << (j + 4)), axis=3)
         parts.insert(0, hb.reshape(w.shape[:3] + (64,)))
@@ -186,12 +227,21 @@ def _chunk_levels(P: np.ndarray, r: np.ndarray, bits: int) -> np.ndarray:
     def mine(V, nvec):  # vectors [n, b, c, nvec * 64] -> row r's bytes [n, b, c, nvec, 4]
         return V.reshape(P.shape[:3] + (nvec, GROUP, 4)).transpose(0, 4, 1, 2, 3, 5)[np.arange(len(r)), r]
 
-    if bits == 8:
+    if bits == BYTES:
         return mine(P, 8).reshape(P.shape[:3] + (32,))
+    j = np.arange(4, dtype=np.uint8).reshape(4, 1)
+    if bits in (LOW2, LOW3):
+        two = mine(P[..., 64 if bits == LOW3 else 0:], 2)  # [n, b, c, A/B, i]
+        lo = (two[..., 0, None, :] >> (2 * j)) & 3
+        hi = (two[..., 1, None, :] >> (2 * j)) & 3
+        if bits == LOW3:
+            H = mine(P[..., :64], 1)
+            lo = lo | (((H[..., 0, None, :] >> j) & 1) << 2)
+            hi = hi | (((H[..., 0, None, :] >> (j + 4)) & 1) << 2)
+        return np.stack([lo, hi], axis=-2).reshape(P.shape[:3] + (32,))
     hb = 64 * bits
     nib = mine(P[..., hb:], 4)  # [n, b, c, j, i]
     lo, hi = nib & np.uint8(15), nib >> np.uint8(4)
-    j = np.arange(4, dtype=np.uint8).reshape(4, 1)
     if bits:
         H = mine(P[..., :hb], bits)  # [n, b, c, vector, i]
         if bits == 1:
@@ -254,7 +304,7 @@ def _pack(blocks, out, cols, code, block, ts, hdr, loff, bits):
     R, bpr = blocks.shape
     nb = cols // block
     flat = out.reshape(-1)
-    cb = 512 if bits == 8 else 256 + 64 * bits
+    cb = 512 if bits == BYTES else (128 + 64 * (bits - LOW2) if bits >= LOW2 else 256 + 64 * bits)
     for g in prange(R // GROUP):
         lv = np.empty(block, np.uint8)
         for r in range(GROUP):
@@ -289,6 +339,15 @@ def _levels_into(row, o, code, loff, bits, lv):
                 lv[128 * h + l + 32] = (b & 15) | (((c >> 2) & 3) << 4)
                 lv[128 * h + l + 64] = (a >> 4) | (((c >> 4) & 3) << 4)
                 lv[128 * h + l + 96] = (b >> 4) | (((c >> 6) & 3) << 4)
+    elif code == Q2K_CODE or code == Q3K_CODE:  # see block_levels
+        qs = o + (16 if code == Q2K_CODE else 32)
+        for c in range(2):
+            for s in range(4):
+                for l in range(32):
+                    v = (np.int64(row[qs + 32 * c + l]) >> (2 * s)) & 3
+                    if code == Q3K_CODE:
+                        v |= ((np.int64(row[o + l]) >> (4 * c + s)) & 1) << 2
+                    lv[128 * c + 32 * s + l] = v
     elif code == XS_CODE:
         for s in range(8):
             for j in range(16):
@@ -320,10 +379,27 @@ def _levels_into(row, o, code, loff, bits, lv):
 @njit(inline="always")
 def _put_chunk(flat, dst, r, lv, l0, bits):
     """Levels lv[l0 : l0 + 32] of row r into the chunk at byte dst (see the module docstring)."""
-    if bits == 8:
+    if bits == BYTES:
         for kk in range(8):
             for i in range(4):
                 flat[dst + 64 * kk + 4 * r + i] = lv[l0 + 4 * kk + i]
+        return
+    if bits >= LOW2:  # 2-bit fields (after Q3_K's single high bits)
+        p2 = dst + 64 * (bits - LOW2)
+        for i in range(4):
+            va = 0
+            vb = 0
+            vh = 0
+            for j in range(4):
+                a = np.int64(lv[l0 + 8 * j + i])
+                b = np.int64(lv[l0 + 8 * j + 4 + i])
+                va |= (a & 3) << (2 * j)
+                vb |= (b & 3) << (2 * j)
+                vh |= (((a >> 2) & 1) << j) | (((b >> 2) & 1) << (4 + j))
+            flat[p2 + 4 * r + i] = va
+            flat[p2 + 64 + 4 * r + i] = vb
+            if bits == LOW3:
+                flat[dst + 4 * r + i] = vh
         return
     nib = dst + 64 * bits
     for j in range(4):
@@ -353,16 +429,28 @@ def _put_chunk(flat, dst, r, lv, l0, bits):
 
 
 @njit(inline="always")
-def _levels(p, w, hb, bits, nl, j, half):
-    """The 64 levels in half `half` (0: low nibbles, 1: high) of nibble vector j of a chunk (p, loaded): IQ4_NL
-    codes looked up (nl), Q5's fifth bits (bits 1) or Q6_K's sixth bits (bits 2) from the vectors at byte hb."""
+def _levels(w, o, hb, bits, nl, j, half):
+    """The 64 levels of columns 8 j + 4 half + i (i < 4) of the 16 rows of a chunk: from the nibble vector j at
+    byte o (IQ4_NL codes looked up with nl; Q5's fifth bits, bits NIB5, or Q6_K's sixth bits, NIB6, from the
+    vectors at byte hb), or (LOW2, LOW3) from the 2-bit vectors at o and Q3_K's third bits at hb."""
+    if bits == LOW2 or bits == LOW3:
+        q = (load(w, o + 64 * half, 64) >> np.uint8(2 * j)) & np.uint8(3)
+        if bits == LOW3:  # bit j (low half) or 4 + j (high half) -> bit 2
+            h = load(w, hb, 64)
+            if half == 0:
+                t = (h << np.uint8(2 - j)) if j < 3 else (h >> np.uint8(1))
+            else:
+                t = h >> np.uint8(2 + j)
+            q = q | (t & np.uint8(4))
+        return q
+    p = load(w, o + 64 * j, 64)
     q = (p & np.uint8(15)) if half == 0 else (p >> np.uint8(4))
     if nl:
         q = pshufb(load(NL_LEVELS, 0, 64), q)
-    if bits == 1:  # bit j (low half) or 4 + j (high half) -> bit 4
+    if bits == NIB5:  # bit j (low half) or 4 + j (high half) -> bit 4
         h = load(w, hb, 64)
         q = q | (((h << np.uint8(4 - j)) if half == 0 else (h >> np.uint8(j))) & np.uint8(16))
-    elif bits == 2:  # bits 2j, 2j + 1 of vector A (low half) or B (high half) -> bits 4, 5
+    elif bits == NIB6:  # bits 2j, 2j + 1 of vector A (low half) or B (high half) -> bits 4, 5
         h = load(w, hb + 64 * half, 64)
         q = q | (((h << np.uint8(4 - 2 * j)) if j < 3 else (h >> np.uint8(2))) & np.uint8(0x30))
     return q
@@ -370,14 +458,13 @@ def _levels(p, w, hb, bits, nl, j, half):
 
 @njit(inline="always")
 def _kb4(w, o, hb, bits, nl, j0, nj, XH32, XL32, a0, a1, a2, a3, k0):
-    """Nibble vectors j0 .. j0 + nj - 1 of the chunk at byte o (high bits at hb) times 4 tokens (dword offsets
-    a0..a3 of their planes; k0 = the chunk's first k-group): the int32 lane sums of q * H and q * L per token."""
+    """Level vectors j0 .. j0 + nj - 1 of the chunk (see _levels) times 4 tokens (dword offsets a0..a3 of their
+    planes; k0 = the chunk's first k-group): the int32 lane sums of q * H and q * L per token."""
     z = splat(np.int32(0), 16)
     h0 = z; h1 = z; h2 = z; h3 = z; l0 = z; l1 = z; l2 = z; l3 = z  # noqa: E702
     for j in range(j0, j0 + nj):
-        p = load(w, o + 64 * j, 64)
         for half in range(2):
-            q = _levels(p, w, hb, bits, nl, j, half)
+            q = _levels(w, o, hb, bits, nl, j, half)
             k = k0 + 2 * j + half
             h0 = dpbusd(h0, q, load_splat(XH32, a0 + k, 16)); l0 = dpbusd(l0, q, load_splat(XL32, a0 + k, 16))  # noqa: E702
             h1 = dpbusd(h1, q, load_splat(XH32, a1 + k, 16)); l1 = dpbusd(l1, q, load_splat(XL32, a1 + k, 16))  # noqa: E702
@@ -388,13 +475,12 @@ def _kb4(w, o, hb, bits, nl, j0, nj, XH32, XL32, a0, a1, a2, a3, k0):
 
 @njit(inline="always")
 def _kb1(w, o, hb, bits, nl, j0, nj, XH32, XL32, a0, k0):
-    """_kb4 for one token (two accumulators per plane: the low and the high nibbles, summed exactly)."""
+    """_kb4 for one token (two accumulators per plane: the low and the high halves, summed exactly)."""
     z = splat(np.int32(0), 16)
     h0 = z; h1 = z; l0 = z; l1 = z  # noqa: E702
     for j in range(j0, j0 + nj):
-        p = load(w, o + 64 * j, 64)
-        lo = _levels(p, w, hb, bits, nl, j, 0)
-        hi = _levels(p, w, hb, bits, nl, j, 1)
+        lo = _levels(w, o, hb, bits, nl, j, 0)
+        hi = _levels(w, o, hb, bits, nl, j, 1)
         k = k0 + 2 * j
         h0 = dpbusd(h0, lo, load_splat(XH32, a0 + k, 16)); l0 = dpbusd(l0, lo, load_splat(XL32, a0 + k, 16))  # noqa: E702
         h1 = dpbusd(h1, hi, load_splat(XH32, a0 + k + 1, 16)); l1 = dpbusd(l1, hi, load_splat(XL32, a0 + k + 1, 16))  # noqa: E702
@@ -478,7 +564,7 @@ def _legacy4(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
     e0 = t0 * nkb
     for kb in range(nkb):
         o = base + kb * kbytes
-        if bits == 8:
+        if bits == BYTES:
             h0, h1, h2, h3, l0, l1, l2, l3 = _kb4_q8(w, o + 32, XH32, XL32, a0, a0 + C4, a0 + 2 * C4, a0 + 3 * C4,
                                                      8 * kb)
         else:
@@ -505,7 +591,7 @@ def _legacy1(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
     f0 = splat(np.float32(0.0), 16)
     for kb in range(nkb):
         o = base + kb * kbytes
-        if bits == 8:
+        if bits == BYTES:
             h0, l0 = _kb1_q8(w, o + 32, XH32, XL32, t0 * C4, 8 * kb)
         else:
             h0, l0 = _kb1(w, o + 32 * nf + 64 * bits, o + 32 * nf, bits, nl, 0, 4, XH32, XL32, t0 * C4, 8 * kb)
@@ -584,47 +670,89 @@ def _k1(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
 
 
 @njit(inline="always")
-def _q6_scales(w, o, s, d):
-    """D = d sc[s] float32 <16> of sub-block s (16 columns) of the 16 rows of a Q6_K super-block at byte o."""
-    return d * sitofp(sext(bitcast(load(w, o + 32 + 16 * s, 16), np.int8), np.int32))
+def _s16_layout(bits):
+    """(header bytes, chunk bytes, level vectors' offset in a chunk, high bits' offset) of a super-block of the
+    16-column family: Q6_K (NIB6), Q2_K (LOW2), Q3_K (LOW3)."""
+    if bits == NIB6:
+        return 288, 384, 128, 0
+    if bits == LOW2:
+        return 320, 128, 0, 0
+    return 224, 192, 64, 0
 
 
 @njit(inline="always")
-def _q6_4(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
-    """Q6_K: per super-block d, the 16 int8 scales (288 bytes), then 8 chunks of 32 columns (sixth bits, then
-    nibbles: 384 bytes); the k-blocks are the sub-blocks of 16 columns (nkb = C / 16), two per chunk."""
+def _s16_scales(w, o, s, d, ndmin, bits):
+    """(D, M) float32 <16> of sub-block s (16 columns) of the 16 rows of a super-block at byte o, as the formats'
+    prefill_block computes them (d: the rows' d, ndmin: -dmin, float32 <16>): Q6_K d sc[s] (int8 scales at
+    o + 32 + 16 s); Q2_K d (b & 15), -dmin (b >> 4) (scale byte b at o + 64 + 16 s); Q3_K d (sc[s] - 32), the
+    6-bit sc unpacked from the 12 bytes at o + 32 + 16 b as q3_k.scale_at does. M is 0 but for Q2_K."""
+    if bits == NIB6:
+        return d * sitofp(sext(bitcast(load(w, o + 32 + 16 * s, 16), np.int8), np.int32)), d
+    if bits == LOW2:
+        b = zext(load(w, o + 64 + 16 * s, 16), np.int32)
+        return d * sitofp(b & np.int32(15)), ndmin * sitofp(b >> 4)
+    if s < 8:
+        lo = zext(load(w, o + 32 + 16 * s, 16), np.int32) & np.int32(15)
+    else:
+        lo = zext(load(w, o + 32 + 16 * (s - 8), 16), np.int32) >> 4
+    hi = (zext(load(w, o + 32 + 16 * (8 + (s & 3)), 16), np.int32) >> (2 * (s >> 2))) & np.int32(3)
+    return d * sitofp((lo | (hi << 4)) - np.int32(32)), d
+
+
+@njit(inline="always")
+def _s16_4(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
+    """The 16-column family (spec = (NIB6,) Q6_K, (LOW2,) Q2_K, (LOW3,) Q3_K): per super-block the header (d,
+    Q2_K's dmin, the scales), then 8 chunks of 32 columns; the k-blocks are the sub-blocks of 16 columns
+    (nkb = C / 16), two per chunk, each with its own scale (Q2_K: and minimum)."""
+    bits = spec[0]
+    head, cb, lvo, hbo = _s16_layout(bits)
     f0 = splat(np.float32(0.0), 16)
     f1 = f0; f2 = f0; f3 = f0  # noqa: E702
     a0 = t0 * C4
     e0 = t0 * nkb
     for sb in range(nkb // 16):
-        o = base + sb * 3360
+        o = base + sb * (head + 8 * cb)
         d = _f16x16(w, o)
+        ndmin = _f16x16(w, o + 32) * splat(np.float32(-1.0), 16)  # Q2_K's -dmin (exact); unused otherwise
         for c in range(8):
-            ch = o + 288 + 384 * c
+            ch = o + head + cb * c
             for s in range(2):
                 kb = 16 * sb + 2 * c + s
-                D = _q6_scales(w, o, 2 * c + s, d)
-                h0, h1, h2, h3, l0, l1, l2, l3 = _kb4(w, ch + 128, ch, 2, False, 2 * s, 2, XH32, XL32, a0, a0 + C4,
-                                                      a0 + 2 * C4, a0 + 3 * C4, 8 * (8 * sb + c))
-                f0 = _epilogue(h0, l0, sxk, cck, e0 + kb, D, f0)
-                f1 = _epilogue(h1, l1, sxk, cck, e0 + nkb + kb, D, f1)
-                f2 = _epilogue(h2, l2, sxk, cck, e0 + 2 * nkb + kb, D, f2)
-                f3 = _epilogue(h3, l3, sxk, cck, e0 + 3 * nkb + kb, D, f3)
+                D, M = _s16_scales(w, o, 2 * c + s, d, ndmin, bits)
+                h0, h1, h2, h3, l0, l1, l2, l3 = _kb4(w, ch + lvo, ch + hbo, bits, False, 2 * s, 2, XH32, XL32, a0,
+                                                      a0 + C4, a0 + 2 * C4, a0 + 3 * C4, 8 * (8 * sb + c))
+                if bits == LOW2:
+                    f0 = _epilogue_min(h0, l0, sxk, cck, xek, e0 + kb, D, M, f0)
+                    f1 = _epilogue_min(h1, l1, sxk, cck, xek, e0 + nkb + kb, D, M, f1)
+                    f2 = _epilogue_min(h2, l2, sxk, cck, xek, e0 + 2 * nkb + kb, D, M, f2)
+                    f3 = _epilogue_min(h3, l3, sxk, cck, xek, e0 + 3 * nkb + kb, D, M, f3)
+                else:
+                    f0 = _epilogue(h0, l0, sxk, cck, e0 + kb, D, f0)
+                    f1 = _epilogue(h1, l1, sxk, cck, e0 + nkb + kb, D, f1)
+                    f2 = _epilogue(h2, l2, sxk, cck, e0 + 2 * nkb + kb, D, f2)
+                    f3 = _epilogue(h3, l3, sxk, cck, e0 + 3 * nkb + kb, D, f3)
     _store4(out, t0, r0, f0, f1, f2, f3)
 
 
 @njit(inline="always")
-def _q6_1(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
+def _s16_1(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
+    bits = spec[0]
+    head, cb, lvo, hbo = _s16_layout(bits)
     f0 = splat(np.float32(0.0), 16)
     for sb in range(nkb // 16):
-        o = base + sb * 3360
+        o = base + sb * (head + 8 * cb)
         d = _f16x16(w, o)
+        ndmin = _f16x16(w, o + 32) * splat(np.float32(-1.0), 16)
         for c in range(8):
-            ch = o + 288 + 384 * c
+            ch = o + head + cb * c
             for s in range(2):
-                h0, l0 = _kb1(w, ch + 128, ch, 2, False, 2 * s, 2, XH32, XL32, t0 * C4, 8 * (8 * sb + c))
-                f0 = _epilogue(h0, l0, sxk, cck, t0 * nkb + 16 * sb + 2 * c + s, _q6_scales(w, o, 2 * c + s, d), f0)
+                kb = 16 * sb + 2 * c + s
+                D, M = _s16_scales(w, o, 2 * c + s, d, ndmin, bits)
+                h0, l0 = _kb1(w, ch + lvo, ch + hbo, bits, False, 2 * s, 2, XH32, XL32, t0 * C4, 8 * (8 * sb + c))
+                if bits == LOW2:
+                    f0 = _epilogue_min(h0, l0, sxk, cck, xek, t0 * nkb + kb, D, M, f0)
+                else:
+                    f0 = _epilogue(h0, l0, sxk, cck, t0 * nkb + kb, D, f0)
     store(out[t0], r0, f0)
 
 
@@ -696,7 +824,7 @@ def _matmul(groups, bk, z, centre, a, b, c, X, oa, ob, oc):
 
 
 # each format's passes: (4 tokens, 1 token, constants: LEGACY (block bytes for 16 rows, fp16 fields, high bits,
-# IQ4_NL table); K (fifth bits, IQ4_XS))
+# IQ4_NL table); K (fifth bits, IQ4_XS); 16-column sub-blocks (chunk kind))
 _G_Q4_0 = _group_kernel(_legacy4, _legacy1, (288, 1, 0, False))
 _G_Q4_1 = _group_kernel(_legacy4, _legacy1, (320, 2, 0, False))
 _G_Q5_0 = _group_kernel(_legacy4, _legacy1, (352, 1, 1, False))
@@ -706,7 +834,9 @@ _G_Q8_0 = _group_kernel(_legacy4, _legacy1, (544, 1, 8, False))
 _G_Q4_K = _group_kernel(_k4, _k1, (0, False))
 _G_Q5_K = _group_kernel(_k4, _k1, (1, False))
 _G_IQ4_XS = _group_kernel(_k4, _k1, (0, True))
-_G_Q6_K = _group_kernel(_q6_4, _q6_1, (0,))
+_G_Q6_K = _group_kernel(_s16_4, _s16_1, (NIB6,))
+_G_Q2_K = _group_kernel(_s16_4, _s16_1, (LOW2,))
+_G_Q3_K = _group_kernel(_s16_4, _s16_1, (LOW3,))
 
 
 # The kernels, one per format, with the signature of the formats' matmul_vnni (decode_step calls them by
@@ -761,6 +891,18 @@ def matmul_q5_k(a, b, c, X, oa, ob, oc, prefill):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_q2_k(a, b, c, X, oa, ob, oc, prefill):
+    """Interleaved Q2_K: k-blocks of 16 columns, minimums, levels centred on 2."""
+    _matmul(_G_Q2_K, 16, 2, True, a, b, c, X, oa, ob, oc)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def matmul_q3_k(a, b, c, X, oa, ob, oc, prefill):
+    """Interleaved Q3_K: k-blocks of 16 columns, levels offset by 4."""
+    _matmul(_G_Q3_K, 16, 4, False, a, b, c, X, oa, ob, oc)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
 def matmul_iq4_xs(a, b, c, X, oa, ob, oc, prefill):
     """Interleaved IQ4_XS: codes looked up as levels + 128, signed 6-bit sub-block scales."""
     _matmul(_G_IQ4_XS, 32, 128, False, a, b, c, X, oa, ob, oc)
@@ -774,4 +916,4 @@ def matmul_q6_k(a, b, c, X, oa, ob, oc, prefill):
 
 KERNELS = {"q4_0": matmul_q4_0, "q8_0": matmul_q8_0, "q4_k": matmul_q4_k, "q4_1": matmul_q4_1,
            "q5_0": matmul_q5_0, "q5_1": matmul_q5_1, "iq4_nl": matmul_iq4_nl, "q5_k": matmul_q5_k,
-           "q6_k": matmul_q6_k, "iq4_xs": matmul_iq4_xs}
+           "q6_k": matmul_q6_k, "iq4_xs": matmul_iq4_xs, "q2_k": matmul_q2_k, "q3_k": matmul_q3_k}
