@@ -70,7 +70,8 @@ def random_blocks(name, rows, cols, rng):
 def interleaved_kernel(name, w, cols):
     """What a model runs for format `name` where the CPU backend interleaves it at load (interleaved.FORMATS
     on VNNI CPUs): a function (w, X [n, C], out [n, R]) over the packed copy of w; None for other formats."""
-    if not (simd.HAS_AVX512_VNNI and interleaved.eligible(name, w.shape[:1] + (cols,))):
+    if not (simd.HAS_AVX512_VNNI and interleaved.eligible(name, w.shape[:1] + (cols,))) or \
+            os.environ.get("LLAMACPU_REPACK", "1") == "0":  # as the CPU backend: the stored layout's kernel (A/B)
         return None
     packed = np.empty_like(w)
     interleaved.pack(w, packed, cols, name)
@@ -155,11 +156,13 @@ def main(argv=None):
     bw = bandwidth(threads, args.reps)
     for nt in threads:
         print(f"plain read (prange sum over 1 GB float32), {nt} thread(s): {bw[nt][0]:.1f} GB/s (best {bw[nt][1]:.1f})")
-    print("columns: G weights/s median (best) and GB/s of stored bytes; % = fast GB/s over the plain read")
+    print("columns: G weights/s median (best) and GB/s of stored bytes; % = GB/s over the plain read; for the formats\n"
+          "interleaved at load, 'fast' is the interleaved kernel and 'stored layout' the row-by-row VNNI kernel of the\n"
+          "stored blocks (LLAMACPU_REPACK=0), measured just before it")
 
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     header = (f"{'format':9} {'shape':>12} {'MB':>6} {'thr':>3} | {'portable Gw/s (best)  GB/s':>26} | "
-              f"{'fast Gw/s (best)  GB/s':>26} {'% bw':>5}")
+              f"{'fast Gw/s (best)  GB/s':>26} {'% bw':>5} | {'stored layout Gw/s (best) GB/s':>30} {'% bw':>5}")
     print(header)
     print("-" * len(header))
     for name in args.formats.split(","):
@@ -185,8 +188,10 @@ def main(argv=None):
                 w = random_blocks(name, rows, cols, rng)
                 portable = registry.PORTABLE[name].matvec
                 fast_fn = registry.FAST_MATVEC.get(name)
+                stored_fn = None
                 mm = interleaved_kernel(name, w, cols)
                 if mm is not None:  # the interleaved kernel a model runs: one token
+                    stored_fn = fast_fn
                     fast_fn = lambda w, x, out, mm=mm: mm(w, x.reshape(1, -1), out.reshape(1, -1))  # noqa: E731
             nbytes = w.nbytes
             for nt in threads:
@@ -195,11 +200,16 @@ def main(argv=None):
                 pm, pb = timings(lambda: portable(w, x, out), reps)
                 line = (f"{name:9} {f'{rows}x{cols}':>12} {nbytes / 1e6:6.1f} {nt:3d} | "
                         f"{fmt_rate(rows * cols, nbytes, pm, pb):>26} | ")
+                stored = ""
+                if stored_fn is not None:
+                    sm, sb = timings(lambda: stored_fn(w, x, out), args.reps)
+                    stored = f" | {fmt_rate(rows * cols, nbytes, sm, sb):>30} {100 * nbytes / sm / 1e9 / bw[nt][0]:4.0f}%"
                 if fast_fn is not None:
                     fm, fb = timings(lambda: fast_fn(w, x, out), args.reps)
                     line += f"{fmt_rate(rows * cols, nbytes, fm, fb):>26} {100 * nbytes / fm / 1e9 / bw[nt][0]:4.0f}%"
                 else:
                     line += f"{'-':>26}"
+                line += stored
                 print(line, flush=True)
             del w
     if args.tokens:
