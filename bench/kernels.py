@@ -174,6 +174,7 @@ def main(argv=None):
         for rows, cols in cases:
             x = rng.standard_normal(cols).astype(np.float32)
             out = np.empty(rows, np.float32)
+            stored_fn = None
             if name in ("f16", "bf16"):
                 w = rng.integers(0, 1 << 16, size=(rows, cols), dtype=np.uint16)
                 if name == "f16":
@@ -188,7 +189,6 @@ def main(argv=None):
                 w = random_blocks(name, rows, cols, rng)
                 portable = registry.PORTABLE[name].matvec
                 fast_fn = registry.FAST_MATVEC.get(name)
-                stored_fn = None
                 mm = interleaved_kernel(name, w, cols)
                 if mm is not None:  # the interleaved kernel a model runs: one token
                     stored_fn = fast_fn
