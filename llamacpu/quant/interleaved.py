@@ -517,16 +517,22 @@ def _kb1_q8(w, o, XH32, XL32, a0, k0):
 
 
 @njit(inline="always")
-def _epilogue(h, l, sxk, cck, e, D, f):
+def _epilogue(has_min, h, l, sxk, cck, xek, e, D, M, f):
     """f + D * (sum q * x16 * sx - z * sum x16 * sx) for one k-block (cck holds the second term, z the level
-    offset): the VNNI prefill kernel's arithmetic (vnni.mm_group)."""
-    return fma(fma(sitofp((h << 8) + l), load_splat(sxk, e, 16), load_splat(cck, e, 16)), D, f)
+    offset), plus the minimums' term M * sum(x) with has_min: vnni.mm_group's arithmetic (M unused without)."""
+    f = fma(fma(sitofp((h << 8) + l), load_splat(sxk, e, 16), load_splat(cck, e, 16)), D, f)
+    if has_min:
+        f = fma(M, load_splat(xek, e, 16), f)
+    return f
 
 
 @njit(inline="always")
-def _epilogue_min(h, l, sxk, cck, xek, e, D, M, f):
-    """_epilogue plus the minimums' term M * sum(x) (mm_group's arithmetic for formats with minimums)."""
-    return fma(M, load_splat(xek, e, 16), _epilogue(h, l, sxk, cck, e, D, f))
+def _epilogue4(has_min, h0, h1, h2, h3, l0, l1, l2, l3, sxk, cck, xek, e, nkb, D, M, f0, f1, f2, f3):
+    """_epilogue for 4 tokens: k-block e of the first, e + nkb of the next ..."""
+    return (_epilogue(has_min, h0, l0, sxk, cck, xek, e, D, M, f0),
+            _epilogue(has_min, h1, l1, sxk, cck, xek, e + nkb, D, M, f1),
+            _epilogue(has_min, h2, l2, sxk, cck, xek, e + 2 * nkb, D, M, f2),
+            _epilogue(has_min, h3, l3, sxk, cck, xek, e + 3 * nkb, D, M, f3))
 
 
 @njit(inline="always")
@@ -571,17 +577,9 @@ def _legacy4(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
             h0, h1, h2, h3, l0, l1, l2, l3 = _kb4(w, o + 32 * nf + 64 * bits, o + 32 * nf, bits, nl, 0, 4, XH32, XL32,
                                                   a0, a0 + C4, a0 + 2 * C4, a0 + 3 * C4, 8 * kb)
         D = _f16x16(w, o)
-        if nf == 2:
-            M = _f16x16(w, o + 32)
-            f0 = _epilogue_min(h0, l0, sxk, cck, xek, e0 + kb, D, M, f0)
-            f1 = _epilogue_min(h1, l1, sxk, cck, xek, e0 + nkb + kb, D, M, f1)
-            f2 = _epilogue_min(h2, l2, sxk, cck, xek, e0 + 2 * nkb + kb, D, M, f2)
-            f3 = _epilogue_min(h3, l3, sxk, cck, xek, e0 + 3 * nkb + kb, D, M, f3)
-        else:
-            f0 = _epilogue(h0, l0, sxk, cck, e0 + kb, D, f0)
-            f1 = _epilogue(h1, l1, sxk, cck, e0 + nkb + kb, D, f1)
-            f2 = _epilogue(h2, l2, sxk, cck, e0 + 2 * nkb + kb, D, f2)
-            f3 = _epilogue(h3, l3, sxk, cck, e0 + 3 * nkb + kb, D, f3)
+        M = _f16x16(w, o + 32) if nf == 2 else D
+        f0, f1, f2, f3 = _epilogue4(nf == 2, h0, h1, h2, h3, l0, l1, l2, l3, sxk, cck, xek, e0 + kb, nkb, D, M,
+                                    f0, f1, f2, f3)
     _store4(out, t0, r0, f0, f1, f2, f3)
 
 
@@ -596,10 +594,8 @@ def _legacy1(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
         else:
             h0, l0 = _kb1(w, o + 32 * nf + 64 * bits, o + 32 * nf, bits, nl, 0, 4, XH32, XL32, t0 * C4, 8 * kb)
         D = _f16x16(w, o)
-        if nf == 2:
-            f0 = _epilogue_min(h0, l0, sxk, cck, xek, t0 * nkb + kb, D, _f16x16(w, o + 32), f0)
-        else:
-            f0 = _epilogue(h0, l0, sxk, cck, t0 * nkb + kb, D, f0)
+        M = _f16x16(w, o + 32) if nf == 2 else D
+        f0 = _epilogue(nf == 2, h0, l0, sxk, cck, xek, t0 * nkb + kb, D, M, f0)
     store(out[t0], r0, f0)
 
 
@@ -611,6 +607,16 @@ def _xs_scales(w, o, j, d):
     lo = (zext(load(w, o + 64 + 16 * (j >> 1), 16), np.int32) >> (4 * (j & 1))) & np.int32(15)
     hi = (zext(bitcast(load(w, o + 32, 32), np.uint16), np.int32) >> (2 * j)) & np.int32(3)
     return d * sitofp((lo | (hi << 4)) - np.int32(32))
+
+
+@njit(inline="always")
+def _ks_scales(w, o, j, d, ndmin, xs):
+    """(D, M) of sub-block j of a super-block of the 8 x 32 family: IQ4_XS's (no minimum: M unused) or
+    Q4_K's / Q5_K's."""
+    if xs:
+        D = _xs_scales(w, o, j, d)
+        return D, D
+    return _k_scales(w, o, j, d, ndmin)
 
 
 @njit(inline="always")
@@ -633,18 +639,9 @@ def _k4(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
             c = o + head + cb * j
             h0, h1, h2, h3, l0, l1, l2, l3 = _kb4(w, c + 64 * bits, c, bits, xs, 0, 4, XH32, XL32, a0, a0 + C4,
                                                   a0 + 2 * C4, a0 + 3 * C4, 8 * kb)
-            if xs:
-                D = _xs_scales(w, o, j, d)
-                f0 = _epilogue(h0, l0, sxk, cck, e0 + kb, D, f0)
-                f1 = _epilogue(h1, l1, sxk, cck, e0 + nkb + kb, D, f1)
-                f2 = _epilogue(h2, l2, sxk, cck, e0 + 2 * nkb + kb, D, f2)
-                f3 = _epilogue(h3, l3, sxk, cck, e0 + 3 * nkb + kb, D, f3)
-            else:
-                D, M = _k_scales(w, o, j, d, ndmin)
-                f0 = _epilogue_min(h0, l0, sxk, cck, xek, e0 + kb, D, M, f0)
-                f1 = _epilogue_min(h1, l1, sxk, cck, xek, e0 + nkb + kb, D, M, f1)
-                f2 = _epilogue_min(h2, l2, sxk, cck, xek, e0 + 2 * nkb + kb, D, M, f2)
-                f3 = _epilogue_min(h3, l3, sxk, cck, xek, e0 + 3 * nkb + kb, D, M, f3)
+            D, M = _ks_scales(w, o, j, d, ndmin, xs)
+            f0, f1, f2, f3 = _epilogue4(not xs, h0, h1, h2, h3, l0, l1, l2, l3, sxk, cck, xek, e0 + kb, nkb, D, M,
+                                        f0, f1, f2, f3)
     _store4(out, t0, r0, f0, f1, f2, f3)
 
 
@@ -661,11 +658,8 @@ def _k1(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
             kb = 8 * sb + j
             c = o + head + cb * j
             h0, l0 = _kb1(w, c + 64 * bits, c, bits, xs, 0, 4, XH32, XL32, t0 * C4, 8 * kb)
-            if xs:
-                f0 = _epilogue(h0, l0, sxk, cck, t0 * nkb + kb, _xs_scales(w, o, j, d), f0)
-            else:
-                D, M = _k_scales(w, o, j, d, ndmin)
-                f0 = _epilogue_min(h0, l0, sxk, cck, xek, t0 * nkb + kb, D, M, f0)
+            D, M = _ks_scales(w, o, j, d, ndmin, xs)
+            f0 = _epilogue(not xs, h0, l0, sxk, cck, xek, t0 * nkb + kb, D, M, f0)
     store(out[t0], r0, f0)
 
 
@@ -721,16 +715,8 @@ def _s16_4(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
                 D, M = _s16_scales(w, o, 2 * c + s, d, ndmin, bits)
                 h0, h1, h2, h3, l0, l1, l2, l3 = _kb4(w, ch + lvo, ch + hbo, bits, False, 2 * s, 2, XH32, XL32, a0,
                                                       a0 + C4, a0 + 2 * C4, a0 + 3 * C4, 8 * (8 * sb + c))
-                if bits == LOW2:
-                    f0 = _epilogue_min(h0, l0, sxk, cck, xek, e0 + kb, D, M, f0)
-                    f1 = _epilogue_min(h1, l1, sxk, cck, xek, e0 + nkb + kb, D, M, f1)
-                    f2 = _epilogue_min(h2, l2, sxk, cck, xek, e0 + 2 * nkb + kb, D, M, f2)
-                    f3 = _epilogue_min(h3, l3, sxk, cck, xek, e0 + 3 * nkb + kb, D, M, f3)
-                else:
-                    f0 = _epilogue(h0, l0, sxk, cck, e0 + kb, D, f0)
-                    f1 = _epilogue(h1, l1, sxk, cck, e0 + nkb + kb, D, f1)
-                    f2 = _epilogue(h2, l2, sxk, cck, e0 + 2 * nkb + kb, D, f2)
-                    f3 = _epilogue(h3, l3, sxk, cck, e0 + 3 * nkb + kb, D, f3)
+                f0, f1, f2, f3 = _epilogue4(bits == LOW2, h0, h1, h2, h3, l0, l1, l2, l3, sxk, cck, xek, e0 + kb, nkb,
+                                            D, M, f0, f1, f2, f3)
     _store4(out, t0, r0, f0, f1, f2, f3)
 
 
@@ -749,10 +735,7 @@ def _s16_1(spec, w, base, nkb, XH32, XL32, sxk, cck, xek, C4, t0, out, r0):
                 kb = 16 * sb + 2 * c + s
                 D, M = _s16_scales(w, o, 2 * c + s, d, ndmin, bits)
                 h0, l0 = _kb1(w, ch + lvo, ch + hbo, bits, False, 2 * s, 2, XH32, XL32, t0 * C4, 8 * (8 * sb + c))
-                if bits == LOW2:
-                    f0 = _epilogue_min(h0, l0, sxk, cck, xek, t0 * nkb + kb, D, M, f0)
-                else:
-                    f0 = _epilogue(h0, l0, sxk, cck, t0 * nkb + kb, D, f0)
+                f0 = _epilogue(bits == LOW2, h0, l0, sxk, cck, xek, t0 * nkb + kb, D, M, f0)
     store(out[t0], r0, f0)
 
 
