@@ -3,6 +3,7 @@ the test suite and the CLI start in well under a second instead of compiling fir
 
 python -m llamacpu.warmup
 """
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +36,20 @@ def warm(verbose: bool = True) -> float:
                 LlamaForCausalLM.from_pretrained(path, dtype="bfloat16")(np.array([[1, 2, 3, 4]]))
             w = model.weights.layers[0].wq  # the serving engine's batch-invariant dense rows (dense.matvec_rows_*)
             w.matmul_decode(np.zeros((2, w.shape[1]), np.float32), np.zeros((2, w.shape[0]), np.float32))
+            if dtype != "F32":  # F16/BF16 models run interleaved: the stored-layout kernels too (matrices the
+                # backend cannot interleave, LLAMACPU_REPACK=0)
+                os.environ["LLAMACPU_REPACK"], before_repack = "0", os.environ.get("LLAMACPU_REPACK")
+                try:
+                    stored = LlamaForCausalLM.from_pretrained(path)
+                finally:
+                    if before_repack is None:
+                        del os.environ["LLAMACPU_REPACK"]
+                    else:
+                        os.environ["LLAMACPU_REPACK"] = before_repack
+                stored.generate(np.array([[1, 2, 3]]), max_new_tokens=2)
+                stored(np.array([[1, 2, 3, 4]]))
+                w = stored.weights.layers[0].wq
+                w.matmul_decode(np.zeros((2, w.shape[1]), np.float32), np.zeros((2, w.shape[0]), np.float32))
             if dtype == "F32":  # the serving engine's slot attention, serial and parallel
                 q, kv = np.zeros((1, 2, 4), np.float32), np.zeros((1, 1, 1, 2, 4), np.float32)
                 for kernel in (slot_attention, slot_attention_serial):

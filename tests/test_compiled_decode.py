@@ -1,9 +1,9 @@
 """The compiled decode step (llamacpu.kernels.decode_step, one call per token) against the readable forward
 pass (`LlamaCore.forward_chunk`'s loop): greedy ids and the logits of every step bit-identical, on every
-parity fixture quantized at load (the step runs quantized models only), the demo's SmolLM2 (Q4_1 with a
-Q8_0 embedding, past the context length where attention goes parallel) and batches; and the models and
-steps it must leave to the readable pass (dense weights, stories260K's unquantizable 172-wide matrix,
-more rows than the decode kernels take, tracing)."""
+parity fixture quantized at load, the F16/BF16 fixtures as stored (interleaved at load), the demo's SmolLM2
+(Q4_1 with a Q8_0 embedding, past the context length where attention goes parallel) and batches; and the
+models and steps it must leave to the readable pass (F32 weights, stories260K's unquantizable 172-wide
+matrix, more rows than the decode kernels take, tracing)."""
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ import pytest
 from llamacpu import LlamaForCausalLM
 from llamacpu.kernels import simd
 from llamacpu.model import compiled_decode
+from llamacpu.model.weights import InterleavedDenseWeight
 from llamacpu.quant import QuantizedWeight
 from llamacpu.quant import kernels as quant_kernels
 
@@ -64,6 +65,21 @@ def test_parity_fixtures(case, quantization, calls):
                     for w in (l.wq, l.wk, l.wv, l.wo, l.w_gate, l.w_up, l.w_down))
     assert (model.decode_step() is not None) == quantized  # a matrix too narrow for blocks stays dense
     assert_same_as_readable(model, ids, mask, 6, calls, expect_compiled=quantized)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sixteen_bit_fixtures_as_stored(case, calls):
+    """F16 and BF16 models run interleaved at load (InterleavedDenseWeight) on every CPU: compiled where every
+    projection is, bit for bit the readable pass; F32 fixtures keep the readable pass."""
+    ref = dict(np.load(FIXTURES / case / "reference.npz"))
+    model = LlamaForCausalLM.from_pretrained(FIXTURES / case, max_context=max(64, ref["greedy_ids"].shape[1]))
+    interleaved = all(type(w) is InterleavedDenseWeight for l in model.weights.layers
+                      for w in (l.wq, l.wk, l.wv, l.wo, l.w_gate, l.w_up, l.w_down))
+    assert interleaved == (case == "gqa_f16")  # mqa_bf16's k and v have 8 rows: stored, so the readable pass
+    if case == "mqa_bf16":
+        assert type(model.weights.layers[0].wq) is InterleavedDenseWeight
+    assert (model.decode_step() is not None) == interleaved
+    assert_same_as_readable(model, ref["input_ids"], ref["attention_mask"], 6, calls, expect_compiled=interleaved)
 
 
 @needs_vnni

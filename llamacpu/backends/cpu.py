@@ -12,7 +12,7 @@ from ..kernels.rmsnorm import rmsnorm, rmsnorm_serial
 from ..kernels.rope import rope, rope_serial
 from ..kernels.swiglu import swiglu, swiglu_serial
 from ..kernels.simd import HAS_AVX512_VNNI
-from ..model.weights import _release_mapped_pages
+from ..model.weights import InterleavedDenseWeight, Weight, _release_mapped_pages
 from ..quant import interleaved
 from ..quant.weight import InterleavedWeight, QuantizedWeight
 from .base import Backend
@@ -55,31 +55,36 @@ class CPUBackend(Backend):
         return a
 
     def prepare_weights(self, weights):
-        """LlamaWeights as loaded -> the weights this backend computes with: where the AVX512-VNNI kernels
-        run, the projections and the LM head in the formats of interleaved.FORMATS (Q4_0, Q4_1, Q5_0, Q5_1,
-        IQ4_NL, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS) are interleaved by 16 rows (quant/interleaved.py: one kernel
-        for decode, batched decode and prefill; bench/README.md "Interleaved at load"), their mapped source
-        pages released; everything else as loaded. LLAMACPU_REPACK=0 keeps every matrix as stored (A/B
-        measurements)."""
-        if not (HAS_AVX512_VNNI and os.environ.get("LLAMACPU_REPACK", "1") != "0"):
+        """LlamaWeights as loaded -> the weights this backend computes with, each matrix permuted once for its
+        kernel: F16 and BF16 matrices (float32 compute) interleaved by 16 rows (model/weights.py
+        InterleavedDenseWeight: one kernel for decode and prefill, on every CPU); where the AVX512-VNNI
+        kernels run, the projections and the LM head in the formats of interleaved.FORMATS (Q4_0, Q4_1, Q5_0,
+        Q5_1, IQ4_NL, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS) interleaved by 16 rows
+        (quant/interleaved.py). Their mapped source pages are released; everything else stays as loaded.
+        LLAMACPU_REPACK=0 keeps every matrix as stored (A/B measurements)."""
+        if os.environ.get("LLAMACPU_REPACK", "1") == "0":
             return weights
 
         def repacked(w):
-            if not (type(w) is QuantizedWeight and interleaved.eligible(w.format.name, w.shape)):
-                return w
-            packed = InterleavedWeight(w)
-            _release_mapped_pages(w.blocks)
-            return packed
+            if InterleavedDenseWeight.eligible(w):
+                packed = InterleavedDenseWeight(w)
+                _release_mapped_pages(w.data)
+                return packed
+            if HAS_AVX512_VNNI and type(w) is QuantizedWeight and interleaved.eligible(w.format.name, w.shape):
+                packed = InterleavedWeight(w)
+                _release_mapped_pages(w.blocks)
+                return packed
+            return w
 
         # in place, so each source matrix is freed as soon as it is packed (the q/k blocks of a GGUF file are
         # unpermuted copies: kept until the end, they raised the peak RSS by ~10% of the weights)
         for layer in weights.layers:
             for f in dataclasses.fields(layer):
                 w = getattr(layer, f.name)
-                if isinstance(w, QuantizedWeight):
+                if isinstance(w, Weight):
                     setattr(layer, f.name, repacked(w))
                     del w
-        if weights.lm_head is not None:  # tied to the embedding too: its row lookups unpack the rows they need
+        if weights.lm_head is not None:  # tied to the embedding too: its row lookups read the rows they need
             head = repacked(weights.lm_head)
             if weights.lm_head is weights.embed:
                 weights.embed = head

@@ -18,10 +18,11 @@ run after another model in the same process got logits 1 ulp off the readable pa
 exact, but took 28 s to compile in every process). The serial kernels are ordinary calls.
 
 Weights are passed by address too (`addr`, `rows`, `cols`: bytes per row), 7 per layer (q, k, v, o, gate,
-up, down), with `kind` = the quantized format's ID; `kernel[kind]` is that format's matmul_vnni. A typed
+up, down), with `kind` = the matrix's format ID; `kernel[kind]` is that format's matmul_vnni (or its
+interleaved kernel, or dense.matmul16_shared_* for F16/BF16 matrices interleaved at load: one signature). A typed
 list of arrays would do the same, but building one from Python compiles Numba's list methods in every
 process (2.5 s here); the caller keeps the arrays alive (CompiledDecode holds them). Biases: rows of
-`biases` (bias_slot -1: none). Dense (F32/F16/BF16) models keep the readable pass.
+`biases` (bias_slot -1: none). F32 models keep the readable pass.
 """
 import numpy as np
 from llvmlite import ir

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from .halfbits import bf16_to_f32, f16_to_f32
-from .simd import bitcast, fma, fp16_to_f32, hsum, load, splat, zext
+from .simd import bitcast, fma, fp16_to_f32, hsum, load, load_splat, splat, store, zext
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -224,3 +224,161 @@ def matvec_rows_bf16(w, X, out):
             for c in range(cols):
                 acc += bf16_to_f32(w[r, c]) * X[t, c]
             out[t, r] = acc
+
+
+# ---- interleaved by 16 rows: one kernel for decode, batched decode and prefill ------------------------------
+# Row by row, a decode token streams each weight row beside the whole activation vector: a 5632-wide float32
+# x (22.5 KB) and the row's weights overflow the 32 KB L1 together, so x is fetched again from L2 for every
+# row and the F16 down projection read DRAM at ~60% of the rate of the 2048-wide ones (bench/README.md
+# "F16 and BF16 interleaved"). Interleaved, group g holds rows 16g .. 16g+15 column by column
+# (packed[(g * cols + c) * 16 + lane] = w[16g + lane, c]): one contiguous stream per group, each 32-byte
+# column of 16 weights widened into one float32 vector and multiplied by the broadcast x[c], so x is read
+# once per 16 rows and 16 outputs sit in one accumulator (no horizontal sums). The copy lands in NumPy's
+# memory, which asks for transparent huge pages (fewer TLB misses than the checkpoint's 4 KiB file pages).
+GROUP = 16  # rows per group: the 16 float32 lanes of one vector
+SPLIT = 4   # partial sums per output (columns c % 4): four independent FMA chains; cols % SPLIT == 0
+TOKEN_BLOCK = 64  # prefill: tokens whose activations stay in L2 while every group passes over them
+
+
+def interleave16_ref(w: np.ndarray) -> np.ndarray:
+    """NumPy reference of the layout: [R, C] (R % 16 == 0) -> flat [R * C], column by column per 16 rows."""
+    rows, cols = w.shape
+    return np.ascontiguousarray(w.reshape(rows // GROUP, GROUP, cols).transpose(0, 2, 1)).reshape(-1)
+
+
+def deinterleave16(p: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """The stored row order back: flat [R * C] -> [R, C] (a copy)."""
+    return np.ascontiguousarray(p.reshape(rows // GROUP, cols, GROUP).transpose(0, 2, 1)).reshape(rows, cols)
+
+
+@njit(parallel=True, cache=True)
+def interleave16(w, out):
+    """out = interleave16_ref(w) for w [R, C] (any dtype), out flat [R * C] of the same dtype; R % 16 == 0."""
+    rows, cols = w.shape
+    for g in prange(rows // GROUP):
+        base = g * cols * GROUP
+        for c in range(cols):
+            for lane in range(GROUP):
+                out[base + c * GROUP + lane] = w[g * GROUP + lane, c]
+
+
+def matmul16_ref(w_f32: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """What the interleaved kernels compute, in float64 (their rounding order: four partial sums over the
+    columns c % 4, each in column order, then (s0 + s1) + (s2 + s3)); x float32 [n, C] -> [n, R]."""
+    w, x = w_f32.astype(np.float64), x.astype(np.float64)
+    return sum(x[:, k::SPLIT] @ w[:, k::SPLIT].T for k in range(SPLIT))
+
+
+@njit(inline="always")
+def _group1(p, base, x, xt, cols, wload):
+    """The 16 outputs of one group for the token whose activations start at x[xt]."""
+    z = splat(np.float32(0.0), 16)
+    s0 = z; s1 = z; s2 = z; s3 = z  # noqa: E702  partial sums over the columns c % 4
+    for c in range(0, cols, SPLIT):
+        i = base + c * GROUP
+        s0 = fma(wload(p, i), load_splat(x, xt + c, 16), s0)
+        s1 = fma(wload(p, i + GROUP), load_splat(x, xt + c + 1, 16), s1)
+        s2 = fma(wload(p, i + 2 * GROUP), load_splat(x, xt + c + 2, 16), s2)
+        s3 = fma(wload(p, i + 3 * GROUP), load_splat(x, xt + c + 3, 16), s3)
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(inline="always")
+def _group4(p, base, x, xt, cols, wload, out, o, rows):
+    """_group1 for four tokens (activations at x[xt + k * cols], outputs at out[o + k * rows]): each column of
+    weights widened once for the four, the same FMAs in the same order per output, so the same bits."""
+    z = splat(np.float32(0.0), 16)
+    a0 = z; a1 = z; a2 = z; a3 = z  # noqa: E702  token 0, partial sums 0..3
+    b0 = z; b1 = z; b2 = z; b3 = z  # noqa: E702  token 1
+    c0 = z; c1 = z; c2 = z; c3 = z  # noqa: E702  token 2
+    d0 = z; d1 = z; d2 = z; d3 = z  # noqa: E702  token 3
+    xa = xt; xb = xt + cols; xc = xt + 2 * cols; xd = xt + 3 * cols  # noqa: E702
+    for c in range(0, cols, SPLIT):
+        i = base + c * GROUP
+        w = wload(p, i)
+        a0 = fma(w, load_splat(x, xa + c, 16), a0); b0 = fma(w, load_splat(x, xb + c, 16), b0)  # noqa: E702
+        c0 = fma(w, load_splat(x, xc + c, 16), c0); d0 = fma(w, load_splat(x, xd + c, 16), d0)  # noqa: E702
+        w = wload(p, i + GROUP)
+        a1 = fma(w, load_splat(x, xa + c + 1, 16), a1); b1 = fma(w, load_splat(x, xb + c + 1, 16), b1)  # noqa: E702
+        c1 = fma(w, load_splat(x, xc + c + 1, 16), c1); d1 = fma(w, load_splat(x, xd + c + 1, 16), d1)  # noqa: E702
+        w = wload(p, i + 2 * GROUP)
+        a2 = fma(w, load_splat(x, xa + c + 2, 16), a2); b2 = fma(w, load_splat(x, xb + c + 2, 16), b2)  # noqa: E702
+        c2 = fma(w, load_splat(x, xc + c + 2, 16), c2); d2 = fma(w, load_splat(x, xd + c + 2, 16), d2)  # noqa: E702
+        w = wload(p, i + 3 * GROUP)
+        a3 = fma(w, load_splat(x, xa + c + 3, 16), a3); b3 = fma(w, load_splat(x, xb + c + 3, 16), b3)  # noqa: E702
+        c3 = fma(w, load_splat(x, xc + c + 3, 16), c3); d3 = fma(w, load_splat(x, xd + c + 3, 16), d3)  # noqa: E702
+    store(out, o, (a0 + a1) + (a2 + a3))
+    store(out, o + rows, (b0 + b1) + (b2 + b3))
+    store(out, o + 2 * rows, (c0 + c1) + (c2 + c3))
+    store(out, o + 3 * rows, (d0 + d1) + (d2 + d3))
+
+
+@njit(inline="always")
+def _group_tokens(p, g, x, rows, cols, t0, t1, out, wload):
+    """Group g's 16 outputs for tokens t0 .. t1-1: four at a time, then one by one (the same bits)."""
+    base = g * cols * GROUP
+    t = t0
+    while t + 4 <= t1:
+        _group4(p, base, x, t * cols, cols, wload, out, t * rows + g * GROUP, rows)
+        t += 4
+    while t < t1:
+        store(out, t * rows + g * GROUP, _group1(p, base, x, t * cols, cols, wload))
+        t += 1
+
+
+@njit(inline="always")
+def matmul16(p, x, rows, cols, n, out, wload):
+    """out[t * rows + r] = sum_c w[r, c] * x[t * cols + c] for every token t < n, over p = interleave16(w):
+    every row's result the same bits whatever n (tested). Flat operands, rows % 16 == 0, cols % 4 == 0."""
+    for t0 in range(0, n, TOKEN_BLOCK):
+        t1 = min(n, t0 + TOKEN_BLOCK)
+        for g in prange(rows // GROUP):
+            _group_tokens(p, g, x, rows, cols, t0, t1, out, wload)
+
+
+@njit(inline="always")
+def matmul16_shared(a, b, c, X, oa, ob, oc, wload):
+    """matmul16 for up to three matrices that share their input (q/k/v, gate/up) in one parallel loop over all
+    their groups, with the calling convention of the quantized kernels (quant/vnni.py), which the compiled
+    decode step relies on: a, b, c = the interleaved matrices' bytes as uint8 [rows, 2 * cols] (b, c with no
+    rows: absent), X float32 [n, cols], oa / ob / oc float32 [n, rows of a / b / c], all C-contiguous. Each
+    output the same bits as matmul16 gives it."""
+    n, cols = X.shape
+    x = X.reshape(-1)
+    ra, rb, rc = a.shape[0], b.shape[0], c.shape[0]
+    pa, pb, pc = a.reshape(-1).view(np.uint16), b.reshape(-1).view(np.uint16), c.reshape(-1).view(np.uint16)
+    fa, fb, fc = oa.reshape(-1), ob.reshape(-1), oc.reshape(-1)
+    ga, gb = ra // GROUP, rb // GROUP
+    for t0 in range(0, n, TOKEN_BLOCK):
+        t1 = min(n, t0 + TOKEN_BLOCK)
+        for g in prange((ra + rb + rc) // GROUP):
+            if g < ga:
+                _group_tokens(pa, g, x, ra, cols, t0, t1, fa, wload)
+            elif g < ga + gb:
+                _group_tokens(pb, g - ga, x, rb, cols, t0, t1, fb, wload)
+            else:
+                _group_tokens(pc, g - ga - gb, x, rc, cols, t0, t1, fc, wload)
+
+
+@njit(parallel=True, cache=True)
+def matmul16_f16(p, x, rows, cols, n, out):
+    """matmul16 on IEEE half bits (uint16)."""
+    matmul16(p, x, rows, cols, n, out, _w_f16)
+
+
+@njit(parallel=True, cache=True)
+def matmul16_bf16(p, x, rows, cols, n, out):
+    """matmul16 on bfloat16 bits (uint16)."""
+    matmul16(p, x, rows, cols, n, out, _w_bf16)
+
+
+@njit(parallel=True, cache=True)
+def matmul16_shared_f16(a, b, c, X, oa, ob, oc, unused):
+    """matmul16_shared on IEEE half bits (`unused`: the quantized kernels' flag, same signature)."""
+    matmul16_shared(a, b, c, X, oa, ob, oc, _w_f16)
+
+
+@njit(parallel=True, cache=True)
+def matmul16_shared_bf16(a, b, c, X, oa, ob, oc, unused):
+    """matmul16_shared on bfloat16 bits."""
+    matmul16_shared(a, b, c, X, oa, ob, oc, _w_bf16)

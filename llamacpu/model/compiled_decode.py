@@ -1,9 +1,11 @@
 """When a decode step runs as one compiled call (`llamacpu.kernels.decode_step`), and its arguments.
 
 `CompiledDecode.build(core)` returns None (the readable `forward_chunk` loop then runs every step) unless
-the model can use it: the CPU backend, AVX512-VNNI kernels in use, and every projection a quantized
-weight whose format has a VNNI kernel (dense models keep the readable pass, see decode_step). A step uses it when it feeds one column per sequence (T = 1), nothing traces, and the
-rows fit the decode kernels (N <= DECODE_MAX_TOKENS). `LlamaCore.compiled_decode = False` turns it off.
+the model can use it: the CPU backend and every projection either a quantized weight whose format has a
+VNNI kernel (where those run) or an F16/BF16 matrix interleaved at load (InterleavedDenseWeight: its
+matmul16_shared kernel has the quantized kernels' calling convention); F32 and stored-layout dense matrices
+keep the readable pass. A step uses it when it feeds one column per sequence (T = 1), nothing traces, and
+the rows fit the decode kernels (N <= DECODE_MAX_TOKENS). `LlamaCore.compiled_decode = False` turns it off.
 """
 from __future__ import annotations
 
@@ -21,11 +23,14 @@ from ..quant import kernels as quant_kernels
 from ..quant.vnni import NO_OUT, NO_ROWS
 from ..quant.weight import InterleavedWeight, QuantizedWeight
 from .names import PROJECTIONS
+from .weights import InterleavedDenseWeight
 
 # the formats whose kernel (matmul_vnni: decode, fused, batched) the step calls
 _MODULES = {m.NAME: m for m in quant_kernels.VNNI_MODULES}
 # the `kind` of interleaved matrices: after the format IDs, one per interleaved format
 INTERLEAVED = {name: len(quant_kernels.MODULES) + i for i, name in enumerate(interleaved.FORMATS)}
+# then the dense interleaved matrices, one per 16-bit dtype
+DENSE = {dtype: len(quant_kernels.MODULES) + len(INTERLEAVED) + i for i, dtype in enumerate(InterleavedDenseWeight.SHARED)}
 _BIASES = ("bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down")
 _F32_2D = types.Array(types.float32, 2, "C")
 
@@ -50,9 +55,10 @@ class CompiledDecode:
         self.cols = np.asarray([a.shape[1] for a in arrays], np.int64)
         self.bias_slot, self.biases = bias_slot, biases
         # addresses of the formats' matmul_vnni (by format ID) and of the parallel kernels (by row count)
-        self.kernel = np.zeros(len(quant_kernels.MODULES) + len(INTERLEAVED), np.int64)
+        self.kernel = np.zeros(len(quant_kernels.MODULES) + len(INTERLEAVED) + len(DENSE), np.int64)
         u8 = typeof(NO_ROWS)
         by_kind = {k: interleaved.KERNELS[name] for name, k in INTERLEAVED.items()}
+        by_kind.update({k: InterleavedDenseWeight.SHARED[dtype] for dtype, k in DENSE.items()})
         for fid in set(kind.tolist()):
             kernel = by_kind[fid] if fid in by_kind else quant_kernels.MODULES[fid].matmul_vnni
             self.kernel[fid] = native_address(kernel, (u8, u8, u8) + (_F32_2D,) * 4 + (types.boolean,))
@@ -66,13 +72,18 @@ class CompiledDecode:
     def build(cls, core) -> "CompiledDecode | None":
         from ..backends import CPUBackend
 
-        if not HAS_AVX512_VNNI or type(core.backend) is not CPUBackend:
+        if type(core.backend) is not CPUBackend:
             return None
         kind, arrays, bias_slot, biases = [], [], [], []
         for layer in core.weights.layers:
             for name, bname in zip(PROJECTIONS, _BIASES):
                 w = getattr(layer, name)
-                if isinstance(w, InterleavedWeight):
+                if type(w) is InterleavedDenseWeight:
+                    kind.append(DENSE[w.dtype])
+                    arrays.append(w.packed_bytes)
+                elif not HAS_AVX512_VNNI:
+                    return None  # the quantized kernels below need AVX512-VNNI
+                elif isinstance(w, InterleavedWeight):
                     kind.append(INTERLEAVED[w.format.name])
                     arrays.append(w.packed)
                 elif not (isinstance(w, QuantizedWeight) and w.format.name in _MODULES and w.format.fused is not None
@@ -91,7 +102,7 @@ class CompiledDecode:
             bias_rows[r, :len(b)] = b
         kind = np.asarray(kind, np.int64)
         k7 = kind.reshape(len(core.weights.layers), 7)
-        # q/k/v (gate/up) in one call where they share a quantized format, as Backend.linears does
+        # q/k/v (gate/up) in one call where they share a format, as Backend.linears does
         fuse = np.stack([(k7[:, 0] == k7[:, 1]) & (k7[:, 0] == k7[:, 2]), k7[:, 4] == k7[:, 5]], axis=1)
         return cls(core, kind, arrays, fuse, np.asarray(bias_slot, np.int64), bias_rows)
 

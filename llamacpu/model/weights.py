@@ -2,15 +2,19 @@
 
 The forward pass never looks inside a weight; it calls the four methods below. Each storage format
 (F32, F16, BF16 here; the quantized block formats in `llamacpu.quant`) is one subclass whose methods
-call that format's Numba kernels. Storage stays as loaded (often a memory map of the checkpoint): we
-never dequantize or widen a whole matrix in the decode path.
+call that format's Numba kernels. Storage stays as loaded (often a memory map of the checkpoint) or is
+permuted once at load for the CPU's kernels (`InterleavedDenseWeight`, the quantized `InterleavedWeight`):
+we never dequantize or widen a whole matrix in the decode path.
 """
 from __future__ import annotations
 
+import ctypes
 import mmap
+import sys
 
 import numpy as np
 
+from ..errors import InputError
 from ..checkpoint.safetensors_mmap import bf16_to_f32, f32_to_bf16
 from ..kernels import bf16, dense
 from ..kernels.dense import matmul_tiled
@@ -18,22 +22,89 @@ from ..kernels.halfbits import f16_to_bf16_rows
 from ..kernels.simd import HAS_AVX512_BF16
 
 
+def _mapped_range(arr: np.ndarray):
+    """(mmap, offset, length) of the whole pages of `arr` when it is a view into a file mapping (the
+    checkpoint), else None."""
+    base = arr
+    while getattr(base, "base", None) is not None and not isinstance(base, memoryview):
+        base = base.base
+    mm = getattr(base, "obj", None) if isinstance(base, memoryview) else None
+    if not isinstance(mm, mmap.mmap):
+        return None
+    start = arr.__array_interface__["data"][0] - np.frombuffer(mm, np.uint8).ctypes.data
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the array only
+    last = (start + arr.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    return (mm, first, last - first) if 0 <= first < last <= len(mm) else None
+
+
 def _release_mapped_pages(arr: np.ndarray) -> None:
     """Drop the pages of `arr` from this process's resident set when it is a view into a read-only
     file mapping (the checkpoint) that was just converted: they stay in the page cache and fault back
     in if read again, but the source and the converted copy are no longer both counted (peak RSS of an
     F16 model loaded as bf16: 2x the weights without this)."""
-    base = arr
-    while getattr(base, "base", None) is not None and not isinstance(base, memoryview):
-        base = base.base
-    mm = getattr(base, "obj", None) if isinstance(base, memoryview) else None
-    if not isinstance(mm, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    start = arr.__array_interface__["data"][0] - np.frombuffer(mm, np.uint8).ctypes.data
-    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the array only
-    last = (start + arr.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
-    if 0 <= first < last <= len(mm):
-        mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+    r = _mapped_range(arr)
+    if r is not None and hasattr(mmap, "MADV_DONTNEED"):
+        r[0].madvise(mmap.MADV_DONTNEED, r[1], r[2])
+
+
+MADV_POPULATE_READ, MADV_POPULATE_WRITE = 22, 23  # Linux >= 5.14; Python's mmap module does not name them
+
+
+def _populate_mapped_pages(arr: np.ndarray) -> None:
+    """Map the pages of `arr` (a view into the checkpoint's file mapping) in one system call before a kernel
+    reads all of it once (a repack at load): first-touch faults, one per 4 KiB page, made packing an F16
+    TinyLlama take 3.2 s instead of 0.7. Best effort: older kernels and other systems just fault."""
+    r = _mapped_range(arr)
+    if r is not None:
+        try:
+            r[0].madvise(MADV_POPULATE_READ, r[1], r[2])
+        except (OSError, ValueError):
+            pass
+
+
+def _libc_madvise():
+    try:
+        f = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):  # no C library to ask (Windows)
+        return None
+    f.argtypes, f.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return f
+
+
+_madvise = _libc_madvise() if sys.platform.startswith("linux") else None
+
+
+def empty_populated(n: int, dtype) -> np.ndarray:
+    """np.empty(n, dtype) (NumPy advises transparent huge pages for it), its pages faulted in by one system call
+    before a repack writes it whole: on this VM first-touch faults wrote fresh memory at 0.4-0.7 GB/s, 2-10 GB/s
+    populated (bench/README.md "F16 and BF16 interleaved"). Best effort, as np.empty elsewhere."""
+    a = np.empty(n, dtype)
+    if _madvise is not None and a.nbytes >= 1 << 21:
+        start = -(-a.ctypes.data // mmap.PAGESIZE) * mmap.PAGESIZE
+        end = (a.ctypes.data + a.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        _madvise(start, end - start, MADV_POPULATE_WRITE)  # an error (an older kernel) leaves it to the faults
+    return a
+
+
+def check_operand(name: str, a, shape: tuple, writable: bool = False) -> None:
+    """InputError unless `a` is a C-contiguous float32 array of `shape` (kernels do not bounds-check)."""
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != shape:
+        raise InputError(f"{name} must be float32 {list(shape)}, got "
+                         f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
+    if not a.flags.c_contiguous:
+        raise InputError(f"{name} must be C-contiguous")
+    if writable and not a.flags.writeable:
+        raise InputError(f"{name} must be writable")
+
+
+def check_row_ids(ids, rows: int) -> np.ndarray:
+    """ids as intp, InputError unless a 1-D integer array of row indices in [0, rows)."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        raise InputError(f"row ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= rows):
+        raise InputError(f"row ids must lie in [0, {rows}), got {ids.min()}..{ids.max()}")
+    return ids.astype(np.intp)
 
 
 class Weight:
@@ -196,3 +267,103 @@ class DenseWeight(Weight):
         if target == "f16":
             return cls(f32.astype(np.float16).view(np.uint16), "f16")
         return cls(f32_to_bf16(f32), "bf16", compute)
+
+
+# "no matrix" / "no output" for matmul16_shared's absent operands (the types quant/vnni.py's NO_ROWS, NO_OUT have)
+_NO_MATRIX = np.empty((0, 64), np.uint8)
+_NO_MATRIX.flags.writeable = False
+_NO_OUT = np.empty((0, 0), np.float32)
+
+
+class InterleavedDenseWeight(DenseWeight):
+    """An F16 or BF16 matrix (float32 compute) interleaved by 16 rows at load (kernels/dense.py, "interleaved
+    by 16 rows"): the CPU backend makes these. Same values, permuted into NumPy's memory; one kernel for
+    decode, batched decode and prefill, so each row's result never depends on how many tokens share a call.
+    `packed` is what runs; `data` gives the stored row order back (a copy: writers, other backends)."""
+
+    KERNELS = {"f16": dense.matmul16_f16, "bf16": dense.matmul16_bf16}
+    SHARED = {"f16": dense.matmul16_shared_f16, "bf16": dense.matmul16_shared_bf16}
+
+    @classmethod
+    def eligible(cls, w) -> bool:
+        """Whether the CPU backend interleaves `w`: a plain F16/BF16 DenseWeight with float32 compute (the bf16
+        compute path keeps its vdpbf16ps prefill on the stored rows), rows % 16 == 0, cols % 4 == 0."""
+        rows, cols = w.shape
+        return (type(w) is DenseWeight and w.dtype in cls.KERNELS and w.compute == "f32" and rows > 0
+                and rows % dense.GROUP == 0 and cols > 0 and cols % dense.SPLIT == 0)
+
+    def __init__(self, source: DenseWeight):
+        # Trusted: the CPU backend checks `eligible` first.
+        self.shape, self.dtype, self.compute = source.shape, source.dtype, source.compute
+        packed = empty_populated(source.data.size, np.uint16)
+        _populate_mapped_pages(source.data)
+        dense.interleave16(source.data, packed)
+        packed.flags.writeable = False
+        self.packed = packed
+        self._kernel = self.KERNELS[self.dtype]
+
+    @property
+    def data(self) -> np.ndarray:
+        return dense.deinterleave16(self.packed, *self.shape)
+
+    @property
+    def packed_bytes(self) -> np.ndarray:
+        """`packed` as uint8 [rows, 2 * cols] (a view): what matmul16_shared and the compiled decode step take."""
+        return self.packed.view(np.uint8).reshape(self.shape[0], 2 * self.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.packed.nbytes)
+
+    def matvec(self, x, out):
+        rows, cols = self.shape
+        check_operand("x", x, (cols,))
+        check_operand("out", out, (rows,), writable=True)
+        self._kernel(self.packed, x, rows, cols, 1, out)
+
+    def matmul(self, x, out):
+        rows, cols = self.shape
+        n = x.shape[0] if isinstance(x, np.ndarray) and x.ndim == 2 else -1
+        check_operand("x", x, (n, cols))
+        if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (n, rows)
+                and out.flags.writeable):
+            check_operand("out", out, (n, rows), writable=True)  # raises: says what is wrong
+        if n == 0:
+            return
+        # the kernel writes the flat output: a strided `out` (a column slice) gets a contiguous scratch
+        flat = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)
+        self._kernel(self.packed, x.reshape(-1), rows, cols, n, flat.reshape(-1))
+        if flat is not out:
+            out[...] = flat
+
+    matmul_decode = matmul  # the same kernel, the same bits per row, for any n
+    matmul_prompt = matmul
+
+    @staticmethod
+    def matmul_shared(weights, x, outs, any_rows: bool = False) -> bool:
+        """outs[i] = x @ weights[i].T in ONE launch for two or three interleaved matrices of one dtype and width
+        that share their input (q/k/v, gate/up), each output the bits matmul gives it, for any number of
+        tokens (`any_rows` changes nothing). False, having written nothing, where they cannot share it."""
+        first = weights[0]
+        if (not 2 <= len(weights) <= 3 or len(outs) != len(weights) or not isinstance(x, np.ndarray)
+                or x.ndim != 2 or x.shape[0] < 1):
+            return False
+        if any(type(w) is not InterleavedDenseWeight or w.dtype != first.dtype or w.shape[1] != first.shape[1]
+               for w in weights) or not all(isinstance(o, np.ndarray) and o.flags.c_contiguous for o in outs):
+            return False  # (a strided output: one matmul each, which handles it)
+        n = x.shape[0]
+        check_operand("x", x, (n, first.shape[1]))
+        for w, out in zip(weights, outs):
+            check_operand("out", out, (n, w.shape[0]), writable=True)
+        m = [w.packed_bytes for w in weights] + [_NO_MATRIX] * (3 - len(weights))
+        o = list(outs) + [_NO_OUT] * (3 - len(outs))
+        first.SHARED[first.dtype](m[0], m[1], m[2], x, o[0], o[1], o[2], False)
+        return True
+
+    def rows(self, ids):
+        ids = check_row_ids(ids, self.shape[0])
+        r = self.packed.reshape(self.shape[0] // dense.GROUP, self.shape[1], dense.GROUP)[
+            ids // dense.GROUP, :, ids % dense.GROUP]
+        if self.dtype == "f16":
+            return r.view(np.float16).astype(np.float32)
+        return (r.astype(np.uint32) << 16).view(np.float32)

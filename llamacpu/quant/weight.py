@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CheckpointError, InputError
-from ..model.weights import Weight
+from ..model.weights import (Weight, _populate_mapped_pages, check_operand as _check_operand, check_row_ids,
+                             empty_populated)
 from .common import as_matrix
 from .vnni import NO_OUT as _NO_OUT, NO_ROWS as _NO_ROWS
 from . import interleaved, kernels
@@ -141,12 +142,8 @@ class QuantizedWeight(Weight):
         return True
 
     def rows(self, ids) -> np.ndarray:
-        ids = np.asarray(ids)
-        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-            raise InputError(f"row ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.shape[0]):
-            raise InputError(f"row ids must lie in [0, {self.shape[0]}), got {ids.min()}..{ids.max()}")
-        return self.format.dequantize(self._row_blocks(ids.astype(np.intp)), self.shape[1])
+        ids = check_row_ids(ids, self.shape[0])
+        return self.format.dequantize(self._row_blocks(ids), self.shape[1])
 
     def _row_blocks(self, ids: np.ndarray) -> np.ndarray:
         """The blocks of rows `ids` (valid indices), in ggml's layout."""
@@ -166,7 +163,8 @@ class InterleavedWeight(QuantizedWeight):
     def __init__(self, source: QuantizedWeight):
         # Trusted: the CPU backend checks the format and the shape (interleaved.eligible).
         self.format, self.shape, self.dtype = source.format, source.shape, source.dtype
-        packed = np.empty(source.blocks.shape, np.uint8)
+        packed = empty_populated(source.blocks.size, np.uint8).reshape(source.blocks.shape)
+        _populate_mapped_pages(source.blocks)
         interleaved.pack(source.blocks, packed, self.shape[1], self.format.name)
         self.packed = _readonly(packed)
         self.kernel = interleaved.KERNELS[self.format.name]
@@ -213,14 +211,3 @@ class InterleavedWeight(QuantizedWeight):
 
     def _row_blocks(self, ids):
         return interleaved.unpack_rows(self.packed, ids, self.shape[1], self.format.name)
-
-
-def _check_operand(name: str, a, shape: tuple, writable: bool = False) -> None:
-    """InputError unless `a` is a C-contiguous float32 array of `shape` (kernels do not bounds-check)."""
-    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != shape:
-        raise InputError(f"{name} must be float32 {list(shape)}, got "
-                         f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
-    if not a.flags.c_contiguous:
-        raise InputError(f"{name} must be C-contiguous")
-    if writable and not a.flags.writeable:
-        raise InputError(f"{name} must be writable")
