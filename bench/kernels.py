@@ -7,7 +7,9 @@
 For each format: G weights/s and GB/s (stored bytes) of the portable kernel (`quant.kernels.matvec`) and the
 fast one (the format's `matvec_vnni`), on the TinyLlama shapes 2048x5632 and 5632x2048 (a few MB: they stay in
 the 32 MB L3 between calls, so this is the kernels' compute speed) and on one matrix over 256 MB (every
-call streams it from DRAM: what a decode step sees). F16 and BF16 dense matvec as well. Next to them,
+call streams it from DRAM: what a decode step sees). F16 and BF16 as well: "portable" is their row-by-row
+matvec on the stored rows, "fast" the kernel over the 16-row interleaved copy a model runs
+(InterleavedDenseWeight; LLAMACPU_REPACK=0: none). Next to them,
 the plain-read bandwidth of the same run: a Numba prange sum over a 1 GB float32 array. For the formats
 the CPU backend interleaves at load (interleaved.FORMATS on AVX512-VNNI CPUs) "fast" is the interleaved
 kernel (quant/interleaved.py), what a model runs; the others' is their row-by-row VNNI kernel.
@@ -31,11 +33,7 @@ from numba import njit, prange
 from llamacpu.kernels import dense, simd
 from llamacpu.quant import FORMATS, interleaved, registry
 from llamacpu.quant.vnni import NO_OUT, NO_ROWS
-
-try:
-    from llamacpu.kernels import dense_fast
-except ImportError:  # pragma: no cover - the fast dense kernels are optional
-    dense_fast = None
+from llamacpu.model.weights import DenseWeight, InterleavedDenseWeight
 
 # byte offsets of the fp16 fields of each block: random bytes there could be inf/NaN
 F16_FIELDS = {"q8_0": (0,), "q4_0": (0,), "q4_1": (0, 2), "q4_k": (0, 2), "q6_k": (208,), "int4_g128": (0, 2),
@@ -183,8 +181,9 @@ def main(argv=None):
                     w &= np.uint16(0xBFFF)  # finite bf16 values
                 portable = dense.matvec_f16 if name == "f16" else dense.matvec_bf16
                 fast_fn = None
-                if dense_fast is not None:
-                    fast_fn = dense_registry.FAST_MATVEC.get(name)
+                if os.environ.get("LLAMACPU_REPACK", "1") != "0" and rows % 16 == 0:
+                    il = InterleavedDenseWeight(DenseWeight(w, name))  # the copy a model runs
+                    fast_fn = lambda w, x, out, il=il: il.matvec(x, out)  # noqa: E731
             else:
                 w = random_blocks(name, rows, cols, rng)
                 portable = registry.PORTABLE[name].matvec
