@@ -3,6 +3,7 @@ the test suite and the CLI start in well under a second instead of compiling fir
 
 python -m llamacpu.warmup
 """
+import contextlib
 import os
 import tempfile
 import time
@@ -22,6 +23,20 @@ def numba_cache_files() -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in root.rglob("__pycache__/*.nb[ic]")}
 
 
+@contextlib.contextmanager
+def _repack_off():
+    """LLAMACPU_REPACK=0 while models load: their matrices keep the stored layout (and its kernels)."""
+    before = os.environ.get("LLAMACPU_REPACK")
+    os.environ["LLAMACPU_REPACK"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["LLAMACPU_REPACK"]
+        else:
+            os.environ["LLAMACPU_REPACK"] = before
+
+
 def warm(verbose: bool = True) -> float:
     before = numba_cache_files()
     t0 = time.perf_counter()
@@ -32,22 +47,21 @@ def warm(verbose: bool = True) -> float:
             model.generate(np.array([[1, 2, 3], [4, 5, 6]]), attention_mask=np.array([[0, 1, 1], [1, 1, 1]]),
                            max_new_tokens=2)
             model(np.array([[1, 2, 3, 4]]))
-            if dtype == "F16":  # dtype="bfloat16": the F16 -> BF16 conversion and the bf16 prefill kernels
-                LlamaForCausalLM.from_pretrained(path, dtype="bfloat16")(np.array([[1, 2, 3, 4]]))
+            if dtype == "F16":  # dtype="bfloat16": the F16 -> BF16 conversion, the pairs layout's kernels
+                as_bf16 = LlamaForCausalLM.from_pretrained(path, dtype="bfloat16")
+                as_bf16(np.array([[1, 2, 3, 4]]))
+                as_bf16.generate(np.array([[1, 2, 3]]), max_new_tokens=2)
             w = model.weights.layers[0].wq  # the serving engine's batch-invariant dense rows (dense.matvec_rows_*)
             w.matmul_decode(np.zeros((2, w.shape[1]), np.float32), np.zeros((2, w.shape[0]), np.float32))
             if dtype != "F32":  # F16/BF16 models run interleaved: the stored-layout kernels too (matrices the
-                # backend cannot interleave, LLAMACPU_REPACK=0)
-                os.environ["LLAMACPU_REPACK"], before_repack = "0", os.environ.get("LLAMACPU_REPACK")
-                try:
+                # backend cannot interleave, LLAMACPU_REPACK=0), and for F16 the stored rows' vdpbf16ps prefill
+                with _repack_off():
                     stored = LlamaForCausalLM.from_pretrained(path)
-                finally:
-                    if before_repack is None:
-                        del os.environ["LLAMACPU_REPACK"]
-                    else:
-                        os.environ["LLAMACPU_REPACK"] = before_repack
+                    stored_bf16 = LlamaForCausalLM.from_pretrained(path, dtype="bfloat16") if dtype == "F16" else None
                 stored.generate(np.array([[1, 2, 3]]), max_new_tokens=2)
                 stored(np.array([[1, 2, 3, 4]]))
+                if stored_bf16 is not None:
+                    stored_bf16(np.array([[1, 2, 3, 4]]))
                 w = stored.weights.layers[0].wq
                 w.matmul_decode(np.zeros((2, w.shape[1]), np.float32), np.zeros((2, w.shape[0]), np.float32))
             if dtype == "F32":  # the serving engine's slot attention, serial and parallel

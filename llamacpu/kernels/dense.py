@@ -235,31 +235,45 @@ def matvec_rows_bf16(w, X, out):
 # column of 16 weights widened into one float32 vector and multiplied by the broadcast x[c], so x is read
 # once per 16 rows and 16 outputs sit in one accumulator (no horizontal sums). The copy lands in NumPy's
 # memory, which asks for transparent huge pages (fewer TLB misses than the checkpoint's 4 KiB file pages).
+# bf16 compute (dtype="bfloat16") keeps each pair of columns side by side instead ("pairs": packed[(g * cols
+# + 2k) * 16 + 2 * lane + j] = w[16g + lane, 2k + j]), the operand layout of `vdpbf16ps`, whose prefill
+# multiplies 32 weights by one broadcast pair of bf16 activations; its exact float32 kernel widens a pair
+# with two shifts and runs the same FMAs in the same order as the column layout (the same bits).
 GROUP = 16  # rows per group: the 16 float32 lanes of one vector
 SPLIT = 4   # partial sums per output (columns c % 4): four independent FMA chains; cols % SPLIT == 0
 TOKEN_BLOCK = 64  # prefill: tokens whose activations stay in L2 while every group passes over them
 
 
-def interleave16_ref(w: np.ndarray) -> np.ndarray:
-    """NumPy reference of the layout: [R, C] (R % 16 == 0) -> flat [R * C], column by column per 16 rows."""
+def interleave16_ref(w: np.ndarray, pairs: bool = False) -> np.ndarray:
+    """NumPy reference of the layout: [R, C] (R % 16 == 0; C even for pairs) -> flat [R * C]."""
     rows, cols = w.shape
+    if pairs:
+        return np.ascontiguousarray(w.reshape(rows // GROUP, GROUP, cols // 2, 2).transpose(0, 2, 1, 3)).reshape(-1)
     return np.ascontiguousarray(w.reshape(rows // GROUP, GROUP, cols).transpose(0, 2, 1)).reshape(-1)
 
 
-def deinterleave16(p: np.ndarray, rows: int, cols: int) -> np.ndarray:
+def deinterleave16(p: np.ndarray, rows: int, cols: int, pairs: bool = False) -> np.ndarray:
     """The stored row order back: flat [R * C] -> [R, C] (a copy)."""
+    if pairs:
+        return np.ascontiguousarray(p.reshape(rows // GROUP, cols // 2, GROUP, 2).transpose(0, 2, 1, 3)).reshape(rows, cols)
     return np.ascontiguousarray(p.reshape(rows // GROUP, cols, GROUP).transpose(0, 2, 1)).reshape(rows, cols)
 
 
 @njit(parallel=True, cache=True)
-def interleave16(w, out):
-    """out = interleave16_ref(w) for w [R, C] (any dtype), out flat [R * C] of the same dtype; R % 16 == 0."""
+def interleave16(w, out, pairs):
+    """out = interleave16_ref(w, pairs) for w [R, C] (any dtype), out flat [R * C] of the same dtype."""
     rows, cols = w.shape
     for g in prange(rows // GROUP):
         base = g * cols * GROUP
-        for c in range(cols):
-            for lane in range(GROUP):
-                out[base + c * GROUP + lane] = w[g * GROUP + lane, c]
+        if pairs:
+            for k in range(cols // 2):
+                for lane in range(GROUP):
+                    out[base + 2 * k * GROUP + 2 * lane] = w[g * GROUP + lane, 2 * k]
+                    out[base + 2 * k * GROUP + 2 * lane + 1] = w[g * GROUP + lane, 2 * k + 1]
+        else:
+            for c in range(cols):
+                for lane in range(GROUP):
+                    out[base + c * GROUP + lane] = w[g * GROUP + lane, c]
 
 
 def matmul16_ref(w_f32: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -269,22 +283,41 @@ def matmul16_ref(w_f32: np.ndarray, x: np.ndarray) -> np.ndarray:
     return sum(x[:, k::SPLIT] @ w[:, k::SPLIT].T for k in range(SPLIT))
 
 
+# Two columns (c, c + 1) of a group's 16 rows as float32 vectors, from flat index i (the first's) per layout
 @njit(inline="always")
-def _group1(p, base, x, xt, cols, wload):
+def _cols_f16(p, i):
+    return _w_f16(p, i), _w_f16(p, i + GROUP)
+
+
+@njit(inline="always")
+def _cols_bf16(p, i):
+    return _w_bf16(p, i), _w_bf16(p, i + GROUP)
+
+
+@njit(inline="always")
+def _cols_bf16_pairs(p, i):
+    v = bitcast(load(p, i, 32), np.uint32)  # 32 bf16 = 16 rows x 2 columns; lane r: w[r, c] | w[r, c + 1] << 16
+    return bitcast(v << 16, np.float32), bitcast(v & np.uint32(0xFFFF0000), np.float32)
+
+
+@njit(inline="always")
+def _group1(p, base, x, xt, cols, wload2):
     """The 16 outputs of one group for the token whose activations start at x[xt]."""
     z = splat(np.float32(0.0), 16)
     s0 = z; s1 = z; s2 = z; s3 = z  # noqa: E702  partial sums over the columns c % 4
     for c in range(0, cols, SPLIT):
         i = base + c * GROUP
-        s0 = fma(wload(p, i), load_splat(x, xt + c, 16), s0)
-        s1 = fma(wload(p, i + GROUP), load_splat(x, xt + c + 1, 16), s1)
-        s2 = fma(wload(p, i + 2 * GROUP), load_splat(x, xt + c + 2, 16), s2)
-        s3 = fma(wload(p, i + 3 * GROUP), load_splat(x, xt + c + 3, 16), s3)
+        w0, w1 = wload2(p, i)
+        w2, w3 = wload2(p, i + 2 * GROUP)
+        s0 = fma(w0, load_splat(x, xt + c, 16), s0)
+        s1 = fma(w1, load_splat(x, xt + c + 1, 16), s1)
+        s2 = fma(w2, load_splat(x, xt + c + 2, 16), s2)
+        s3 = fma(w3, load_splat(x, xt + c + 3, 16), s3)
     return (s0 + s1) + (s2 + s3)
 
 
 @njit(inline="always")
-def _group4(p, base, x, xt, cols, wload, out, o, rows):
+def _group4(p, base, x, xt, cols, wload2, out, o, rows):
     """_group1 for four tokens (activations at x[xt + k * cols], outputs at out[o + k * rows]): each column of
     weights widened once for the four, the same FMAs in the same order per output, so the same bits."""
     z = splat(np.float32(0.0), 16)
@@ -295,18 +328,16 @@ def _group4(p, base, x, xt, cols, wload, out, o, rows):
     xa = xt; xb = xt + cols; xc = xt + 2 * cols; xd = xt + 3 * cols  # noqa: E702
     for c in range(0, cols, SPLIT):
         i = base + c * GROUP
-        w = wload(p, i)
+        w, v = wload2(p, i)
         a0 = fma(w, load_splat(x, xa + c, 16), a0); b0 = fma(w, load_splat(x, xb + c, 16), b0)  # noqa: E702
         c0 = fma(w, load_splat(x, xc + c, 16), c0); d0 = fma(w, load_splat(x, xd + c, 16), d0)  # noqa: E702
-        w = wload(p, i + GROUP)
-        a1 = fma(w, load_splat(x, xa + c + 1, 16), a1); b1 = fma(w, load_splat(x, xb + c + 1, 16), b1)  # noqa: E702
-        c1 = fma(w, load_splat(x, xc + c + 1, 16), c1); d1 = fma(w, load_splat(x, xd + c + 1, 16), d1)  # noqa: E702
-        w = wload(p, i + 2 * GROUP)
+        a1 = fma(v, load_splat(x, xa + c + 1, 16), a1); b1 = fma(v, load_splat(x, xb + c + 1, 16), b1)  # noqa: E702
+        c1 = fma(v, load_splat(x, xc + c + 1, 16), c1); d1 = fma(v, load_splat(x, xd + c + 1, 16), d1)  # noqa: E702
+        w, v = wload2(p, i + 2 * GROUP)
         a2 = fma(w, load_splat(x, xa + c + 2, 16), a2); b2 = fma(w, load_splat(x, xb + c + 2, 16), b2)  # noqa: E702
         c2 = fma(w, load_splat(x, xc + c + 2, 16), c2); d2 = fma(w, load_splat(x, xd + c + 2, 16), d2)  # noqa: E702
-        w = wload(p, i + 3 * GROUP)
-        a3 = fma(w, load_splat(x, xa + c + 3, 16), a3); b3 = fma(w, load_splat(x, xb + c + 3, 16), b3)  # noqa: E702
-        c3 = fma(w, load_splat(x, xc + c + 3, 16), c3); d3 = fma(w, load_splat(x, xd + c + 3, 16), d3)  # noqa: E702
+        a3 = fma(v, load_splat(x, xa + c + 3, 16), a3); b3 = fma(v, load_splat(x, xb + c + 3, 16), b3)  # noqa: E702
+        c3 = fma(v, load_splat(x, xc + c + 3, 16), c3); d3 = fma(v, load_splat(x, xd + c + 3, 16), d3)  # noqa: E702
     store(out, o, (a0 + a1) + (a2 + a3))
     store(out, o + rows, (b0 + b1) + (b2 + b3))
     store(out, o + 2 * rows, (c0 + c1) + (c2 + c3))
@@ -314,30 +345,30 @@ def _group4(p, base, x, xt, cols, wload, out, o, rows):
 
 
 @njit(inline="always")
-def _group_tokens(p, g, x, rows, cols, t0, t1, out, wload):
+def _group_tokens(p, g, x, rows, cols, t0, t1, out, wload2):
     """Group g's 16 outputs for tokens t0 .. t1-1: four at a time, then one by one (the same bits)."""
     base = g * cols * GROUP
     t = t0
     while t + 4 <= t1:
-        _group4(p, base, x, t * cols, cols, wload, out, t * rows + g * GROUP, rows)
+        _group4(p, base, x, t * cols, cols, wload2, out, t * rows + g * GROUP, rows)
         t += 4
     while t < t1:
-        store(out, t * rows + g * GROUP, _group1(p, base, x, t * cols, cols, wload))
+        store(out, t * rows + g * GROUP, _group1(p, base, x, t * cols, cols, wload2))
         t += 1
 
 
 @njit(inline="always")
-def matmul16(p, x, rows, cols, n, out, wload):
+def matmul16(p, x, rows, cols, n, out, wload2):
     """out[t * rows + r] = sum_c w[r, c] * x[t * cols + c] for every token t < n, over p = interleave16(w):
     every row's result the same bits whatever n (tested). Flat operands, rows % 16 == 0, cols % 4 == 0."""
     for t0 in range(0, n, TOKEN_BLOCK):
         t1 = min(n, t0 + TOKEN_BLOCK)
         for g in prange(rows // GROUP):
-            _group_tokens(p, g, x, rows, cols, t0, t1, out, wload)
+            _group_tokens(p, g, x, rows, cols, t0, t1, out, wload2)
 
 
 @njit(inline="always")
-def matmul16_shared(a, b, c, X, oa, ob, oc, wload):
+def matmul16_shared(a, b, c, X, oa, ob, oc, wload2):
     """matmul16 for up to three matrices that share their input (q/k/v, gate/up) in one parallel loop over all
     their groups, with the calling convention of the quantized kernels (quant/vnni.py), which the compiled
     decode step relies on: a, b, c = the interleaved matrices' bytes as uint8 [rows, 2 * cols] (b, c with no
@@ -353,32 +384,44 @@ def matmul16_shared(a, b, c, X, oa, ob, oc, wload):
         t1 = min(n, t0 + TOKEN_BLOCK)
         for g in prange((ra + rb + rc) // GROUP):
             if g < ga:
-                _group_tokens(pa, g, x, ra, cols, t0, t1, fa, wload)
+                _group_tokens(pa, g, x, ra, cols, t0, t1, fa, wload2)
             elif g < ga + gb:
-                _group_tokens(pb, g - ga, x, rb, cols, t0, t1, fb, wload)
+                _group_tokens(pb, g - ga, x, rb, cols, t0, t1, fb, wload2)
             else:
-                _group_tokens(pc, g - ga - gb, x, rc, cols, t0, t1, fc, wload)
+                _group_tokens(pc, g - ga - gb, x, rc, cols, t0, t1, fc, wload2)
 
 
 @njit(parallel=True, cache=True)
 def matmul16_f16(p, x, rows, cols, n, out):
     """matmul16 on IEEE half bits (uint16)."""
-    matmul16(p, x, rows, cols, n, out, _w_f16)
+    matmul16(p, x, rows, cols, n, out, _cols_f16)
 
 
 @njit(parallel=True, cache=True)
 def matmul16_bf16(p, x, rows, cols, n, out):
     """matmul16 on bfloat16 bits (uint16)."""
-    matmul16(p, x, rows, cols, n, out, _w_bf16)
+    matmul16(p, x, rows, cols, n, out, _cols_bf16)
+
+
+@njit(parallel=True, cache=True)
+def matmul16_bf16_pairs(p, x, rows, cols, n, out):
+    """matmul16 on bfloat16 bits in the pairs layout: the bits matmul16_bf16 gives on the column layout."""
+    matmul16(p, x, rows, cols, n, out, _cols_bf16_pairs)
 
 
 @njit(parallel=True, cache=True)
 def matmul16_shared_f16(a, b, c, X, oa, ob, oc, unused):
     """matmul16_shared on IEEE half bits (`unused`: the quantized kernels' flag, same signature)."""
-    matmul16_shared(a, b, c, X, oa, ob, oc, _w_f16)
+    matmul16_shared(a, b, c, X, oa, ob, oc, _cols_f16)
 
 
 @njit(parallel=True, cache=True)
 def matmul16_shared_bf16(a, b, c, X, oa, ob, oc, unused):
     """matmul16_shared on bfloat16 bits."""
-    matmul16_shared(a, b, c, X, oa, ob, oc, _w_bf16)
+    matmul16_shared(a, b, c, X, oa, ob, oc, _cols_bf16)
+
+
+@njit(parallel=True, cache=True)
+def matmul16_shared_bf16_pairs(a, b, c, X, oa, ob, oc, unused):
+    """matmul16_shared on bfloat16 bits in the pairs layout."""
+    matmul16_shared(a, b, c, X, oa, ob, oc, _cols_bf16_pairs)

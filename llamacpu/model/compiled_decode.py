@@ -29,8 +29,8 @@ from .weights import InterleavedDenseWeight
 _MODULES = {m.NAME: m for m in quant_kernels.VNNI_MODULES}
 # the `kind` of interleaved matrices: after the format IDs, one per interleaved format
 INTERLEAVED = {name: len(quant_kernels.MODULES) + i for i, name in enumerate(interleaved.FORMATS)}
-# then the dense interleaved matrices, one per 16-bit dtype
-DENSE = {dtype: len(quant_kernels.MODULES) + len(INTERLEAVED) + i for i, dtype in enumerate(InterleavedDenseWeight.SHARED)}
+# then the dense interleaved matrices, one per (16-bit dtype, layout)
+DENSE = {key: len(quant_kernels.MODULES) + len(INTERLEAVED) + i for i, key in enumerate(InterleavedDenseWeight.SHARED)}
 _BIASES = ("bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down")
 _F32_2D = types.Array(types.float32, 2, "C")
 
@@ -49,6 +49,7 @@ class CompiledDecode:
     def __init__(self, core, kind, arrays, fuse, bias_slot, biases):
         self.core = core
         self.kind, self.fuse = kind, fuse
+        self.single_row = bool((kind == DENSE[("bf16", "pairs")]).any())  # bf16 compute: see accepts
         self.arrays = arrays  # the matrices: kept alive here, passed to the kernel by address
         self.addr = np.asarray([a.ctypes.data for a in arrays], np.int64)
         self.rows = np.asarray([a.shape[0] for a in arrays], np.int64)
@@ -58,7 +59,7 @@ class CompiledDecode:
         self.kernel = np.zeros(len(quant_kernels.MODULES) + len(INTERLEAVED) + len(DENSE), np.int64)
         u8 = typeof(NO_ROWS)
         by_kind = {k: interleaved.KERNELS[name] for name, k in INTERLEAVED.items()}
-        by_kind.update({k: InterleavedDenseWeight.SHARED[dtype] for dtype, k in DENSE.items()})
+        by_kind.update({k: InterleavedDenseWeight.SHARED[key] for key, k in DENSE.items()})
         for fid in set(kind.tolist()):
             kernel = by_kind[fid] if fid in by_kind else quant_kernels.MODULES[fid].matmul_vnni
             self.kernel[fid] = native_address(kernel, (u8, u8, u8) + (_F32_2D,) * 4 + (types.boolean,))
@@ -79,7 +80,7 @@ class CompiledDecode:
             for name, bname in zip(PROJECTIONS, _BIASES):
                 w = getattr(layer, name)
                 if type(w) is InterleavedDenseWeight:
-                    kind.append(DENSE[w.dtype])
+                    kind.append(DENSE[w.key])
                     arrays.append(w.packed_bytes)
                 elif not HAS_AVX512_VNNI:
                     return None  # the quantized kernels below need AVX512-VNNI
@@ -107,7 +108,9 @@ class CompiledDecode:
         return cls(core, kind, arrays, fuse, np.asarray(bias_slot, np.int64), bias_rows)
 
     def accepts(self, n_rows: int) -> bool:
-        return n_rows <= quant_kernels.DECODE_MAX_TOKENS
+        # bf16 compute (the pairs layout): the readable pass sends several rows through vdpbf16ps (rounded
+        # activations), the step through the float32 kernel, so only single rows are the same bits
+        return n_rows <= (1 if self.single_row else quant_kernels.DECODE_MAX_TOKENS)
 
     def _parallel(self, N: int, start: int, positions, inv_freq, scores, serial_work: int) -> np.ndarray:
         """Addresses of the parallel kernels this step may call (0 where the serial one runs), fetched on

@@ -276,35 +276,45 @@ _NO_OUT = np.empty((0, 0), np.float32)
 
 
 class InterleavedDenseWeight(DenseWeight):
-    """An F16 or BF16 matrix (float32 compute) interleaved by 16 rows at load (kernels/dense.py, "interleaved
-    by 16 rows"): the CPU backend makes these. Same values, permuted into NumPy's memory; one kernel for
-    decode, batched decode and prefill, so each row's result never depends on how many tokens share a call.
+    """An F16 or BF16 matrix interleaved by 16 rows at load (kernels/dense.py, "interleaved by 16 rows"): the
+    CPU backend makes these. Same values, permuted into NumPy's memory. Float32 compute: one kernel for decode,
+    batched decode and prefill, so each row's result never depends on how many tokens share a call. bf16
+    compute (dtype="bfloat16"): the pairs layout, the same float32 kernel (and bits) for decode and the
+    serving engine's rows, and `vdpbf16ps` for the prefill of `matmul` where the CPU has AVX512-BF16.
     `packed` is what runs; `data` gives the stored row order back (a copy: writers, other backends)."""
 
-    KERNELS = {"f16": dense.matmul16_f16, "bf16": dense.matmul16_bf16}
-    SHARED = {"f16": dense.matmul16_shared_f16, "bf16": dense.matmul16_shared_bf16}
+    # by (dtype, layout): the float32 kernel, and its form for matrices sharing an input (the decode step's)
+    KERNELS = {("f16", "columns"): dense.matmul16_f16, ("bf16", "columns"): dense.matmul16_bf16,
+               ("bf16", "pairs"): dense.matmul16_bf16_pairs}
+    SHARED = {("f16", "columns"): dense.matmul16_shared_f16, ("bf16", "columns"): dense.matmul16_shared_bf16,
+              ("bf16", "pairs"): dense.matmul16_shared_bf16_pairs}
+
+    @staticmethod
+    def layout_of(w) -> str:
+        return "pairs" if w.compute == "bf16" else "columns"
 
     @classmethod
     def eligible(cls, w) -> bool:
-        """Whether the CPU backend interleaves `w`: a plain F16/BF16 DenseWeight with float32 compute (the bf16
-        compute path keeps its vdpbf16ps prefill on the stored rows), rows % 16 == 0, cols % 4 == 0."""
+        """Whether the CPU backend interleaves `w`: a plain F16/BF16 DenseWeight, rows % 16 == 0, cols % 4 == 0."""
         rows, cols = w.shape
-        return (type(w) is DenseWeight and w.dtype in cls.KERNELS and w.compute == "f32" and rows > 0
+        return (type(w) is DenseWeight and (w.dtype, cls.layout_of(w)) in cls.KERNELS and rows > 0
                 and rows % dense.GROUP == 0 and cols > 0 and cols % dense.SPLIT == 0)
 
     def __init__(self, source: DenseWeight):
         # Trusted: the CPU backend checks `eligible` first.
         self.shape, self.dtype, self.compute = source.shape, source.dtype, source.compute
+        self.layout = self.layout_of(source)
         packed = empty_populated(source.data.size, np.uint16)
         _populate_mapped_pages(source.data)
-        dense.interleave16(source.data, packed)
+        dense.interleave16(source.data, packed, self.layout == "pairs")
         packed.flags.writeable = False
         self.packed = packed
-        self._kernel = self.KERNELS[self.dtype]
+        self.key = (self.dtype, self.layout)
+        self._kernel = self.KERNELS[self.key]
 
     @property
     def data(self) -> np.ndarray:
-        return dense.deinterleave16(self.packed, *self.shape)
+        return dense.deinterleave16(self.packed, *self.shape, self.layout == "pairs")
 
     @property
     def packed_bytes(self) -> np.ndarray:
@@ -321,49 +331,70 @@ class InterleavedDenseWeight(DenseWeight):
         check_operand("out", out, (rows,), writable=True)
         self._kernel(self.packed, x, rows, cols, 1, out)
 
-    def matmul(self, x, out):
+    def _checked(self, x, out):
+        """(n, a C-contiguous float32 [n, rows] to write: `out` itself or a scratch) on checked operands."""
         rows, cols = self.shape
         n = x.shape[0] if isinstance(x, np.ndarray) and x.ndim == 2 else -1
         check_operand("x", x, (n, cols))
         if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (n, rows)
                 and out.flags.writeable):
             check_operand("out", out, (n, rows), writable=True)  # raises: says what is wrong
-        if n == 0:
-            return
-        # the kernel writes the flat output: a strided `out` (a column slice) gets a contiguous scratch
-        flat = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)
-        self._kernel(self.packed, x.reshape(-1), rows, cols, n, flat.reshape(-1))
+        # the kernels write the flat output: a strided `out` (a column slice) gets a contiguous scratch
+        return n, (out if out.flags.c_contiguous else np.empty(out.shape, np.float32))
+
+    def matmul_decode(self, x, out):
+        """The float32 kernel for any n: each row the bits matvec gives it."""
+        n, flat = self._checked(x, out)
+        if n:
+            self._kernel(self.packed, x.reshape(-1), self.shape[0], self.shape[1], n, flat.reshape(-1))
+            if flat is not out:
+                out[...] = flat
+
+    matmul_prompt = matmul_decode  # float32 compute: the same kernel; bf16 compute: the per-row invariant one
+
+    def matmul(self, x, out):
+        n = x.shape[0] if isinstance(x, np.ndarray) and x.ndim == 2 else -1
+        if not (self.layout == "pairs" and n > 1 and HAS_AVX512_BF16):
+            return self.matmul_decode(x, out)
+        n, flat = self._checked(x, out)
+        xb = np.empty(x.size, np.uint16)
+        bf16.round_to_bf16(x.reshape(-1), xb)
+        bf16.matmul16_pairs_bf16(self.packed, xb, self.shape[0], self.shape[1], n, flat.reshape(-1))
         if flat is not out:
             out[...] = flat
 
-    matmul_decode = matmul  # the same kernel, the same bits per row, for any n
-    matmul_prompt = matmul
-
     @staticmethod
     def matmul_shared(weights, x, outs, any_rows: bool = False) -> bool:
-        """outs[i] = x @ weights[i].T in ONE launch for two or three interleaved matrices of one dtype and width
-        that share their input (q/k/v, gate/up), each output the bits matmul gives it, for any number of
-        tokens (`any_rows` changes nothing). False, having written nothing, where they cannot share it."""
+        """outs[i] = x @ weights[i].T in ONE launch for two or three interleaved matrices of one dtype, layout
+        and width that share their input (q/k/v, gate/up), each output the bits matmul_decode gives it.
+        False, having written nothing, where they cannot share it, and for the prefill of bf16 compute
+        (several rows, not `any_rows`: one `vdpbf16ps` matmul each instead)."""
         first = weights[0]
         if (not 2 <= len(weights) <= 3 or len(outs) != len(weights) or not isinstance(x, np.ndarray)
                 or x.ndim != 2 or x.shape[0] < 1):
             return False
-        if any(type(w) is not InterleavedDenseWeight or w.dtype != first.dtype or w.shape[1] != first.shape[1]
+        if any(type(w) is not InterleavedDenseWeight or w.key != first.key or w.shape[1] != first.shape[1]
                for w in weights) or not all(isinstance(o, np.ndarray) and o.flags.c_contiguous for o in outs):
             return False  # (a strided output: one matmul each, which handles it)
+        if first.layout == "pairs" and x.shape[0] > 1 and not any_rows and HAS_AVX512_BF16:
+            return False
         n = x.shape[0]
         check_operand("x", x, (n, first.shape[1]))
         for w, out in zip(weights, outs):
             check_operand("out", out, (n, w.shape[0]), writable=True)
         m = [w.packed_bytes for w in weights] + [_NO_MATRIX] * (3 - len(weights))
         o = list(outs) + [_NO_OUT] * (3 - len(outs))
-        first.SHARED[first.dtype](m[0], m[1], m[2], x, o[0], o[1], o[2], False)
+        first.SHARED[first.key](m[0], m[1], m[2], x, o[0], o[1], o[2], False)
         return True
 
     def rows(self, ids):
         ids = check_row_ids(ids, self.shape[0])
-        r = self.packed.reshape(self.shape[0] // dense.GROUP, self.shape[1], dense.GROUP)[
-            ids // dense.GROUP, :, ids % dense.GROUP]
+        rows, cols = self.shape
+        if self.layout == "pairs":
+            grid = self.packed.reshape(rows // dense.GROUP, cols // 2, dense.GROUP, 2)
+            r = grid[ids // dense.GROUP, :, ids % dense.GROUP].reshape(len(ids), cols)
+        else:
+            r = self.packed.reshape(rows // dense.GROUP, cols, dense.GROUP)[ids // dense.GROUP, :, ids % dense.GROUP]
         if self.dtype == "f16":
             return r.view(np.float16).astype(np.float32)
         return (r.astype(np.uint32) << 16).view(np.float32)
