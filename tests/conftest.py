@@ -38,6 +38,22 @@ def shared_models():
 FUZZ_COUNTS: dict[str, list[int]] = {}
 
 
+@pytest.fixture
+def calls(monkeypatch):
+    """How many decode steps ran as the compiled step (llamacpu.model.compiled_decode)."""
+    from llamacpu.model import compiled_decode
+
+    count = [0]
+    original = compiled_decode.CompiledDecode.__call__
+
+    def counting(self, *args, **kwargs):
+        count[0] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(compiled_decode.CompiledDecode, "__call__", counting)
+    return count
+
+
 def fuzz_tally(name: str, crashed: bool = False) -> None:
     """Count one fuzzed input of reader `name` (crashed: it escaped our exception family)."""
     tried, crashes = FUZZ_COUNTS.get(name, [0, 0])

@@ -11,7 +11,6 @@ import pytest
 
 from llamacpu import LlamaForCausalLM
 from llamacpu.kernels import simd
-from llamacpu.model import compiled_decode
 from llamacpu.model.weights import InterleavedDenseWeight
 from llamacpu.quant import QuantizedWeight
 from llamacpu.quant import kernels as quant_kernels
@@ -21,20 +20,6 @@ CASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "reference.npz").is_fi
 needs_vnni = pytest.mark.skipif(not simd.HAS_AVX512_VNNI,
                                 reason="the compiled step calls the AVX512-VNNI decode kernels; this CPU (or "
                                        "LLAMACPU_PORTABLE=1) runs the readable pass only")
-
-
-@pytest.fixture
-def calls(monkeypatch):
-    """How many decode steps ran compiled."""
-    count = [0]
-    original = compiled_decode.CompiledDecode.__call__
-
-    def counting(self, *args, **kwargs):
-        count[0] += 1
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(compiled_decode.CompiledDecode, "__call__", counting)
-    return count
 
 
 def greedy(model, ids, mask, n_new, compiled):

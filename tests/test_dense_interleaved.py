@@ -276,12 +276,10 @@ def test_shared_input_bf16_compute():
 
 
 @pytest.mark.parametrize("dtype", ["F16", "BF16"])
-def test_bf16_compute_models(tmp_path, monkeypatch, dtype):
+def test_bf16_compute_models(tmp_path, monkeypatch, dtype, calls):
     """dtype="bfloat16": every projection in the pairs layout, logits as the stored rows' vdpbf16ps path gives
     them (the same rounding of x, another summation order), greedy ids equal, decode steps compiled for one
     sequence (bit for bit the readable pass) and left to the readable pass for several."""
-    from llamacpu.model import compiled_decode
-
     path = write_synthetic(tmp_path / "m", "tiny", dtype=dtype, seed=6)
     model = LlamaForCausalLM.from_pretrained(path, dtype="bfloat16")
     monkeypatch.setenv("LLAMACPU_REPACK", "0")
@@ -295,14 +293,6 @@ def test_bf16_compute_models(tmp_path, monkeypatch, dtype):
                                   stored.generate(ids, max_new_tokens=10, do_sample=False))
     step = model.decode_step()
     assert step is not None and step.accepts(1) and not step.accepts(2)
-    calls = [0]
-    original = compiled_decode.CompiledDecode.__call__
-
-    def counting(self, *args, **kwargs):
-        calls[0] += 1
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(compiled_decode.CompiledDecode, "__call__", counting)
     runs = []
     for compiled in (False, True):
         model.compiled_decode = compiled
