@@ -56,8 +56,8 @@ class CPUBackend(Backend):
 
     def prepare_weights(self, weights):
         """LlamaWeights as loaded -> the weights this backend computes with, each matrix permuted once for its
-        kernel: F16 and BF16 matrices (float32 compute) interleaved by 16 rows (model/weights.py
-        InterleavedDenseWeight: one kernel for decode and prefill, on every CPU); where the AVX512-VNNI
+        kernel: F16 and BF16 matrices interleaved by 16 rows (model/weights.py InterleavedDenseWeight: one
+        float32 kernel for decode and prefill, on every CPU; bf16 compute in the pairs layout); where the AVX512-VNNI
         kernels run, the projections and the LM head in the formats of interleaved.FORMATS (Q4_0, Q4_1, Q5_0,
         Q5_1, IQ4_NL, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS) interleaved by 16 rows
         (quant/interleaved.py). Their mapped source pages are released; everything else stays as loaded.

@@ -344,22 +344,24 @@ class InterleavedDenseWeight(DenseWeight):
 
     def matmul_decode(self, x, out):
         """The float32 kernel for any n: each row the bits matvec gives it."""
-        n, flat = self._checked(x, out)
-        if n:
-            self._kernel(self.packed, x.reshape(-1), self.shape[0], self.shape[1], n, flat.reshape(-1))
-            if flat is not out:
-                out[...] = flat
+        self._product(x, out, vdpbf16ps=False)
 
     matmul_prompt = matmul_decode  # float32 compute: the same kernel; bf16 compute: the per-row invariant one
 
     def matmul(self, x, out):
-        n = x.shape[0] if isinstance(x, np.ndarray) and x.ndim == 2 else -1
-        if not (self.layout == "pairs" and n > 1 and HAS_AVX512_BF16):
-            return self.matmul_decode(x, out)
+        """bf16 compute with several rows: vdpbf16ps on x rounded to bf16 (where the CPU has it); else matmul_decode."""
+        self._product(x, out, vdpbf16ps=self.layout == "pairs" and HAS_AVX512_BF16)
+
+    def _product(self, x, out, vdpbf16ps: bool):
         n, flat = self._checked(x, out)
-        xb = np.empty(x.size, np.uint16)
-        bf16.round_to_bf16(x.reshape(-1), xb)
-        bf16.matmul16_pairs_bf16(self.packed, xb, self.shape[0], self.shape[1], n, flat.reshape(-1))
+        if n == 0:
+            return
+        if vdpbf16ps and n > 1:
+            xb = np.empty(x.size, np.uint16)
+            bf16.round_to_bf16(x.reshape(-1), xb)
+            bf16.matmul16_pairs_bf16(self.packed, xb, self.shape[0], self.shape[1], n, flat.reshape(-1))
+        else:
+            self._kernel(self.packed, x.reshape(-1), self.shape[0], self.shape[1], n, flat.reshape(-1))
         if flat is not out:
             out[...] = flat
 
