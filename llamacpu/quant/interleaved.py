@@ -294,133 +294,146 @@ def unpack(packed: np.ndarray, cols: int, fmt: str) -> np.ndarray:
 
 def pack(blocks: np.ndarray, out: np.ndarray, cols: int, fmt: str) -> None:
     """out = pack_ref(blocks, cols, fmt) (blocks uint8 [R, bytes per row], R % 16 == 0; out the same shape)."""
-    s = SPECS[fmt]
-    _pack(blocks, out, cols, s.code, s.block, s.type_size, np.array(s.header, np.int64), s.levels, s.bits)
+    PACKERS[fmt](blocks, out, cols)
 
 
-@njit(parallel=True, cache=True)
-def _pack(blocks, out, cols, code, block, ts, hdr, loff, bits):
-    """pack: each row's blocks decoded to levels (_levels_into) and scattered with their header fields."""
-    R, bpr = blocks.shape
-    nb = cols // block
-    flat = out.reshape(-1)
-    cb = 512 if bits == BYTES else (128 + 64 * (bits - LOW2) if bits >= LOW2 else 256 + 64 * bits)
-    for g in prange(R // GROUP):
-        lv = np.empty(block, np.uint8)
-        for r in range(GROUP):
-            row = blocks[GROUP * g + r]
-            for b in range(nb):
-                o = b * ts
-                at = g * GROUP * bpr + b * GROUP * ts
-                for f in range(hdr.shape[0]):  # unit k of row r at (16 k + r) * unit
-                    off, cnt, u = hdr[f, 0], hdr[f, 1], hdr[f, 2]
-                    for k in range(cnt):
-                        for x in range(u):
-                            flat[at + (GROUP * k + r) * u + x] = row[o + off + k * u + x]
-                    at += GROUP * cnt * u
-                _levels_into(row, o, code, loff, bits, lv)
-                for c in range(block // 32):
-                    _put_chunk(flat, at + c * cb, r, lv, 32 * c, bits)
+def _packer(s: Spec):
+    """pack for one format, compiled with its constants (the level loops unswitched and vectorized). Each row's
+    blocks are decoded to levels (_levels_into) and scattered with their header fields; the levels move 4
+    columns at a time as uint32 words (4 levels in its bytes = a row's 4 bytes of a vector): every chunk kind
+    is a bytewise function of two such words, so one word operation packs 4 bytes. Little-endian, as the
+    layout's bytes are."""
+    code, block, ts, loff, bits = s.code, s.block, s.type_size, s.levels, s.bits
+    fields = tuple(s.header)
+    cb = CHUNK_BYTES[bits]
+
+    @njit(parallel=True, cache=True)
+    def packer(blocks, out, cols):
+        R, bpr = blocks.shape
+        nb = cols // block
+        flat = out.reshape(-1)
+        words = flat.view(np.uint32)  # chunks and level vectors start at multiples of 64 bytes
+        for g in prange(R // GROUP):
+            lv = np.empty(block, np.uint8)
+            lw = lv.view(np.uint32)
+            for r in range(GROUP):
+                row = blocks[GROUP * g + r]
+                for b in range(nb):
+                    o = b * ts
+                    at = g * GROUP * bpr + b * GROUP * ts
+                    for f in fields:  # unit k of row r at (16 k + r) * unit
+                        off, cnt, u = f
+                        for k in range(cnt):
+                            for x in range(u):
+                                flat[at + (GROUP * k + r) * u + x] = row[o + off + k * u + x]
+                        at += GROUP * cnt * u
+                    _levels_into(row, o, code, loff, bits, lv)
+                    for c in range(block // 32):
+                        _put_chunk(words, (at + c * cb) >> 2, r, lw, 8 * c, bits)
+
+    return packer
 
 
 @njit(inline="always")
 def _levels_into(row, o, code, loff, bits, lv):
-    """block_levels of the block at byte o of a row into lv uint8 [block]."""
+    """block_levels of the block at byte o of a row into lv uint8 [block] (loops over contiguous bytes, which
+    LLVM vectorizes)."""
     if code == Q8_CODE:
         for l in range(32):
-            lv[l] = row[o + 2 + l] ^ 0x80
+            lv[l] = row[o + 2 + l] ^ np.uint8(0x80)
     elif code == Q6K_CODE:
         for h in range(2):
             for l in range(32):
-                a = np.int64(row[o + 64 * h + l])
-                b = np.int64(row[o + 64 * h + 32 + l])
-                c = np.int64(row[o + 128 + 32 * h + l])
-                lv[128 * h + l] = (a & 15) | ((c & 3) << 4)
-                lv[128 * h + l + 32] = (b & 15) | (((c >> 2) & 3) << 4)
-                lv[128 * h + l + 64] = (a >> 4) | (((c >> 4) & 3) << 4)
-                lv[128 * h + l + 96] = (b >> 4) | (((c >> 6) & 3) << 4)
+                a = row[o + 64 * h + l]
+                b = row[o + 64 * h + 32 + l]
+                c = row[o + 128 + 32 * h + l]
+                lv[128 * h + l] = (a & np.uint8(15)) | ((c & np.uint8(3)) << np.uint8(4))
+                lv[128 * h + l + 32] = (b & np.uint8(15)) | (((c >> np.uint8(2)) & np.uint8(3)) << np.uint8(4))
+                lv[128 * h + l + 64] = (a >> np.uint8(4)) | (((c >> np.uint8(4)) & np.uint8(3)) << np.uint8(4))
+                lv[128 * h + l + 96] = (b >> np.uint8(4)) | ((c >> np.uint8(6)) << np.uint8(4))
     elif code == Q2K_CODE or code == Q3K_CODE:  # see block_levels
         qs = o + (16 if code == Q2K_CODE else 32)
         for c in range(2):
             for s in range(4):
                 for l in range(32):
-                    v = (np.int64(row[qs + 32 * c + l]) >> (2 * s)) & 3
+                    v = (row[qs + 32 * c + l] >> np.uint8(2 * s)) & np.uint8(3)
                     if code == Q3K_CODE:
-                        v |= ((np.int64(row[o + l]) >> (4 * c + s)) & 1) << 2
+                        v |= ((row[o + l] >> np.uint8(4 * c + s)) & np.uint8(1)) << np.uint8(2)
                     lv[128 * c + 32 * s + l] = v
     elif code == XS_CODE:
         for s in range(8):
             for j in range(16):
-                v = np.int64(row[o + 8 + 16 * s + j])
-                lv[32 * s + j] = v & 15
-                lv[32 * s + 16 + j] = v >> 4
+                v = row[o + 8 + 16 * s + j]
+                lv[32 * s + j] = v & np.uint8(15)
+                lv[32 * s + 16 + j] = v >> np.uint8(4)
     elif code == Q4K_CODE or code == Q5K_CODE:
         qs = o + (48 if bits else 16)
         for c in range(4):
             for l in range(32):
-                v = np.int64(row[qs + 32 * c + l])
-                lv[64 * c + l] = v & 15
-                lv[64 * c + 32 + l] = v >> 4
+                v = row[qs + 32 * c + l]
+                lv[64 * c + l] = v & np.uint8(15)
+                lv[64 * c + 32 + l] = v >> np.uint8(4)
         if bits:
             for s in range(8):
                 for l in range(32):
-                    lv[32 * s + l] |= ((np.int64(row[o + 16 + l]) >> s) & 1) << 4
+                    lv[32 * s + l] |= ((row[o + 16 + l] >> np.uint8(s)) & np.uint8(1)) << np.uint8(4)
     else:  # blocks of 32: nibbles after the fifth bits (a little-endian uint32), if any
         qs = o + loff + 4 * bits
         for l in range(16):
-            v = np.int64(row[qs + l])
-            lv[l] = v & 15
-            lv[l + 16] = v >> 4
+            v = row[qs + l]
+            lv[l] = v & np.uint8(15)
+            lv[l + 16] = v >> np.uint8(4)
         if bits:
             for l in range(32):
-                lv[l] |= ((np.int64(row[o + loff + (l >> 3)]) >> (l & 7)) & 1) << 4
+                lv[l] |= ((row[o + loff + (l >> 3)] >> np.uint8(l & 7)) & np.uint8(1)) << np.uint8(4)
+
+
+B1, B2, B4 = np.uint32(0x01010101), np.uint32(0x03030303), np.uint32(0x0F0F0F0F)  # a bit field in every byte
 
 
 @njit(inline="always")
-def _put_chunk(flat, dst, r, lv, l0, bits):
-    """Levels lv[l0 : l0 + 32] of row r into the chunk at byte dst (see the module docstring)."""
+def _put_chunk(words, d, r, lw, w0, bits):
+    """Levels of row r's 32 columns in the words lw[w0 : w0 + 8] (word k: columns 4 k .. 4 k + 3) into the
+    chunk at word d (see the module docstring): byte i of row r's word of vector j combines columns 8 j + i
+    (word 2 j) and 8 j + 4 + i (word 2 j + 1), so one word operation packs 4 bytes."""
     if bits == BYTES:
-        for kk in range(8):
-            for i in range(4):
-                flat[dst + 64 * kk + 4 * r + i] = lv[l0 + 4 * kk + i]
+        for k in range(8):
+            words[d + 16 * k + r] = lw[w0 + k]
         return
     if bits >= LOW2:  # 2-bit fields (after Q3_K's single high bits)
-        p2 = dst + 64 * (bits - LOW2)
-        for i in range(4):
-            va = 0
-            vb = 0
-            vh = 0
-            for j in range(4):
-                a = np.int64(lv[l0 + 8 * j + i])
-                b = np.int64(lv[l0 + 8 * j + 4 + i])
-                va |= (a & 3) << (2 * j)
-                vb |= (b & 3) << (2 * j)
-                vh |= (((a >> 2) & 1) << j) | (((b >> 2) & 1) << (4 + j))
-            flat[p2 + 4 * r + i] = va
-            flat[p2 + 64 + 4 * r + i] = vb
-            if bits == LOW3:
-                flat[dst + 4 * r + i] = vh
-        return
-    nib = dst + 64 * bits
-    for j in range(4):
-        for i in range(4):
-            lo = np.int64(lv[l0 + 8 * j + i]) & 15
-            flat[nib + 64 * j + 4 * r + i] = lo | ((np.int64(lv[l0 + 8 * j + 4 + i]) & 15) << 4)
-    for i in range(4):
-        va = 0
-        vb = 0
+        va = np.uint32(0)
+        vb = np.uint32(0)
+        vh = np.uint32(0)
         for j in range(4):
-            a = np.int64(lv[l0 + 8 * j + i]) >> 4
-            b = np.int64(lv[l0 + 8 * j + 4 + i]) >> 4
-            if bits == 1:
-                va |= ((a & 1) << j) | ((b & 1) << (4 + j))
-            else:
-                va |= (a & 3) << (2 * j)
-                vb |= (b & 3) << (2 * j)
-        if bits >= 1:
-            flat[dst + 4 * r + i] = va
-        if bits == 2:
-            flat[dst + 64 + 4 * r + i] = vb
+            a = lw[w0 + 2 * j]
+            b = lw[w0 + 2 * j + 1]
+            va |= (a & B2) << np.uint32(2 * j)
+            vb |= (b & B2) << np.uint32(2 * j)
+            vh |= (((a >> np.uint32(2)) & B1) << np.uint32(j)) | (((b >> np.uint32(2)) & B1) << np.uint32(4 + j))
+        p2 = d + 16 * (bits - LOW2)
+        words[p2 + r] = va
+        words[p2 + 16 + r] = vb
+        if bits == LOW3:
+            words[d + r] = vh
+        return
+    va = np.uint32(0)
+    vb = np.uint32(0)
+    for j in range(4):
+        a = lw[w0 + 2 * j]
+        b = lw[w0 + 2 * j + 1]
+        words[d + 16 * bits + 16 * j + r] = (a & B4) | ((b & B4) << np.uint32(4))
+        if bits == 1:
+            va |= (((a >> np.uint32(4)) & B1) << np.uint32(j)) | (((b >> np.uint32(4)) & B1) << np.uint32(4 + j))
+        elif bits == 2:
+            va |= ((a >> np.uint32(4)) & B2) << np.uint32(2 * j)
+            vb |= ((b >> np.uint32(4)) & B2) << np.uint32(2 * j)
+    if bits >= 1:
+        words[d + r] = va
+    if bits == 2:
+        words[d + 16 + r] = vb
+
+
+PACKERS = {f: _packer(s) for f, s in SPECS.items()}
 
 
 # ---------------------------------------------------------------------------------------------
