@@ -4,7 +4,8 @@ the machine's drift (this VM's speed changes by 30% from minute to minute) hits 
     cp llamacpu/quant/interleaved.py llamacpu/quant/_b.py      # then edit _b.py
     .venv/bin/python bench/interleaved_ab.py llamacpu.quant.interleaved llamacpu.quant._b q6_k,q3_k [--tokens 1]
 
-For each format and TinyLlama shape (in L3: the kernels' compute speed): G weights/s of A and B (medians of
+For each format and shape (by default TinyLlama's, in L3: the kernels' compute speed; --shapes for others,
+e.g. 140704x5632: a Q2_K matrix of 260 MB streamed from DRAM by each call): G weights/s of A and B (medians of
 --calls alternating calls each), the median of the per-pair speed ratios B/A, and whether B's outputs equal
 A's bit for bit. Each module must define pack(blocks, out, cols, fmt) and KERNELS. Asserts nothing.
 """
@@ -27,13 +28,15 @@ def main(argv=None) -> int:
     p.add_argument("formats")
     p.add_argument("--tokens", type=int, default=1)
     p.add_argument("--calls", type=int, default=100)
+    p.add_argument("--shapes", default="2048x5632,5632x2048",
+                   help="R x C matrices; e.g. 140704x5632 for a Q2_K matrix of 260 MB, streamed from DRAM by each call")
     args = p.parse_args(argv)
     mods = [importlib.import_module(m) for m in (args.a, args.b)]
     rng = np.random.default_rng(0)
     n = args.tokens
     for fmt in args.formats.split(","):
         line = [fmt]
-        for R, C in ((2048, 5632), (5632, 2048)):
+        for R, C in (tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")):
             w = random_blocks(fmt, R, C, rng)
             runs = []
             for mod in mods:

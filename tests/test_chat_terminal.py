@@ -4,6 +4,7 @@ shift, /save and /load, Ctrl-C mid-reply. Every check reads the conversation bac
 model was really sent), not just the screen. stories260K with greedy sampling keeps each test to seconds."""
 import json
 import os
+import signal
 import sys
 
 import pytest
@@ -24,6 +25,12 @@ def model_path(shared_models):
     return shared_models / "stories260K"
 
 
+def sigint_default():
+    """In the child: SIGINT back to its default, so Python installs its KeyboardInterrupt handler even when the
+    test suite itself was started with SIGINT ignored (a background job of a shell without job control)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(path, tmp_path, *flags, colour=False):
     env = dict(os.environ, TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1")
     env.pop("NO_COLOR", None)
@@ -31,7 +38,7 @@ def spawn(path, tmp_path, *flags, colour=False):
         env["NO_COLOR"] = "1"
     child = pexpect.spawn(sys.executable, ["-m", "llamacpu.cli", "chat", str(path), "--temp", "0",
                                            "--history-file", str(tmp_path / "history"), *flags],
-                          encoding="utf-8", timeout=120, env=env, dimensions=(40, 200))
+                          encoding="utf-8", timeout=120, env=env, dimensions=(40, 200), preexec_fn=sigint_default)
     child.expect(PROMPT)
     return child
 

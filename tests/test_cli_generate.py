@@ -66,7 +66,9 @@ def test_an_empty_pipe_with_chat_is_refused(stories):
 def test_ctrl_c_ends_the_line_and_prints_the_speed_line(stories):
     proc = subprocess.Popen([sys.executable, "-m", "llamacpu.cli", "generate", str(stories[2]), "-p", "Once",
                              "-n", "450", "--temp", "0", "--ignore-eos"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even if the suite
+    # runs with SIGINT ignored (a background job of a shell without job control): Python then handles it
     first = proc.stdout.read(8)  # the reply is streaming
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
