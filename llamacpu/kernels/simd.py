@@ -23,6 +23,7 @@ and call one tiny intrinsic per instruction:
     dpbusd(acc, u8, s8)      VNNI: acc[i] += sum_k u8[4i + k] * s8[4i + k]  (u8 unsigned, s8 signed bytes)
     dpwssd(acc, a16, b16)    VNNI: acc[i] += a16[2i] * b16[2i] + a16[2i + 1] * b16[2i + 1]  (signed words)
     dpbf16ps(acc, a, b)      AVX512-BF16: acc[i] += a[2i] * b[2i] + a[2i + 1] * b[2i + 1]  (bf16 bits as i16)
+    prefetch(a, i)           hint: the cache line holding a[i] will be read soon (never faults)
 
 `n` is always a literal integer (16, 32, 64): the vector width is part of the type. dpbusd / dpwssd /
 dpbf16ps exist only on CPUs with the matching features: check `HAS_AVX512_VNNI` (and `HAS_AVX512_BF16`)
@@ -127,6 +128,24 @@ def _data_ptr(context, builder, arrty, arr, index, elem_llty):
 # ---------------------------------------------------------------------------------------------
 # Memory
 # ---------------------------------------------------------------------------------------------
+
+
+@intrinsic
+def prefetch(typingctx, a, i):
+    """Hint that the cache line holding a[i] will be read soon (llvm.prefetch: read, keep in all levels). A
+    prefetch never faults, so i may point past the array's end."""
+    if not isinstance(a, types.Array) or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        p = _data_ptr(context, builder, a, args[0], args[1], ir.IntType(8))
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(p, i8p), i32(0), i32(3), i32(1)])  # read, locality 3, data
+        return context.get_dummy_value()
+
+    return types.void(a, i), codegen
 
 
 @intrinsic
