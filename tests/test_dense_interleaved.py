@@ -11,6 +11,7 @@ from llamacpu import InputError, LlamaForCausalLM
 from llamacpu.checkpoint.synthetic import write_synthetic
 from llamacpu.kernels import bf16 as bf16_kernels, dense, simd
 from llamacpu.model.weights import DenseWeight, InterleavedDenseWeight
+from test_compiled_decode import greedy
 
 DTYPES = pytest.mark.parametrize("dtype", ["f16", "bf16"])
 LAYOUTS = pytest.mark.parametrize("dtype,layout", [("f16", "columns"), ("bf16", "columns"), ("bf16", "pairs")])
@@ -293,12 +294,7 @@ def test_bf16_compute_models(tmp_path, monkeypatch, dtype, calls):
                                   stored.generate(ids, max_new_tokens=10, do_sample=False))
     step = model.decode_step()
     assert step is not None and step.accepts(1) and not step.accepts(2)
-    runs = []
-    for compiled in (False, True):
-        model.compiled_decode = compiled
-        r = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=[], output_scores=True,
-                           return_dict_in_generate=True)
-        runs.append((np.asarray(r.sequences), np.stack([np.asarray(s) for s in r.scores])))
+    runs = [greedy(model, ids, None, 6, compiled) for compiled in (False, True)]
     assert calls[0] > 0
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     np.testing.assert_array_equal(runs[0][1], runs[1][1])

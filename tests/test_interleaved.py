@@ -14,6 +14,7 @@ from llamacpu.model.llama import LayerWeights, LlamaWeights
 from llamacpu.quant import QuantizedWeight, interleaved, kernels
 from llamacpu.quant.vnni import NO_OUT, NO_ROWS
 from llamacpu.quant.weight import InterleavedWeight
+from test_compiled_decode import greedy
 
 pytestmark = pytest.mark.skipif(not simd.HAS_AVX512_VNNI,
                                 reason="Q4_0 is interleaved only where the AVX512-VNNI kernels run (this CPU, or "
@@ -249,12 +250,7 @@ def test_compiled_step_on_interleaved_weights_is_the_readable_pass(tmp_path, fmt
                                              quantization=fmt)
     assert isinstance(model.weights.layers[0].wq, InterleavedWeight)
     ids = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]])
-    runs = []
-    for compiled in (False, True):
-        model.compiled_decode = compiled
-        r = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=[], output_scores=True,
-                           return_dict_in_generate=True)
-        runs.append((np.asarray(r.sequences), np.stack([np.asarray(s) for s in r.scores])))
+    runs = [greedy(model, ids, None, 8, compiled) for compiled in (False, True)]
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
 
