@@ -68,6 +68,7 @@ MISTAKES = [
     (["embed", "-m", "{m}"], 1, ["nothing to embed"]),
     (["quantize", "{m}", "/tmp/out", "--type", "q5"], 1, ["q5", "known"]),
     (["quantize", "/nonexistent/src", "/tmp/out", "--type", "q4_0"], 1, ["/nonexistent/src", "no such"]),
+    (["quantize", "{m}", "/tmp/out.gguf", "--type", "Q4_K_M", "-t", "0"], 1, ["-t/--threads"]),
     (["bench", "{m}", "--prompt-tokens", "0"], 1, ["--prompt-tokens"]),
 ]
 

@@ -210,3 +210,20 @@ def test_interrupted_quantize_leaves_nothing_that_loads(tmp_path, vocab):
     for p in left:
         with pytest.raises(CheckpointError):
             LlamaForCausalLM.from_pretrained(p)
+
+
+def test_quantize_cli_threads(f32_file, tmp_path):
+    """`llamacpu quantize ... -t 1` (llama-quantize's nthreads) writes the file the default threads write."""
+    from llamacpu.cli import main
+
+    import numba
+
+    one, every = tmp_path / "one.gguf", tmp_path / "every.gguf"
+    threads = numba.get_num_threads()
+    try:
+        assert main(["quantize", str(f32_file), str(one), "--type", "Q4_K_M", "-t", "1"]) == 0
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(threads)
+    assert main(["quantize", str(f32_file), str(every), "--type", "Q4_K_M"]) == 0
+    assert one.read_bytes() == every.read_bytes()

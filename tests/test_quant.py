@@ -369,3 +369,29 @@ def test_weight_methods_check_their_operands():
         QuantizedWeight.quantize("q4_0", np.ones((3, 48), np.float32))
     with pytest.raises(InputError, match="overflows fp16"):
         quantize("int4_g128", np.full((1, 128), -1e6, np.float32))
+
+
+def test_iq4_best_index_table_equals_the_binary_search():
+    """iq4_nl.best_index looks the nearest-level index up in a table of half-integers: the same index as a
+    search among the boundaries (ggml's best_index_int8, ties to the upper level) for any float."""
+    from llamacpu.quant import iq4_nl
+
+    rng = np.random.default_rng(5)
+    v = np.concatenate([rng.standard_normal(20000) * 80, np.arange(-260, 260.5, 0.5),  # every tie
+                        np.nextafter(iq4_nl._MID, np.inf), np.nextafter(iq4_nl._MID, -np.inf),
+                        [1e30, -1e30, 0.0, -0.0, np.finfo(np.float32).max, -np.finfo(np.float32).max]])
+    v = v.astype(np.float32)
+    np.testing.assert_array_equal(iq4_nl.best_index(v), np.searchsorted(iq4_nl._MID, v, side="right"))
+
+
+def test_quantize_rows_in_threads_equals_row_by_row():
+    """A matrix of several L2-sized pieces is quantized by a thread per core (common.quantize_rows): the same
+    bytes as its rows quantized alone, whatever order the pieces finish in."""
+    from llamacpu.quant import q4_k
+    from llamacpu.quant.common import row_chunks
+
+    w = (np.random.default_rng(6).standard_normal((1100, 512)) * 0.02).astype(np.float32)
+    assert len(list(row_chunks(*w.shape))) >= 3
+    whole = q4_k.quantize(w)
+    parts = np.concatenate([q4_k.quantize(w[r:r + 100]) for r in range(0, 1100, 100)])
+    np.testing.assert_array_equal(whole, parts)

@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
                         "projection's input (activation-aware rounding, as AWQ); default: min-max rounding")
     p.add_argument("--calibration-tokens", type=int, default=512, metavar="N",
                    help="tokens of the calibration text to use (default 512)")
+    p.add_argument("-t", "--threads", type=int, metavar="N",
+                   help="threads for the quantizers (default: all cores, or NUMBA_NUM_THREADS), as llama-quantize's "
+                        "nthreads")
     p.set_defaults(func=cmd_quantize)
 
 
@@ -38,6 +41,10 @@ def cmd_quantize(args) -> int:
     if args.calibration and (args.dst.endswith(".gguf") or args.type.lower() != "int4_g128"):
         raise InputError("--calibration: only for --type int4_g128 into a checkpoint folder (the GGUF mixes "
                          "follow llama.cpp's quantizers without an importance matrix)")
+    if args.threads is not None:  # checked in common.validate; the quantizers run a thread per Numba thread
+        from ..model.causal_lm import set_num_threads
+
+        set_num_threads(args.threads)
     if args.dst.endswith(".gguf"):
         from ..checkpoint.gguf_write import quantize_to_gguf
 

@@ -8,6 +8,9 @@ stores a matrix as ne = (cols, rows), rows contiguous).
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 from numba import njit
 
@@ -175,8 +178,22 @@ def quantize_rows(w: np.ndarray, block: int, type_size: int, name: str, quantize
     w = as_matrix(w, block, name)
     rows, cols = w.shape
     out = np.empty((rows, cols // block * type_size), np.uint8)
-    for r0, r1 in row_chunks(rows, cols):
+
+    def piece(r):
+        r0, r1 = r
         out[r0:r1] = quantize_blocks(w[r0:r1].reshape(-1, block)).reshape(r1 - r0, -1)
+
+    pieces = list(row_chunks(rows, cols))
+    threads = min(len(pieces), numba.get_num_threads())
+    if threads < 2:
+        for r in pieces:
+            piece(r)
+        return out
+    # NumPy releases the GIL inside its array operations, so threads over disjoint row pieces run the
+    # searches on every core (each piece writes its own rows of out; the result does not depend on the order)
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(piece, pieces):
+            pass
     return out
 
 
